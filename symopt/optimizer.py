@@ -1,0 +1,593 @@
+"""The :class:`Optimizer` base class.
+
+A rule (SGD, Adam, ...) declares its hyperparameters and per-parameter state
+("slots") and implements :meth:`Optimizer.update_param`: the math of one step for
+one parameter. Everything else lives here, once: gradients, validation, coupled or
+decoupled weight decay, dtype casting, the step counter, state (de)serialisation
+and the ``OrderedDict`` of updates that goes into ``pytensor.function``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.tensor.variable import TensorVariable
+
+__all__ = ["Optimizer", "HYPERPARAMETER_BOUNDS"]
+
+# name -> (low, high, low_inclusive, high_inclusive). The names are shared by every
+# rule, so their valid ranges are stated once; a rule's own extra hyperparameters
+# only have to be finite.
+HYPERPARAMETER_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
+    "learning_rate": (0.0, math.inf, True, False),
+    "momentum": (0.0, 1.0, True, False),
+    "rho": (0.0, 1.0, True, False),
+    "beta1": (0.0, 1.0, True, False),
+    "beta2": (0.0, 1.0, True, False),
+    "epsilon": (0.0, math.inf, True, False),
+    "weight_decay": (0.0, math.inf, True, False),
+    "momentum_decay": (0.0, math.inf, True, False),
+    "beta1_decay": (0.0, 1.0, False, True),
+}
+
+# Names users coming from torch.optim, Keras or the seeds type; used for "did you mean".
+_ALIASES = {
+    "lr": "learning_rate",
+    "eps": "epsilon",
+    "alpha": "rho",
+    "betas": "beta1 and beta2",
+    "b1": "beta1",
+    "b2": "beta2",
+    "gamma": "beta1_decay",
+    "decay": "weight_decay",
+    "wd": "weight_decay",
+}
+
+
+def _describe(param: Any, index: int) -> str:
+    """Human-readable name of a parameter for error messages."""
+    name = getattr(param, "name", None)
+    if name:
+        return f"parameter {name!r} (index {index})"
+    return f"parameter at index {index}"
+
+
+def _check_number(owner: str, name: str, value: Any) -> float:
+    """Validate one numeric hyperparameter value; returns it as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+            value = value.item()
+        else:
+            raise TypeError(f"{owner}: hyperparameter {name!r} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}: hyperparameter {name!r} must be finite, got {value}")
+    bounds = HYPERPARAMETER_BOUNDS.get(name)
+    if bounds is not None:
+        lo, hi, lo_in, hi_in = bounds
+        ok_lo = value >= lo if lo_in else value > lo
+        ok_hi = value <= hi if hi_in else value < hi
+        if not (ok_lo and ok_hi):
+            interval = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+            raise ValueError(f"{owner}: hyperparameter {name!r} must lie in {interval}, got {value}")
+    return value
+
+
+class _HyperparameterTable:
+    """``Rule.hyperparameters`` gives the defaults; ``opt.hyperparameters`` the current values."""
+
+    def __get__(self, obj: Optimizer | None, owner: type[Optimizer]) -> dict[str, Any]:
+        if obj is None:
+            return dict(owner._defaults)
+        return obj._current_hyperparameters()
+
+
+class _Group:
+    """Parameters that share one set of hyperparameter values (torch's param group)."""
+
+    def __init__(self, params: list[SharedVariable], values: dict[str, SharedVariable]):
+        self.params = params
+        self.values = values  # numeric hyperparameter name -> float64 shared scalar
+        self.scalars: dict[str, SharedVariable] = {}
+
+
+class Optimizer:
+    """Base class of every update rule.
+
+    Parameters
+    ----------
+    params
+        The ``pytensor.shared`` float variables to optimise, or torch-style groups:
+        a list of dicts ``{"params": [...], "<hyperparameter>": value, ...}`` whose
+        values override the keyword arguments for that group's parameters.
+    **hyperparameters
+        Values for the rule's hyperparameters (see the rule's ``hyperparameters``);
+        the rest take the rule's defaults. Every rule accepts ``weight_decay``.
+
+    Notes
+    -----
+    A rule subclass declares
+
+    * ``hyperparameters``: name -> default. Numbers become float64 shared scalars,
+      so :meth:`set_hyperparameter` changes a compiled function without recompiling;
+      booleans are structural options fixed at construction (they change the graph).
+    * ``slots``: per-parameter state, name -> initial fill value. Each slot is a
+      shared variable of its parameter's shape and dtype.
+    * ``scalar_slots`` (rarely): optimiser-wide scalars such as NAdam's momentum
+      product, advanced once per step by :meth:`update_scalars`.
+
+    and implements :meth:`update_param`. Inside it ``self.<hyperparameter>`` and
+    ``self.t`` (the 1-based step number) are symbolic scalars already cast to the
+    parameter's dtype, and Python float literals take that dtype too, so a rule
+    written naively keeps float32 parameters in float32 arithmetic.
+    """
+
+    hyperparameters: ClassVar[Any] = _HyperparameterTable()
+    slots: ClassVar[dict[str, float]] = {}
+    scalar_slots: ClassVar[dict[str, float]] = {}
+    #: Decoupled rules (AdamW, Lion) shrink the parameter by ``1 - lr * wd`` before the
+    #: step instead of adding ``wd * p`` to the gradient.
+    decoupled_weight_decay: ClassVar[bool] = False
+    #: Registry name, set by :func:`symopt.register`.
+    name: ClassVar[str | None] = None
+    _defaults: ClassVar[dict[str, Any]] = {"weight_decay": 0.0}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("hyperparameters")
+        if isinstance(declared, Mapping):
+            defaults = dict(declared)
+            defaults.setdefault("weight_decay", 0.0)
+            for key, value in defaults.items():
+                if not isinstance(value, bool):
+                    _check_number(cls.__name__, key, value)
+            cls._defaults = defaults
+            cls.hyperparameters = _HyperparameterTable()
+        if cls.decoupled_weight_decay and "learning_rate" not in cls._defaults:
+            raise TypeError(f"{cls.__name__}: decoupled weight decay needs a 'learning_rate' hyperparameter")
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, params: Sequence[SharedVariable] | Sequence[Mapping[str, Any]], **hyperparameters: Any):
+        owner = type(self).__name__
+        self._ctx_group: _Group | None = None
+        self._ctx_dtype: str | None = None
+        self._check_keywords(hyperparameters)
+        self.options: dict[str, bool] = {}
+        numeric: dict[str, float] = {}
+        for key, default in self._defaults.items():
+            value = hyperparameters.get(key, default)
+            if isinstance(default, bool):
+                if not isinstance(value, (bool, np.bool_)):
+                    raise TypeError(f"{owner}: option {key!r} must be True or False, got {value!r}")
+                self.options[key] = bool(value)
+            else:
+                numeric[key] = _check_number(owner, key, value)
+
+        group_specs = self._split_groups(params)
+        seen: dict[int, int] = {}
+        self.params: list[SharedVariable] = []
+        self.param_groups: list[_Group] = []
+        for gi, (group_params, overrides) in enumerate(group_specs):
+            for param in group_params:
+                index = len(self.params)
+                self._check_param(param, index)
+                if id(param) in seen:
+                    raise ValueError(
+                        f"{owner}: {_describe(param, index)} is listed twice "
+                        f"(first at index {seen[id(param)]}); pass each parameter once"
+                    )
+                seen[id(param)] = index
+                self.params.append(param)
+            values = {}
+            for key, default in numeric.items():
+                value = _check_number(f"{owner} (param group {gi})", key, overrides.get(key, default))
+                tag = key if len(group_specs) == 1 else f"{key}[{gi}]"
+                values[key] = pytensor.shared(np.float64(value), name=f"{owner}.{tag}")
+            self.param_groups.append(_Group(list(group_params), values))
+        if not self.params:
+            raise ValueError(f"{owner}: no parameters to optimise (params is empty)")
+
+        for group in self.param_groups:
+            group.scalars = {
+                key: pytensor.shared(np.float64(fill), name=f"{owner}.{key}")
+                for key, fill in self.scalar_slots.items()
+            }
+        self.iterations: SharedVariable = pytensor.shared(np.int64(0), name=f"{owner}.iterations")
+        self.state: list[dict[str, SharedVariable]] = [
+            {slot: self._make_slot(param, index, slot, fill) for slot, fill in self.active_slots().items()}
+            for index, param in enumerate(self.params)
+        ]
+
+    def _check_keywords(self, given: Mapping[str, Any]) -> None:
+        known = list(self._defaults)
+        for key in given:
+            if key in self._defaults:
+                continue
+            hint = _ALIASES.get(key) or next(iter(difflib.get_close_matches(key, known, n=1)), None)
+            did_you_mean = f" (did you mean {hint!r}?)" if hint else ""
+            raise TypeError(
+                f"{type(self).__name__} got an unknown hyperparameter {key!r}{did_you_mean}; "
+                f"it accepts: {', '.join(known)}"
+            )
+
+    def _split_groups(self, params: Any) -> list[tuple[list[Any], dict[str, Any]]]:
+        owner = type(self).__name__
+        if isinstance(params, (SharedVariable, Mapping)) or not isinstance(params, Sequence):
+            if isinstance(params, Mapping):
+                params = [params]
+            elif isinstance(params, SharedVariable):
+                raise TypeError(f"{owner}: params must be a list of shared variables, got a single {params!r}")
+            else:
+                params = list(params)
+        if params and all(isinstance(p, Mapping) for p in params):
+            groups = []
+            for gi, spec in enumerate(params):
+                if "params" not in spec:
+                    raise ValueError(f"{owner}: param group {gi} has no 'params' entry")
+                overrides = {k: v for k, v in spec.items() if k != "params"}
+                self._check_keywords(overrides)
+                for key in overrides:
+                    if isinstance(self._defaults[key], bool):
+                        raise ValueError(
+                            f"{owner}: option {key!r} changes the graph and applies to all groups; "
+                            f"pass it as a keyword argument, not in param group {gi}"
+                        )
+                groups.append((list(spec["params"]), overrides))
+            return groups
+        if any(isinstance(p, Mapping) for p in params):
+            raise TypeError(f"{owner}: params mixes shared variables and param-group dicts; use one or the other")
+        return [(list(params), {})]
+
+    def _check_param(self, param: Any, index: int) -> None:
+        owner = type(self).__name__
+        if not isinstance(param, SharedVariable) or not isinstance(param.type, pt.TensorType):
+            raise TypeError(
+                f"{owner}: {_describe(param, index)} must be a pytensor.shared tensor variable, "
+                f"got {type(param).__name__}"
+            )
+        if param.dtype not in ("float16", "float32", "float64"):
+            raise TypeError(f"{owner}: {_describe(param, index)} has dtype {param.dtype}; only float parameters can be optimised")
+
+    def _make_slot(self, param: SharedVariable, index: int, slot: str, fill: float) -> SharedVariable:
+        """The one place state variables are made: the parameter's shape and dtype."""
+        value = param.get_value(borrow=True)
+        label = param.name or f"param{index}"
+        return pytensor.shared(np.full(value.shape, fill, dtype=param.dtype), name=f"{label}.{slot}")
+
+    # ------------------------------------------------------------------ the rule API
+    def active_slots(self) -> dict[str, float]:
+        """Slots this instance keeps; override when an option adds state (AMSGrad)."""
+        return dict(self.slots)
+
+    def update_param(
+        self, param: TensorVariable, grad: TensorVariable, state: dict[str, TensorVariable]
+    ) -> tuple[TensorVariable, dict[str, TensorVariable]]:
+        """One step for one parameter: return the new value and the new slot values.
+
+        ``grad`` already includes coupled weight decay; for decoupled rules ``param``
+        is already shrunk by ``1 - lr * wd``. ``state`` maps slot names to their
+        shared variables and scalar-slot names to their updated values.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement update_param")
+
+    def update_scalars(self, state: dict[str, TensorVariable]) -> dict[str, TensorVariable]:
+        """New values of the optimiser-wide ``scalar_slots`` (float64), once per step."""
+        return {}
+
+    @property
+    def t(self) -> TensorVariable:
+        """The 1-based number of the step being built, as a symbolic float."""
+        return pt.cast(self.iterations + 1, self._ctx_dtype or "float64")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: hyperparameters and options by name.
+        groups = self.__dict__.get("param_groups")
+        if groups:
+            if name in groups[0].values:
+                group = self.__dict__.get("_ctx_group") or groups[0]
+                var = group.values[name]
+                dtype = self.__dict__.get("_ctx_dtype")
+                return pt.cast(var, dtype) if dtype and dtype != var.dtype else var
+            if name in self.__dict__.get("options", {}):
+                return self.options[name]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    @contextlib.contextmanager
+    def _context(self, group: _Group, dtype: str) -> Iterator[None]:
+        self._ctx_group, self._ctx_dtype = group, dtype
+        try:
+            with pytensor.config.change_flags(floatX=dtype):
+                yield
+        finally:
+            self._ctx_group, self._ctx_dtype = None, None
+
+    # ------------------------------------------------------------------ gradients
+    def _gradients(
+        self, loss: Any, grads: Sequence[Any] | None, allow_unused: bool
+    ) -> list[TensorVariable | None]:
+        owner = type(self).__name__
+        if (loss is None) == (grads is None):
+            raise TypeError(f"{owner}.updates needs exactly one of loss or grads=")
+        if grads is not None:
+            if len(grads) != len(self.params):
+                raise ValueError(f"{owner}: got {len(grads)} gradients for {len(self.params)} parameters")
+            out = []
+            for index, (param, grad) in enumerate(zip(self.params, grads)):
+                grad = pt.as_tensor_variable(grad)
+                shape = param.get_value(borrow=True).shape
+                where = f"gradient for {_describe(param, index)}"
+                if grad.ndim != len(shape):
+                    raise ValueError(f"{owner}: {where} has {grad.ndim} dimensions, the parameter has shape {shape}")
+                if any(s is not None and s != want for s, want in zip(grad.type.shape, shape)):
+                    raise ValueError(f"{owner}: {where} has shape {grad.type.shape}, the parameter has shape {shape}")
+                if grad.dtype not in ("float16", "float32", "float64"):
+                    raise TypeError(f"{owner}: {where} has dtype {grad.dtype}, expected a float")
+                if any(s is None for s in grad.type.shape):
+                    grad = pt.specify_shape(grad, shape)  # a wrong shape fails loudly at run time
+                out.append(grad)
+            return out
+
+        loss = pt.as_tensor_variable(loss)
+        if loss.ndim != 0:
+            raise ValueError(f"{owner}: the loss must be a scalar, got a {loss.ndim}-d tensor (did you forget .mean()?)")
+        if loss.dtype not in ("float16", "float32", "float64"):
+            raise TypeError(f"{owner}: the loss must be a float scalar, got dtype {loss.dtype}")
+        grads = pytensor.grad(loss, self.params, disconnected_inputs="ignore", return_disconnected="none")
+        missing = [i for i, g in enumerate(grads) if g is None]
+        if missing and not allow_unused:
+            names = ", ".join(_describe(self.params[i], i) for i in missing)
+            raise ValueError(
+                f"{owner}: the loss does not depend on {names}; remove it from params or pass "
+                f"allow_unused=True to leave it (and its state) unchanged"
+            )
+        return grads
+
+    # ------------------------------------------------------------------ updates
+    def updates(
+        self, loss: Any = None, *, grads: Sequence[Any] | None = None, allow_unused: bool = False
+    ) -> OrderedDict[SharedVariable, TensorVariable]:
+        """Symbolic updates of one optimiser step, for ``pytensor.function(updates=...)``.
+
+        Parameters
+        ----------
+        loss
+            Scalar float loss; gradients come from ``pytensor.grad(loss, params)``.
+        grads
+            Alternatively, one gradient per parameter, computed by the caller.
+        allow_unused
+            Leave parameters the loss does not depend on (and their state) unchanged
+            instead of raising.
+
+        Returns
+        -------
+        OrderedDict
+            New values of the parameters, then of every state variable, then of the
+            step counter; each cast to its variable's dtype.
+        """
+        grads = self._gradients(loss, grads, allow_unused)
+        grad_of = {id(p): g for p, g in zip(self.params, grads)}
+        state_of = {id(p): s for p, s in zip(self.params, self.state)}
+        new_params: OrderedDict[SharedVariable, TensorVariable] = OrderedDict()
+        new_state: list[tuple[SharedVariable, TensorVariable]] = []
+        for group in self.param_groups:
+            with self._context(group, "float64"):
+                scalars = self._checked(self.update_scalars(dict(group.scalars)), group.scalars, "update_scalars")
+            new_state += [(group.scalars[k], v) for k, v in scalars.items()]
+            for param in group.params:
+                grad = grad_of[id(param)]
+                if grad is None:
+                    continue
+                slots = state_of[id(param)]
+                with self._context(group, param.dtype):
+                    grad = pt.cast(grad, param.dtype) if grad.dtype != param.dtype else grad
+                    current: TensorVariable = param
+                    if self.decoupled_weight_decay:
+                        current = param * (1 - self.learning_rate * self.weight_decay)
+                    else:
+                        grad = grad + self.weight_decay * param
+                    view = dict(slots)
+                    view.update({k: pt.cast(v, param.dtype) for k, v in scalars.items()})
+                    new_value, slot_values = self.update_param(current, grad, view)
+                slot_values = self._checked(slot_values, slots, "update_param")
+                new_params[param] = self._cast_to(param, new_value)
+                new_state += [(slots[k], v) for k, v in slot_values.items()]
+        out = new_params
+        for var, value in new_state:
+            out[var] = self._cast_to(var, value)
+        out[self.iterations] = self.iterations + 1
+        return out
+
+    def _checked(self, values: Any, allowed: Mapping[str, Any], hook: str) -> dict[str, Any]:
+        if not isinstance(values, Mapping):
+            raise TypeError(f"{type(self).__name__}.{hook} must return a dict of new state values, got {values!r}")
+        unknown = set(values) - set(allowed)
+        if unknown:
+            raise KeyError(
+                f"{type(self).__name__}.{hook} returned state {sorted(unknown)} that is not declared "
+                f"(declared: {sorted(allowed)})"
+            )
+        return dict(values)
+
+    def _cast_to(self, var: SharedVariable, value: Any) -> TensorVariable:
+        value = pt.as_tensor_variable(value)
+        if value.ndim != var.ndim:
+            raise ValueError(
+                f"{type(self).__name__}: the new value of {var.name or var} has {value.ndim} dimensions, "
+                f"the variable has {var.ndim}"
+            )
+        return pt.cast(value, var.dtype) if value.dtype != var.dtype else value
+
+    # ------------------------------------------------------------------ hyperparameters
+    def _group_index(self, group: int) -> _Group:
+        if not isinstance(group, (int, np.integer)) or not 0 <= group < len(self.param_groups):
+            raise IndexError(f"{type(self).__name__}: no param group {group!r} (there are {len(self.param_groups)})")
+        return self.param_groups[int(group)]
+
+    def set_hyperparameter(self, name: str, value: float, group: int | None = None) -> None:
+        """Change a numeric hyperparameter in place; compiled functions see it next call.
+
+        ``group=None`` sets it for every param group.
+        """
+        owner = type(self).__name__
+        if name in self.options:
+            raise ValueError(f"{owner}: {name!r} is a structural option fixed at construction; build a new optimiser")
+        if name not in self._defaults:
+            self._check_keywords({name: value})
+        value = _check_number(owner, name, value)
+        groups = self.param_groups if group is None else [self._group_index(group)]
+        for g in groups:
+            g.values[name].set_value(np.float64(value))
+
+    def get_hyperparameter(self, name: str, group: int = 0) -> float | bool:
+        """Current value of a hyperparameter (or option)."""
+        if name in self.options:
+            return self.options[name]
+        if name not in self._defaults:
+            self._check_keywords({name: None})
+        return float(self._group_index(group).values[name].get_value())
+
+    def _current_hyperparameters(self) -> dict[str, Any]:
+        values: dict[str, Any] = {k: float(v.get_value()) for k, v in self.param_groups[0].values.items()}
+        values.update(self.options)
+        return {k: values[k] for k in self._defaults}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._current_hyperparameters().items())
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """A copy of everything needed to resume: step, hyperparameters, slots, scalars."""
+        return {
+            "optimizer": type(self).__name__,
+            "iterations": np.array(self.iterations.get_value(), dtype=np.int64),
+            "options": {k: np.array(v) for k, v in self.options.items()},
+            "hyperparameters": [
+                {k: np.array(v.get_value(), dtype=np.float64) for k, v in g.values.items()} for g in self.param_groups
+            ],
+            "scalars": [{k: np.array(v.get_value()) for k, v in g.scalars.items()} for g in self.param_groups],
+            "slots": {
+                slot: [self.state[i][slot].get_value(borrow=False) for i in range(len(self.params))]
+                for slot in self.active_slots()
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; validates all of it before changing anything."""
+        owner = type(self).__name__
+        if not isinstance(state, Mapping):
+            raise TypeError(f"{owner}: state must be a dict from state_dict(), got {type(state).__name__}")
+        missing = {"optimizer", "iterations", "options", "hyperparameters", "scalars", "slots"} - set(state)
+        if missing:
+            raise ValueError(f"{owner}: state is missing {sorted(missing)}")
+        if state["optimizer"] != owner:
+            raise ValueError(f"{owner}: state was saved from {state['optimizer']!r}")
+        options = {k: bool(v) for k, v in state["options"].items()}
+        if options != self.options:
+            raise ValueError(f"{owner}: state has options {options}, this optimiser has {self.options}")
+        pending: list[tuple[SharedVariable, np.ndarray]] = []
+        for key in ("hyperparameters", "scalars"):
+            if len(state[key]) != len(self.param_groups):
+                raise ValueError(f"{owner}: state has {len(state[key])} param groups in {key!r}, expected {len(self.param_groups)}")
+        for gi, group in enumerate(self.param_groups):
+            for key, table in (("hyperparameters", group.values), ("scalars", group.scalars)):
+                saved = state[key][gi]
+                if set(saved) != set(table):
+                    raise ValueError(f"{owner}: state {key} {sorted(saved)} do not match {sorted(table)}")
+                for name, var in table.items():
+                    value = np.asarray(saved[name], dtype=np.float64)
+                    if key == "hyperparameters":
+                        _check_number(owner, name, value.item())
+                    pending.append((var, value))
+        slots = state["slots"]
+        if set(slots) != set(self.active_slots()):
+            raise ValueError(f"{owner}: state has slots {sorted(slots)}, this optimiser keeps {sorted(self.active_slots())}")
+        for slot, arrays in slots.items():
+            if len(arrays) != len(self.params):
+                raise ValueError(f"{owner}: slot {slot!r} has {len(arrays)} entries for {len(self.params)} parameters")
+            for index, array in enumerate(arrays):
+                var = self.state[index][slot]
+                array = np.asarray(array)
+                want = var.get_value(borrow=True)
+                if array.shape != want.shape or array.dtype != want.dtype:
+                    raise ValueError(
+                        f"{owner}: slot {slot!r} of {_describe(self.params[index], index)} is "
+                        f"{array.dtype}{list(array.shape)}, expected {want.dtype}{list(want.shape)}"
+                    )
+                pending.append((var, array))
+        iterations = np.asarray(state["iterations"])
+        if iterations.shape != () or iterations.dtype.kind not in "iu" or iterations < 0:
+            raise ValueError(f"{owner}: state iterations must be a non-negative integer, got {iterations!r}")
+        pending.append((self.iterations, iterations.astype(np.int64)))
+        for var, value in pending:
+            var.set_value(value.copy())
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` to an ``.npz`` file atomically (no partial file on failure)."""
+        state = self.state_dict()
+        flat: dict[str, np.ndarray] = {
+            "optimizer": np.array(state["optimizer"]),
+            "iterations": state["iterations"],
+            "groups": np.array(len(self.param_groups)),
+        }
+        flat.update({f"option/{k}": v for k, v in state["options"].items()})
+        for gi in range(len(self.param_groups)):
+            flat.update({f"hyperparameter/{gi}/{k}": v for k, v in state["hyperparameters"][gi].items()})
+            flat.update({f"scalar/{gi}/{k}": v for k, v in state["scalars"][gi].items()})
+        for slot, arrays in state["slots"].items():
+            flat.update({f"slot/{slot}/{i}": a for i, a in enumerate(arrays)})
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **flat)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Restore state written by :meth:`save`."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                flat = {k: data[k] for k in data.files}
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{type(self).__name__}: no optimiser state file {str(path)!r}") from None
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"{type(self).__name__}: {str(path)!r} is not a readable optimiser state file ({exc})") from None
+        try:
+            groups = int(flat["groups"])
+            state: dict[str, Any] = {
+                "optimizer": str(flat["optimizer"]),
+                "iterations": flat["iterations"],
+                "options": {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("option/")},
+                "hyperparameters": [{} for _ in range(groups)],
+                "scalars": [{} for _ in range(groups)],
+                "slots": {},
+            }
+            for key, value in flat.items():
+                kind, _, rest = key.partition("/")
+                if kind in ("hyperparameter", "scalar"):
+                    gi, name = rest.split("/", 1)
+                    state["hyperparameters" if kind == "hyperparameter" else "scalars"][int(gi)][name] = value
+                elif kind == "slot":
+                    slot, index = rest.rsplit("/", 1)
+                    state["slots"].setdefault(slot, {})[int(index)] = value
+            state["slots"] = {k: [v[i] for i in range(len(v))] for k, v in state["slots"].items()}
+        except (KeyError, ValueError, IndexError) as exc:
+            raise ValueError(f"{type(self).__name__}: {str(path)!r} is not an optimiser state file (missing {exc})") from None
+        self.load_state_dict(state)

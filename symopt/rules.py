@@ -1,0 +1,398 @@
+r"""The built-in update rules.
+
+Each rule is its math and nothing else: :class:`~symopt.optimizer.Optimizer` derives
+the gradient :math:`g_t`, adds coupled weight decay :math:`\lambda p_{t-1}` to it (or,
+for AdamW and Lion, shrinks :math:`p_{t-1}` by :math:`1 - \eta\lambda` first), casts
+the results and counts steps. The equations below are in that notation: :math:`\eta`
+is ``learning_rate``, :math:`t` the 1-based step, all operations element-wise.
+Numerics follow the algorithm documented for the matching ``torch.optim`` class.
+"""
+
+from __future__ import annotations
+
+import pytensor.tensor as pt
+
+from .optimizer import Optimizer
+from .registry import register
+
+__all__ = [
+    "SGD",
+    "Momentum",
+    "Nesterov",
+    "AdaGrad",
+    "RMSprop",
+    "AdaDelta",
+    "Adam",
+    "AdamW",
+    "AMSGrad",
+    "Adamax",
+    "NAdam",
+    "RAdam",
+    "Lion",
+]
+
+
+@register("sgd")
+class SGD(Optimizer):
+    r"""Stochastic gradient descent (Robbins & Monro, 1951).
+
+    .. math:: p_t = p_{t-1} - \eta g_t
+
+    Defaults: ``learning_rate=0.01`` (the method has no canonical value).
+    """
+
+    hyperparameters = {"learning_rate": 0.01}
+
+    def update_param(self, param, grad, state):
+        return param - self.learning_rate * grad, {}
+
+
+@register("momentum")
+class Momentum(Optimizer):
+    r"""SGD with heavy-ball momentum (Polyak, 1964; Sutskever et al., ICML 2013).
+
+    .. math::
+        b_t = \mu b_{t-1} + g_t, \qquad p_t = p_{t-1} - \eta b_t
+
+    As ``torch.optim.SGD(momentum=mu, dampening=0)``; :math:`b_0 = 0`.
+    Defaults: ``learning_rate=0.01``, ``momentum=0.9``.
+    """
+
+    hyperparameters = {"learning_rate": 0.01, "momentum": 0.9}
+    slots = {"velocity": 0.0}
+
+    def update_param(self, param, grad, state):
+        velocity = self.momentum * state["velocity"] + grad
+        return param - self.learning_rate * velocity, {"velocity": velocity}
+
+
+@register("nesterov")
+class Nesterov(Momentum):
+    r"""Nesterov's accelerated gradient in the form of Sutskever et al. (ICML 2013).
+
+    .. math::
+        b_t = \mu b_{t-1} + g_t, \qquad p_t = p_{t-1} - \eta (g_t + \mu b_t)
+
+    As ``torch.optim.SGD(momentum=mu, nesterov=True)``.
+    Defaults: ``learning_rate=0.01``, ``momentum=0.9``.
+    """
+
+    def update_param(self, param, grad, state):
+        velocity = self.momentum * state["velocity"] + grad
+        return param - self.learning_rate * (grad + self.momentum * velocity), {"velocity": velocity}
+
+
+@register("adagrad")
+class AdaGrad(Optimizer):
+    r"""AdaGrad (Duchi, Hazan & Singer, JMLR 2011).
+
+    .. math::
+        s_t = s_{t-1} + g_t^2, \qquad p_t = p_{t-1} - \eta \frac{g_t}{\sqrt{s_t} + \epsilon}
+
+    With ``epsilon_inside_sqrt=True`` the denominator is :math:`\sqrt{s_t + \epsilon}`
+    (the Theano seed's form). Defaults: ``learning_rate=0.01``, ``epsilon=1e-10``.
+    """
+
+    hyperparameters = {"learning_rate": 0.01, "epsilon": 1e-10, "epsilon_inside_sqrt": False}
+    slots = {"sum_sq": 0.0}
+
+    def update_param(self, param, grad, state):
+        sum_sq = state["sum_sq"] + grad * grad
+        if self.epsilon_inside_sqrt:
+            denom = pt.sqrt(sum_sq + self.epsilon)
+        else:
+            denom = pt.sqrt(sum_sq) + self.epsilon
+        return param - self.learning_rate * grad / denom, {"sum_sq": sum_sq}
+
+
+@register("rmsprop")
+class RMSprop(Optimizer):
+    r"""RMSprop (Hinton, Srivastava & Swersky, Coursera lecture 6e, 2012; centred form: Graves, 2013).
+
+    .. math::
+        v_t &= \rho v_{t-1} + (1 - \rho) g_t^2 \\
+        \bar g_t &= \rho \bar g_{t-1} + (1 - \rho) g_t
+            \quad\text{(centered only; else } \bar g_t = 0) \\
+        d_t &= \sqrt{v_t - \bar g_t^2} + \epsilon \\
+        b_t &= \mu b_{t-1} + g_t / d_t \quad\text{(momentum } \mu > 0\text{; else } b_t = g_t / d_t) \\
+        p_t &= p_{t-1} - \eta b_t
+
+    ``rho`` is torch's ``alpha``. With ``epsilon_inside_sqrt=True``,
+    :math:`d_t = \sqrt{v_t - \bar g_t^2 + \epsilon}` (the Theano seed's form).
+    The momentum buffer exists only if some group starts with ``momentum > 0``.
+    Defaults: ``learning_rate=1e-3``, ``rho=0.9`` (the lecture's decay), ``epsilon=1e-8``,
+    ``momentum=0``.
+    """
+
+    hyperparameters = {
+        "learning_rate": 1e-3,
+        "rho": 0.9,
+        "epsilon": 1e-8,
+        "momentum": 0.0,
+        "centered": False,
+        "epsilon_inside_sqrt": False,
+    }
+
+    def active_slots(self):
+        slots = {"square_avg": 0.0}
+        if self.centered:
+            slots["grad_avg"] = 0.0
+        if any(group.values["momentum"].get_value() > 0 for group in self.param_groups):
+            slots["momentum_buffer"] = 0.0
+        return slots
+
+    def set_hyperparameter(self, name, value, group=None):
+        if name == "momentum" and value != 0 and "momentum_buffer" not in self.active_slots():
+            raise ValueError(
+                "RMSprop was built with momentum=0, so it keeps no momentum buffer; "
+                "construct it with momentum > 0 to change momentum later"
+            )
+        super().set_hyperparameter(name, value, group)
+
+    def update_param(self, param, grad, state):
+        rho = self.rho
+        square_avg = rho * state["square_avg"] + (1 - rho) * grad * grad
+        new = {"square_avg": square_avg}
+        variance = square_avg
+        if self.centered:
+            grad_avg = rho * state["grad_avg"] + (1 - rho) * grad
+            variance = square_avg - grad_avg * grad_avg
+            new["grad_avg"] = grad_avg
+        if self.epsilon_inside_sqrt:
+            denom = pt.sqrt(variance + self.epsilon)
+        else:
+            denom = pt.sqrt(variance) + self.epsilon
+        direction = grad / denom
+        if "momentum_buffer" in state:
+            direction = self.momentum * state["momentum_buffer"] + direction
+            new["momentum_buffer"] = direction
+        return param - self.learning_rate * direction, new
+
+
+@register("adadelta")
+class AdaDelta(Optimizer):
+    r"""ADADELTA (Zeiler, arXiv:1212.5701, 2012).
+
+    .. math::
+        v_t &= \rho v_{t-1} + (1 - \rho) g_t^2 \\
+        \Delta_t &= \frac{\sqrt{u_{t-1} + \epsilon}}{\sqrt{v_t + \epsilon}} g_t \\
+        u_t &= \rho u_{t-1} + (1 - \rho) \Delta_t^2 \\
+        p_t &= p_{t-1} - \eta \Delta_t
+
+    Defaults: the paper's ``rho=0.95``, ``epsilon=1e-6`` and no learning rate
+    (``learning_rate=1.0``).
+    """
+
+    hyperparameters = {"learning_rate": 1.0, "rho": 0.95, "epsilon": 1e-6}
+    slots = {"square_avg": 0.0, "acc_delta": 0.0}
+
+    def update_param(self, param, grad, state):
+        rho, eps = self.rho, self.epsilon
+        square_avg = rho * state["square_avg"] + (1 - rho) * grad * grad
+        delta = pt.sqrt(state["acc_delta"] + eps) / pt.sqrt(square_avg + eps) * grad
+        acc_delta = rho * state["acc_delta"] + (1 - rho) * delta * delta
+        return param - self.learning_rate * delta, {"square_avg": square_avg, "acc_delta": acc_delta}
+
+
+@register("adam")
+class Adam(Optimizer):
+    r"""Adam (Kingma & Ba, ICLR 2015); AMSGrad variant (Reddi, Kale & Kumar, ICLR 2018).
+
+    .. math::
+        \beta_{1,t} &= \beta_1 \gamma^{t-1} \\
+        m_t &= \beta_{1,t} m_{t-1} + (1 - \beta_{1,t}) g_t \\
+        v_t &= \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+        \hat v_t &= \max(\hat v_{t-1}, v_t) \quad\text{(amsgrad; else } \hat v_t = v_t) \\
+        p_t &= p_{t-1} - \frac{\eta}{1 - \beta_1^t}
+               \frac{m_t}{\sqrt{\hat v_t} / \sqrt{1 - \beta_2^t} + \epsilon}
+
+    :math:`\gamma` is ``beta1_decay`` (the first Adam preprint's :math:`\lambda`, the
+    Theano seed's ``gamma``); the default 1 gives the published Adam.
+    Defaults (the paper's): ``learning_rate=1e-3``, ``beta1=0.9``, ``beta2=0.999``,
+    ``epsilon=1e-8``.
+    """
+
+    hyperparameters = {
+        "learning_rate": 1e-3,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "epsilon": 1e-8,
+        "beta1_decay": 1.0,
+        "amsgrad": False,
+    }
+
+    def active_slots(self):
+        slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+        if self.amsgrad:
+            slots["max_exp_avg_sq"] = 0.0
+        return slots
+
+    def update_param(self, param, grad, state):
+        t, beta1, beta2 = self.t, self.beta1, self.beta2
+        beta1_t = beta1 * self.beta1_decay ** (t - 1)
+        exp_avg = beta1_t * state["exp_avg"] + (1 - beta1_t) * grad
+        exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
+        new = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+        second = exp_avg_sq
+        if self.amsgrad:
+            second = new["max_exp_avg_sq"] = pt.maximum(state["max_exp_avg_sq"], exp_avg_sq)
+        denom = pt.sqrt(second) / pt.sqrt(1 - beta2**t) + self.epsilon
+        step_size = self.learning_rate / (1 - beta1**t)
+        return param - step_size * exp_avg / denom, new
+
+
+@register("adamw")
+class AdamW(Adam):
+    r"""Adam with decoupled weight decay (Loshchilov & Hutter, ICLR 2019).
+
+    .. math:: p_t = (1 - \eta\lambda)\, p_{t-1} - \text{Adam step of } g_t
+
+    where :math:`g_t` carries no decay term. Defaults: Adam's, and
+    ``weight_decay=0.01`` (torch's).
+    """
+
+    hyperparameters = {**Adam.hyperparameters, "weight_decay": 1e-2}
+    decoupled_weight_decay = True
+
+
+@register("amsgrad")
+class AMSGrad(Adam):
+    r"""AMSGrad (Reddi, Kale & Kumar, ICLR 2018): :class:`Adam` with ``amsgrad=True``.
+
+    The denominator uses the running maximum :math:`\hat v_t = \max(\hat v_{t-1}, v_t)`
+    so the effective step size never grows. Defaults: Adam's.
+    """
+
+    hyperparameters = {**Adam.hyperparameters, "amsgrad": True}
+
+
+@register("adamax")
+class Adamax(Optimizer):
+    r"""AdaMax, Adam's infinity-norm variant (Kingma & Ba, ICLR 2015, section 7.1).
+
+    .. math::
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        u_t &= \max(\beta_2 u_{t-1}, |g_t| + \epsilon) \\
+        p_t &= p_{t-1} - \frac{\eta}{1 - \beta_1^t} \frac{m_t}{u_t}
+
+    Defaults (the paper's): ``learning_rate=2e-3``, ``beta1=0.9``, ``beta2=0.999``;
+    ``epsilon=1e-8`` as torch.
+    """
+
+    hyperparameters = {"learning_rate": 2e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
+    slots = {"exp_avg": 0.0, "exp_inf": 0.0}
+
+    def update_param(self, param, grad, state):
+        beta1 = self.beta1
+        exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
+        exp_inf = pt.maximum(self.beta2 * state["exp_inf"], pt.abs(grad) + self.epsilon)
+        step_size = self.learning_rate / (1 - beta1**self.t)
+        return param - step_size * exp_avg / exp_inf, {"exp_avg": exp_avg, "exp_inf": exp_inf}
+
+
+@register("nadam")
+class NAdam(Optimizer):
+    r"""NAdam, Adam with Nesterov momentum (Dozat, ICLR 2016 workshop).
+
+    .. math::
+        \mu_t &= \beta_1 \left(1 - \tfrac12\, 0.96^{t \psi}\right), \qquad
+        \Pi_t = \prod_{i \le t} \mu_i \\
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2 \\
+        d_t &= \sqrt{v_t / (1 - \beta_2^t)} + \epsilon \\
+        p_t &= p_{t-1} - \eta \frac{1 - \mu_t}{1 - \Pi_t} \frac{g_t}{d_t}
+                       - \eta \frac{\mu_{t+1}}{1 - \Pi_t \mu_{t+1}} \frac{m_t}{d_t}
+
+    :math:`\psi` is ``momentum_decay``. Defaults (the paper's): ``learning_rate=2e-3``,
+    ``beta1=0.9``, ``beta2=0.999``, ``epsilon=1e-8``, ``momentum_decay=4e-3``.
+    """
+
+    hyperparameters = {
+        "learning_rate": 2e-3,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "epsilon": 1e-8,
+        "momentum_decay": 4e-3,
+    }
+    slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+    scalar_slots = {"mu_product": 1.0}
+
+    def _mu(self, t):
+        return self.beta1 * (1 - 0.5 * 0.96 ** (t * self.momentum_decay))
+
+    def update_scalars(self, state):
+        return {"mu_product": state["mu_product"] * self._mu(self.t)}
+
+    def update_param(self, param, grad, state):
+        t, beta1, beta2, lr = self.t, self.beta1, self.beta2, self.learning_rate
+        mu, mu_next, mu_product = self._mu(t), self._mu(t + 1), state["mu_product"]
+        exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
+        exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
+        denom = pt.sqrt(exp_avg_sq / (1 - beta2**t)) + self.epsilon
+        new_param = (
+            param
+            - lr * (1 - mu) / (1 - mu_product) * grad / denom
+            - lr * mu_next / (1 - mu_product * mu_next) * exp_avg / denom
+        )
+        return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+@register("radam")
+class RAdam(Optimizer):
+    r"""Rectified Adam (Liu et al., ICLR 2020).
+
+    .. math::
+        m_t, v_t &\text{ as in Adam}, \qquad
+        \rho_\infty = \frac{2}{1 - \beta_2} - 1, \qquad
+        \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1 - \beta_2^t} \\
+        r_t &= \sqrt{\frac{(\rho_t - 4)(\rho_t - 2)\rho_\infty}{(\rho_\infty - 4)(\rho_\infty - 2)\rho_t}} \\
+        p_t &= p_{t-1} - \eta \frac{m_t}{1 - \beta_1^t} \cdot
+            \begin{cases} r_t \dfrac{\sqrt{1 - \beta_2^t}}{\sqrt{v_t} + \epsilon} & \rho_t > 5 \\
+                          1 & \text{otherwise} \end{cases}
+
+    Defaults (the paper's): ``learning_rate=1e-3``, ``beta1=0.9``, ``beta2=0.999``,
+    ``epsilon=1e-8``.
+    """
+
+    hyperparameters = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
+    slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+
+    def update_param(self, param, grad, state):
+        t, beta1, beta2 = self.t, self.beta1, self.beta2
+        exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
+        exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
+        bias_correction2 = 1 - beta2**t
+        rho_inf = 2 / (1 - beta2) - 1
+        rho_t = rho_inf - 2 * t * beta2**t / bias_correction2
+        # max(., 0) only keeps the unused branch free of NaN when rho_t <= 5
+        rect = pt.sqrt(
+            pt.maximum((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t), 0)
+        )
+        adaptive = pt.sqrt(bias_correction2) / (pt.sqrt(exp_avg_sq) + self.epsilon)
+        scale = pt.switch(rho_t > 5, adaptive * rect, 1)
+        step = exp_avg / (1 - beta1**t) * self.learning_rate * scale
+        return param - step, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
+
+
+@register("lion")
+class Lion(Optimizer):
+    r"""Lion, EvoLved Sign Momentum (Chen et al., NeurIPS 2023), decoupled weight decay.
+
+    .. math::
+        c_t &= \beta_1 m_{t-1} + (1 - \beta_1) g_t \\
+        p_t &= (1 - \eta\lambda)\, p_{t-1} - \eta\, \mathrm{sign}(c_t) \\
+        m_t &= \beta_2 m_{t-1} + (1 - \beta_2) g_t
+
+    Defaults (the paper's): ``beta1=0.9``, ``beta2=0.99``; ``learning_rate=1e-4``
+    (the paper advises 3-10x below AdamW's), ``weight_decay=0``.
+    """
+
+    hyperparameters = {"learning_rate": 1e-4, "beta1": 0.9, "beta2": 0.99}
+    slots = {"exp_avg": 0.0}
+    decoupled_weight_decay = True
+
+    def update_param(self, param, grad, state):
+        beta1, beta2 = self.beta1, self.beta2
+        direction = pt.sign(beta1 * state["exp_avg"] + (1 - beta1) * grad)
+        exp_avg = beta2 * state["exp_avg"] + (1 - beta2) * grad
+        return param - self.learning_rate * direction, {"exp_avg": exp_avg}
