@@ -14,6 +14,8 @@ import difflib
 import math
 import os
 import tempfile
+import zipfile
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -507,9 +509,16 @@ class Optimizer:
                 if set(saved) != set(table):
                     raise ValueError(f"{owner}: state {key} {sorted(saved)} do not match {sorted(table)}")
                 for name, var in table.items():
-                    value = np.asarray(saved[name], dtype=np.float64)
+                    try:
+                        value = np.asarray(saved[name], dtype=np.float64)
+                    except (TypeError, ValueError):
+                        raise ValueError(f"{owner}: state {key} {name!r} is not a number: {saved[name]!r}") from None
+                    if value.shape != ():
+                        raise ValueError(f"{owner}: state {key} {name!r} must be a scalar, got shape {value.shape}")
                     if key == "hyperparameters":
                         _check_number(owner, name, value.item())
+                    elif not np.isfinite(value):
+                        raise ValueError(f"{owner}: state scalar {name!r} must be finite, got {value}")
                     pending.append((var, value))
         slots = state["slots"]
         if set(slots) != set(self.active_slots()):
@@ -567,7 +576,7 @@ class Optimizer:
                 flat = {k: data[k] for k in data.files}
         except FileNotFoundError:
             raise FileNotFoundError(f"{type(self).__name__}: no optimiser state file {str(path)!r}") from None
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise ValueError(f"{type(self).__name__}: {str(path)!r} is not a readable optimiser state file ({exc})") from None
         try:
             groups = int(flat["groups"])

@@ -10,6 +10,7 @@ point in the group ``symopt.optimizers``::
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Callable, Iterator, MutableMapping
 from importlib import metadata
 from typing import TypeVar
@@ -45,12 +46,17 @@ class _Registry(MutableMapping[str, type[Optimizer]]):
             name = ep.name.lower()
             if name in self._rules:
                 continue  # built-ins and explicit register() calls win
+            # A broken plug-in must not break symopt: say which one, skip it.
             try:
                 cls = ep.load()
-            except Exception as exc:  # a broken plug-in must not break symopt
-                raise ImportError(f"symopt: entry point {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+            except Exception as exc:
+                warnings.warn(f"symopt: entry point {ep.name!r} ({ep.value}) failed to load and is skipped: {exc}",
+                              RuntimeWarning, stacklevel=3)
+                continue
             if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
-                raise TypeError(f"symopt: entry point {ep.name!r} ({ep.value}) is not an Optimizer subclass")
+                warnings.warn(f"symopt: entry point {ep.name!r} ({ep.value}) is not an Optimizer subclass; skipped",
+                              RuntimeWarning, stacklevel=3)
+                continue
             self[name] = cls
 
     def reload_entry_points(self) -> None:

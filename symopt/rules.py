@@ -134,10 +134,12 @@ class RMSprop(Optimizer):
     }
 
     def active_slots(self):
+        if "_has_buffer" not in self.__dict__:  # decided once, from the construction values
+            self._has_buffer = any(group.values["momentum"].get_value() > 0 for group in self.param_groups)
         slots = {"square_avg": 0.0}
         if self.centered:
             slots["grad_avg"] = 0.0
-        if any(group.values["momentum"].get_value() > 0 for group in self.param_groups):
+        if self._has_buffer:
             slots["momentum_buffer"] = 0.0
         return slots
 
