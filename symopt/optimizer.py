@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,7 +27,13 @@ import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.variable import TensorVariable
 
-__all__ = ["Optimizer", "HYPERPARAMETER_BOUNDS"]
+from .schedules import Schedule
+
+__all__ = ["Optimizer", "Updates", "HYPERPARAMETER_BOUNDS", "TRANSFORM_SETTINGS"]
+
+#: Constructor keywords of every rule that transform gradients or constrain parameters;
+#: given a value they become shared scalars, changeable like hyperparameters.
+TRANSFORM_SETTINGS = ("clip_value", "clip_norm", "clip_global_norm", "max_norm")
 
 # name -> (low, high, low_inclusive, high_inclusive). The names are shared by every
 # rule, so their valid ranges are stated once; a rule's own extra hyperparameters
@@ -87,6 +93,17 @@ def _check_number(owner: str, name: str, value: Any) -> float:
     return value
 
 
+class Updates(OrderedDict):
+    """The ``OrderedDict`` :meth:`Optimizer.updates` returns.
+
+    ``applied`` is the symbolic boolean telling whether a call applies the update (it
+    does not while accumulating or on a skipped non-finite step), or ``None`` when
+    every call does; wrappers (EMA, Lookahead) use it to move only with the optimiser.
+    """
+
+    applied: TensorVariable | None = None
+
+
 class _HyperparameterTable:
     """``Rule.hyperparameters`` gives the defaults; ``opt.hyperparameters`` the current values."""
 
@@ -99,10 +116,42 @@ class _HyperparameterTable:
 class _Group:
     """Parameters that share one set of hyperparameter values (torch's param group)."""
 
-    def __init__(self, params: list[SharedVariable], values: dict[str, SharedVariable]):
+    def __init__(self, params: list[SharedVariable], values: dict[str, SharedVariable | Schedule]):
         self.params = params
-        self.values = values  # numeric hyperparameter name -> float64 shared scalar
+        self.values = values  # numeric hyperparameter name -> float64 shared scalar or a Schedule
         self.scalars: dict[str, SharedVariable] = {}
+
+    def symbolic(self, name: str, iterations: SharedVariable) -> TensorVariable:
+        value = self.values[name]
+        return value.symbolic(iterations) if isinstance(value, Schedule) else value
+
+    def current(self, name: str, iterations: SharedVariable) -> float:
+        value = self.values[name]
+        if isinstance(value, Schedule):
+            return float(value(iterations.get_value()))
+        return float(value.get_value())
+
+
+def _mask(owner: str, what: str, mask: Any, params: list[SharedVariable], default: Any) -> list[bool]:
+    """Resolve a mask (callable param -> bool, or a list of params) to one bool per param."""
+    if mask is None:
+        return [bool(default(p)) for p in params]
+    if callable(mask):
+        out = []
+        for index, param in enumerate(params):
+            flag = mask(param)
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{owner}: {what}({_describe(param, index)}) returned {flag!r}, expected True or False")
+            out.append(bool(flag))
+        return out
+    if isinstance(mask, (str, bytes)) or not isinstance(mask, Sequence | set | frozenset):
+        raise TypeError(f"{owner}: {what} must be a callable param -> bool or a list of parameters, got {mask!r}")
+    ids = {id(p) for p in params}
+    for entry in mask:
+        if id(entry) not in ids:
+            raise ValueError(f"{owner}: {what} names {getattr(entry, 'name', None) or entry!r}, which is not one of the parameters")
+    chosen = {id(entry) for entry in mask}
+    return [id(p) in chosen for p in params]
 
 
 class Optimizer:
@@ -161,7 +210,20 @@ class Optimizer:
             raise TypeError(f"{cls.__name__}: decoupled weight decay needs a 'learning_rate' hyperparameter")
 
     # ------------------------------------------------------------------ construction
-    def __init__(self, params: Sequence[SharedVariable] | Sequence[Mapping[str, Any]], **hyperparameters: Any):
+    def __init__(
+        self,
+        params: Sequence[SharedVariable] | Sequence[Mapping[str, Any]],
+        *,
+        clip_value: float | None = None,
+        clip_norm: float | None = None,
+        clip_global_norm: float | None = None,
+        max_norm: float | None = None,
+        max_norm_mask: Any = None,
+        weight_decay_mask: Any = None,
+        accumulate: int = 1,
+        skip_nonfinite: bool = False,
+        **hyperparameters: Any,
+    ):
         owner = type(self).__name__
         self._ctx_group: _Group | None = None
         self._ctx_dtype: str | None = None
@@ -175,7 +237,7 @@ class Optimizer:
                     raise TypeError(f"{owner}: option {key!r} must be True or False, got {value!r}")
                 self.options[key] = bool(value)
             else:
-                numeric[key] = _check_number(owner, key, value)
+                numeric[key] = value if isinstance(value, Schedule) else _check_number(owner, key, value)
 
         group_specs = self._split_groups(params)
         seen: dict[int, int] = {}
@@ -192,9 +254,13 @@ class Optimizer:
                     )
                 seen[id(param)] = index
                 self.params.append(param)
-            values = {}
+            values: dict[str, SharedVariable | Schedule] = {}
             for key, default in numeric.items():
-                value = _check_number(f"{owner} (param group {gi})", key, overrides.get(key, default))
+                value = overrides.get(key, default)
+                if isinstance(value, Schedule):
+                    values[key] = value
+                    continue
+                value = _check_number(f"{owner} (param group {gi})", key, value)
                 tag = key if len(group_specs) == 1 else f"{key}[{gi}]"
                 values[key] = pytensor.shared(np.float64(value), name=f"{owner}.{tag}")
             self.param_groups.append(_Group(list(group_params), values))
@@ -207,10 +273,48 @@ class Optimizer:
                 for key, fill in self.scalar_slots.items()
             }
         self.iterations: SharedVariable = pytensor.shared(np.int64(0), name=f"{owner}.iterations")
+
+        # Gradient transforms and constraints (the same for every rule).
+        if isinstance(accumulate, bool) or not isinstance(accumulate, (int, np.integer)) or accumulate < 1:
+            raise ValueError(f"{owner}: accumulate must be an integer >= 1, got {accumulate!r}")
+        if not isinstance(skip_nonfinite, (bool, np.bool_)):
+            raise TypeError(f"{owner}: skip_nonfinite must be True or False, got {skip_nonfinite!r}")
+        self.accumulate, self.skip_nonfinite = int(accumulate), bool(skip_nonfinite)
+        given = {"clip_value": clip_value, "clip_norm": clip_norm, "clip_global_norm": clip_global_norm, "max_norm": max_norm}
+        self.settings: dict[str, SharedVariable] = {
+            key: pytensor.shared(np.float64(self._check_setting(key, value)), name=f"{owner}.{key}")
+            for key, value in given.items()
+            if value is not None
+        }
+        self._decays = _mask(owner, "weight_decay_mask", weight_decay_mask, self.params, lambda p: True)
+        if max_norm is None and max_norm_mask is not None:
+            raise ValueError(f"{owner}: max_norm_mask given without max_norm")
+        self._max_norms = _mask(owner, "max_norm_mask", max_norm_mask, self.params, lambda p: p.ndim >= 2)
+        if max_norm is not None:
+            for index, (param, flag) in enumerate(zip(self.params, self._max_norms)):
+                if flag and param.ndim < 2:
+                    raise ValueError(f"{owner}: max_norm constrains weight columns; {_describe(param, index)} has {param.ndim} dimensions")
+        #: Applied-or-not bookkeeping: micro-steps of the current accumulation, skipped steps.
+        self.micro_steps: SharedVariable = pytensor.shared(np.int64(0), name=f"{owner}.micro_steps")
+        self.skipped: SharedVariable = pytensor.shared(np.int64(0), name=f"{owner}.skipped")
+
         self.state: list[dict[str, SharedVariable]] = [
-            {slot: self._make_slot(param, index, slot, fill) for slot, fill in self.active_slots().items()}
+            {slot: self._make_slot(param, index, slot, fill) for slot, fill in self._all_slots().items()}
             for index, param in enumerate(self.params)
         ]
+
+    def _check_setting(self, key: str, value: Any) -> float:
+        value = _check_number(type(self).__name__, key, value)
+        if value <= 0:
+            raise ValueError(f"{type(self).__name__}: {key} must be > 0, got {value}")
+        return value
+
+    def _all_slots(self) -> dict[str, float]:
+        """The rule's slots plus the gradient accumulator when ``accumulate > 1``."""
+        slots = self.active_slots()
+        if self.accumulate > 1:
+            slots["grad_accum"] = 0.0
+        return slots
 
     def _check_keywords(self, given: Mapping[str, Any]) -> None:
         known = list(self._defaults)
@@ -280,7 +384,7 @@ class Optimizer:
 
         ``grad`` already includes coupled weight decay; for decoupled rules ``param``
         is already shrunk by ``1 - lr * wd``. ``state`` maps slot names to their
-        shared variables and scalar-slot names to their updated values.
+        shared variables and scalar-slot names to their updated float64 values.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement update_param")
 
@@ -299,12 +403,32 @@ class Optimizer:
         if groups:
             if name in groups[0].values:
                 group = self.__dict__.get("_ctx_group") or groups[0]
-                var = group.values[name]
+                var = group.symbolic(name, self.iterations)
                 dtype = self.__dict__.get("_ctx_dtype")
                 return pt.cast(var, dtype) if dtype and dtype != var.dtype else var
             if name in self.__dict__.get("options", {}):
                 return self.options[name]
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    @contextlib.contextmanager
+    def float64_scalars(self) -> Iterator[Callable[[Any], TensorVariable]]:
+        """Inside ``update_param``: compute per-step scalar coefficients in float64.
+
+        Bias corrections such as ``1 - beta2**t`` cancel badly in float32 (RAdam's
+        ``rho_t`` lost a third of its value at beta2=0.9999); torch computes them as
+        Python floats. Yields a function casting a finished coefficient back to the
+        parameter's dtype, to be applied before it meets an array::
+
+            with self.float64_scalars() as cast:
+                step_size = cast(self.learning_rate / (1 - self.beta1**self.t))
+        """
+        dtype = self._ctx_dtype or "float64"
+        self._ctx_dtype = "float64"
+        try:
+            with pytensor.config.change_flags(floatX="float64"):
+                yield lambda value: pt.cast(value, dtype)
+        finally:
+            self._ctx_dtype = dtype
 
     @contextlib.contextmanager
     def _context(self, group: _Group, dtype: str) -> Iterator[None]:
@@ -359,7 +483,7 @@ class Optimizer:
     # ------------------------------------------------------------------ updates
     def updates(
         self, loss: Any = None, *, grads: Sequence[Any] | None = None, allow_unused: bool = False
-    ) -> OrderedDict[SharedVariable, TensorVariable]:
+    ) -> Updates:
         """Symbolic updates of one optimiser step, for ``pytensor.function(updates=...)``.
 
         Parameters
@@ -379,9 +503,39 @@ class Optimizer:
             step counter; each cast to its variable's dtype.
         """
         grads = self._gradients(loss, grads, allow_unused)
+        grads = [None if g is None else (pt.cast(g, p.dtype) if g.dtype != p.dtype else g) for p, g in zip(self.params, grads)]
+        live = [i for i, g in enumerate(grads) if g is not None]
+        extra: list[tuple[SharedVariable, TensorVariable]] = []
+
+        # Whether this call applies an update: only finite steps, and only every k-th call.
+        apply = None
+        finite = None
+        if self.skip_nonfinite:
+            checks = [pt.all(pt.isfinite(grads[i])) for i in live]
+            if loss is not None:
+                checks.append(pt.isfinite(pt.as_tensor_variable(loss)))
+            finite = pt.all(pt.stack(checks))
+            apply = finite
+            extra.append((self.skipped, self.skipped + 1 - pt.cast(finite, "int64")))
+        if self.accumulate > 1:
+            counted = self.micro_steps + (1 if finite is None else pt.cast(finite, "int64"))
+            due = pt.eq(counted, self.accumulate)
+            for i in live:
+                acc = self.state[i]["grad_accum"]
+                summed = acc + grads[i]
+                if finite is not None:
+                    summed = pt.switch(finite, summed, acc)  # a non-finite micro-step adds nothing
+                extra.append((acc, pt.switch(due, pt.zeros_like(acc), summed)))
+                grads[i] = summed / self.accumulate  # the mean gradient, used when `due`
+            extra.append((self.micro_steps, pt.switch(due, 0, counted)))
+            apply = due if apply is None else pt.and_(apply, due)
+
+        grads = self._clip(grads, live)
+
         grad_of = {id(p): g for p, g in zip(self.params, grads)}
-        state_of = {id(p): s for p, s in zip(self.params, self.state)}
-        new_params: OrderedDict[SharedVariable, TensorVariable] = OrderedDict()
+        index_of = {id(p): i for i, p in enumerate(self.params)}
+        new_params = Updates()
+        new_params.applied = apply
         new_state: list[tuple[SharedVariable, TensorVariable]] = []
         for group in self.param_groups:
             with self._context(group, "float64"):
@@ -391,25 +545,63 @@ class Optimizer:
                 grad = grad_of[id(param)]
                 if grad is None:
                     continue
-                slots = state_of[id(param)]
+                index = index_of[id(param)]
+                slots = {k: v for k, v in self.state[index].items() if k != "grad_accum"}
                 with self._context(group, param.dtype):
-                    grad = pt.cast(grad, param.dtype) if grad.dtype != param.dtype else grad
                     current: TensorVariable = param
-                    if self.decoupled_weight_decay:
-                        current = param * (1 - self.learning_rate * self.weight_decay)
-                    else:
-                        grad = grad + self.weight_decay * param
+                    if self._decays[index]:
+                        if self.decoupled_weight_decay:
+                            current = param * (1 - self.learning_rate * self.weight_decay)
+                        else:
+                            grad = grad + self.weight_decay * param
                     view = dict(slots)
-                    view.update({k: pt.cast(v, param.dtype) for k, v in scalars.items()})
+                    view.update(scalars)  # float64: use inside float64_scalars() and cast
                     new_value, slot_values = self.update_param(current, grad, view)
+                    if "max_norm" in self.settings and self._max_norms[index]:
+                        new_value = self._constrain_norm(pt.as_tensor_variable(new_value), param.dtype)
                 slot_values = self._checked(slot_values, slots, "update_param")
                 new_params[param] = self._cast_to(param, new_value)
                 new_state += [(slots[k], v) for k, v in slot_values.items()]
         out = new_params
         for var, value in new_state:
             out[var] = self._cast_to(var, value)
-        out[self.iterations] = self.iterations + 1
+        if apply is not None:  # a step that is not applied leaves everything as it was
+            for var in out:
+                out[var] = pt.switch(apply, out[var], var)
+            out[self.iterations] = self.iterations + pt.cast(apply, "int64")
+        else:
+            out[self.iterations] = self.iterations + 1
+        for var, value in extra:
+            out[var] = self._cast_to(var, value)
         return out
+
+    def _clip(self, grads: list[TensorVariable | None], live: list[int]) -> list[TensorVariable | None]:
+        """clip_value, then clip_norm per parameter, then clip_global_norm over all."""
+        settings = self.settings
+        grads = list(grads)
+        for i in live:
+            g = grads[i]
+            if "clip_value" in settings:
+                c = pt.cast(settings["clip_value"], g.dtype)
+                g = pt.clip(g, -c, c)
+            if "clip_norm" in settings:
+                c = pt.cast(settings["clip_norm"], g.dtype)
+                g = g * (c / pt.maximum(pt.sqrt(pt.sum(g * g)), c))
+            grads[i] = g
+        if "clip_global_norm" in settings and live:
+            c = settings["clip_global_norm"]
+            norm = pt.sqrt(pt.sum(pt.stack([pt.cast(pt.sum(grads[i] * grads[i]), "float64") for i in live])))
+            factor = c / pt.maximum(norm, c)  # Keras/optax: scale only when the norm exceeds c
+            for i in live:
+                grads[i] = grads[i] * pt.cast(factor, grads[i].dtype)
+        return grads
+
+    def _constrain_norm(self, value: TensorVariable, dtype: str) -> TensorVariable:
+        """Lasagne's norm constraint: rescale each unit's incoming weights to norm <= max_norm."""
+        axes = (0,) if value.ndim == 2 else tuple(range(1, value.ndim))
+        norms = pt.sqrt(pt.sum(value * value, axis=axes, keepdims=True))
+        target = pt.clip(norms, 0, pt.cast(self.settings["max_norm"], dtype))
+        return value * (target / (1e-7 + norms))
 
     def _checked(self, values: Any, allowed: Mapping[str, Any], hook: str) -> dict[str, Any]:
         if not isinstance(values, Mapping):
@@ -445,10 +637,18 @@ class Optimizer:
         owner = type(self).__name__
         if name in self.options:
             raise ValueError(f"{owner}: {name!r} is a structural option fixed at construction; build a new optimiser")
+        if name in TRANSFORM_SETTINGS:
+            if name not in self.settings:
+                raise ValueError(f"{owner}: {name} was not enabled at construction; pass {name}=... to the constructor")
+            self.settings[name].set_value(np.float64(self._check_setting(name, value)))
+            return
         if name not in self._defaults:
             self._check_keywords({name: value})
         value = _check_number(owner, name, value)
         groups = self.param_groups if group is None else [self._group_index(group)]
+        for g in groups:
+            if isinstance(g.values[name], Schedule):
+                raise ValueError(f"{owner}: {name} follows a schedule; change it with schedule.set(...)")
         for g in groups:
             g.values[name].set_value(np.float64(value))
 
@@ -456,12 +656,15 @@ class Optimizer:
         """Current value of a hyperparameter (or option)."""
         if name in self.options:
             return self.options[name]
+        if name in self.settings:
+            return float(self.settings[name].get_value())
         if name not in self._defaults:
             self._check_keywords({name: None})
-        return float(self._group_index(group).values[name].get_value())
+        return self._group_index(group).current(name, self.iterations)
 
     def _current_hyperparameters(self) -> dict[str, Any]:
-        values: dict[str, Any] = {k: float(v.get_value()) for k, v in self.param_groups[0].values.items()}
+        group = self.param_groups[0]
+        values: dict[str, Any] = {k: group.current(k, self.iterations) for k in group.values}
         values.update(self.options)
         return {k: values[k] for k in self._defaults}
 
@@ -477,12 +680,21 @@ class Optimizer:
             "iterations": np.array(self.iterations.get_value(), dtype=np.int64),
             "options": {k: np.array(v) for k, v in self.options.items()},
             "hyperparameters": [
-                {k: np.array(v.get_value(), dtype=np.float64) for k, v in g.values.items()} for g in self.param_groups
+                {k: np.array(v.get_value(), dtype=np.float64) for k, v in g.values.items() if not isinstance(v, Schedule)}
+                for g in self.param_groups
             ],
+            "schedules": [
+                {k: v.state() for k, v in g.values.items() if isinstance(v, Schedule)} for g in self.param_groups
+            ],
+            "settings": {k: np.array(v.get_value(), dtype=np.float64) for k, v in self.settings.items()},
+            "counters": {
+                "micro_steps": np.array(self.micro_steps.get_value(), dtype=np.int64),
+                "skipped": np.array(self.skipped.get_value(), dtype=np.int64),
+            },
             "scalars": [{k: np.array(v.get_value()) for k, v in g.scalars.items()} for g in self.param_groups],
             "slots": {
                 slot: [self.state[i][slot].get_value(borrow=False) for i in range(len(self.params))]
-                for slot in self.active_slots()
+                for slot in self._all_slots()
             },
         }
 
@@ -491,7 +703,9 @@ class Optimizer:
         owner = type(self).__name__
         if not isinstance(state, Mapping):
             raise TypeError(f"{owner}: state must be a dict from state_dict(), got {type(state).__name__}")
-        missing = {"optimizer", "iterations", "options", "hyperparameters", "scalars", "slots"} - set(state)
+        missing = {
+            "optimizer", "iterations", "options", "hyperparameters", "schedules", "settings", "counters", "scalars", "slots"
+        } - set(state)
         if missing:
             raise ValueError(f"{owner}: state is missing {sorted(missing)}")
         if state["optimizer"] != owner:
@@ -500,11 +714,19 @@ class Optimizer:
         if options != self.options:
             raise ValueError(f"{owner}: state has options {options}, this optimiser has {self.options}")
         pending: list[tuple[SharedVariable, np.ndarray]] = []
-        for key in ("hyperparameters", "scalars"):
+        schedule_values: list[tuple[Schedule, dict[str, np.ndarray]]] = []
+        for key in ("hyperparameters", "schedules", "scalars"):
             if len(state[key]) != len(self.param_groups):
                 raise ValueError(f"{owner}: state has {len(state[key])} param groups in {key!r}, expected {len(self.param_groups)}")
         for gi, group in enumerate(self.param_groups):
-            for key, table in (("hyperparameters", group.values), ("scalars", group.scalars)):
+            saved_schedules = state["schedules"][gi]
+            schedules = {k: v for k, v in group.values.items() if isinstance(v, Schedule)}
+            if set(saved_schedules) != set(schedules):
+                raise ValueError(f"{owner}: state has schedules for {sorted(saved_schedules)}, this optimiser for {sorted(schedules)}")
+            for name, schedule in schedules.items():
+                schedule_values.append((schedule, schedule.checked_state(saved_schedules[name])))
+            shared_values = {k: v for k, v in group.values.items() if not isinstance(v, Schedule)}
+            for key, table in (("hyperparameters", shared_values), ("scalars", group.scalars)):
                 saved = state[key][gi]
                 if set(saved) != set(table):
                     raise ValueError(f"{owner}: state {key} {sorted(saved)} do not match {sorted(table)}")
@@ -520,9 +742,18 @@ class Optimizer:
                     elif not np.isfinite(value):
                         raise ValueError(f"{owner}: state scalar {name!r} must be finite, got {value}")
                     pending.append((var, value))
+        if set(state["settings"]) != set(self.settings):
+            raise ValueError(f"{owner}: state has settings {sorted(state['settings'])}, this optimiser {sorted(self.settings)}")
+        for name, value in state["settings"].items():
+            pending.append((self.settings[name], np.asarray(self._check_setting(name, np.asarray(value).item()))))
+        for name, var in (("micro_steps", self.micro_steps), ("skipped", self.skipped)):
+            count = np.asarray(state["counters"].get(name, -1))
+            if count.shape != () or count.dtype.kind not in "iu" or count < 0:
+                raise ValueError(f"{owner}: state counter {name!r} must be a non-negative integer, got {count!r}")
+            pending.append((var, count.astype(np.int64)))
         slots = state["slots"]
-        if set(slots) != set(self.active_slots()):
-            raise ValueError(f"{owner}: state has slots {sorted(slots)}, this optimiser keeps {sorted(self.active_slots())}")
+        if set(slots) != set(self._all_slots()):
+            raise ValueError(f"{owner}: state has slots {sorted(slots)}, this optimiser keeps {sorted(self._all_slots())}")
         for slot, arrays in slots.items():
             if len(arrays) != len(self.params):
                 raise ValueError(f"{owner}: slot {slot!r} has {len(arrays)} entries for {len(self.params)} parameters")
@@ -542,6 +773,8 @@ class Optimizer:
         pending.append((self.iterations, iterations.astype(np.int64)))
         for var, value in pending:
             var.set_value(value.copy())
+        for schedule, values in schedule_values:
+            schedule.load_state(values)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`state_dict` to an ``.npz`` file atomically (no partial file on failure)."""
@@ -552,7 +785,11 @@ class Optimizer:
             "groups": np.array(len(self.param_groups)),
         }
         flat.update({f"option/{k}": v for k, v in state["options"].items()})
+        flat.update({f"setting/{k}": v for k, v in state["settings"].items()})
+        flat.update({f"counter/{k}": v for k, v in state["counters"].items()})
         for gi in range(len(self.param_groups)):
+            for name, params in state["schedules"][gi].items():
+                flat.update({f"schedule/{gi}/{name}/{p}": v for p, v in params.items()})
             flat.update({f"hyperparameter/{gi}/{k}": v for k, v in state["hyperparameters"][gi].items()})
             flat.update({f"scalar/{gi}/{k}": v for k, v in state["scalars"][gi].items()})
         for slot, arrays in state["slots"].items():
@@ -585,6 +822,9 @@ class Optimizer:
                 "iterations": flat["iterations"],
                 "options": {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("option/")},
                 "hyperparameters": [{} for _ in range(groups)],
+                "schedules": [{} for _ in range(groups)],
+                "settings": {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("setting/")},
+                "counters": {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("counter/")},
                 "scalars": [{} for _ in range(groups)],
                 "slots": {},
             }
@@ -593,6 +833,9 @@ class Optimizer:
                 if kind in ("hyperparameter", "scalar"):
                     gi, name = rest.split("/", 1)
                     state["hyperparameters" if kind == "hyperparameter" else "scalars"][int(gi)][name] = value
+                elif kind == "schedule":
+                    gi, name, param = rest.split("/", 2)
+                    state["schedules"][int(gi)].setdefault(name, {})[param] = value
                 elif kind == "slot":
                     slot, index = rest.rsplit("/", 1)
                     state["slots"].setdefault(slot, {})[int(index)] = value

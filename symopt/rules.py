@@ -230,16 +230,19 @@ class Adam(Optimizer):
         return slots
 
     def update_param(self, param, grad, state):
-        t, beta1, beta2 = self.t, self.beta1, self.beta2
-        beta1_t = beta1 * self.beta1_decay ** (t - 1)
+        with self.float64_scalars() as cast:
+            t = self.t
+            beta1_t = cast(self.beta1 * self.beta1_decay ** (t - 1))
+            bias_correction2_sqrt = cast(pt.sqrt(1 - self.beta2**t))
+            step_size = cast(self.learning_rate / (1 - self.beta1**t))
+        beta2 = self.beta2
         exp_avg = beta1_t * state["exp_avg"] + (1 - beta1_t) * grad
         exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
         new = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
         second = exp_avg_sq
         if self.amsgrad:
             second = new["max_exp_avg_sq"] = pt.maximum(state["max_exp_avg_sq"], exp_avg_sq)
-        denom = pt.sqrt(second) / pt.sqrt(1 - beta2**t) + self.epsilon
-        step_size = self.learning_rate / (1 - beta1**t)
+        denom = pt.sqrt(second) / bias_correction2_sqrt + self.epsilon
         return param - step_size * exp_avg / denom, new
 
 
@@ -285,10 +288,11 @@ class Adamax(Optimizer):
     slots = {"exp_avg": 0.0, "exp_inf": 0.0}
 
     def update_param(self, param, grad, state):
+        with self.float64_scalars() as cast:
+            step_size = cast(self.learning_rate / (1 - self.beta1**self.t))
         beta1 = self.beta1
         exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
         exp_inf = pt.maximum(self.beta2 * state["exp_inf"], pt.abs(grad) + self.epsilon)
-        step_size = self.learning_rate / (1 - beta1**self.t)
         return param - step_size * exp_avg / exp_inf, {"exp_avg": exp_avg, "exp_inf": exp_inf}
 
 
@@ -326,16 +330,18 @@ class NAdam(Optimizer):
         return {"mu_product": state["mu_product"] * self._mu(self.t)}
 
     def update_param(self, param, grad, state):
-        t, beta1, beta2, lr = self.t, self.beta1, self.beta2, self.learning_rate
-        mu, mu_next, mu_product = self._mu(t), self._mu(t + 1), state["mu_product"]
+        with self.float64_scalars() as cast:
+            t, lr = self.t, self.learning_rate
+            mu, mu_next = self._mu(t), self._mu(t + 1)
+            mu_product = state["mu_product"]  # already advanced by update_scalars
+            grad_coef = cast(lr * (1 - mu) / (1 - mu_product))
+            avg_coef = cast(lr * mu_next / (1 - mu_product * mu_next))
+            bias_correction2 = cast(1 - self.beta2**t)
+        beta1, beta2 = self.beta1, self.beta2
         exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
         exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
-        denom = pt.sqrt(exp_avg_sq / (1 - beta2**t)) + self.epsilon
-        new_param = (
-            param
-            - lr * (1 - mu) / (1 - mu_product) * grad / denom
-            - lr * mu_next / (1 - mu_product * mu_next) * exp_avg / denom
-        )
+        denom = pt.sqrt(exp_avg_sq / bias_correction2) + self.epsilon
+        new_param = param - grad_coef * grad / denom - avg_coef * exp_avg / denom
         return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
@@ -360,19 +366,24 @@ class RAdam(Optimizer):
     slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
 
     def update_param(self, param, grad, state):
-        t, beta1, beta2 = self.t, self.beta1, self.beta2
+        with self.float64_scalars() as cast:
+            t, beta2 = self.t, self.beta2
+            bias_correction2 = 1 - beta2**t
+            rho_inf = 2 / (1 - beta2) - 1
+            rho_t = rho_inf - 2 * t * beta2**t / bias_correction2
+            # max(., 0) only keeps the unused branch free of NaN when rho_t <= 5
+            rect = pt.sqrt(
+                pt.maximum((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t), 0)
+            )
+            rectified = rho_t > 5
+            step_size = cast(self.learning_rate / (1 - self.beta1**t))
+            adaptive_coef = cast(pt.sqrt(bias_correction2) * rect)
+        beta1, beta2 = self.beta1, self.beta2
         exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
         exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
-        bias_correction2 = 1 - beta2**t
-        rho_inf = 2 / (1 - beta2) - 1
-        rho_t = rho_inf - 2 * t * beta2**t / bias_correction2
-        # max(., 0) only keeps the unused branch free of NaN when rho_t <= 5
-        rect = pt.sqrt(
-            pt.maximum((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t), 0)
-        )
-        adaptive = pt.sqrt(bias_correction2) / (pt.sqrt(exp_avg_sq) + self.epsilon)
-        scale = pt.switch(rho_t > 5, adaptive * rect, 1)
-        step = exp_avg / (1 - beta1**t) * self.learning_rate * scale
+        adaptive = adaptive_coef / (pt.sqrt(exp_avg_sq) + self.epsilon)
+        scale = pt.switch(rectified, adaptive, 1)
+        step = exp_avg * step_size * scale
         return param - step, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 

@@ -1,0 +1,188 @@
+"""The ``symopt`` command line.
+
+``symopt train`` trains an MLP on MNIST (or any IDX-layout data set) with any registered
+optimiser; ``symopt optimizers`` lists the rules and their hyperparameters. Errors in
+flags or data print one line on stderr and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer widths like 100,100, got {text!r}") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"expected positive layer widths like 100,100, got {text!r}")
+    return sizes
+
+
+def _hyperparameter(text: str) -> tuple[str, Any]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false"):
+        return name.strip(), lowered == "true"
+    try:
+        return name.strip(), float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"hyperparameter {name.strip()!r} needs a number or true/false, got {raw!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="symopt", description="Train PyTensor models with symopt's optimisers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train an MLP on MNIST or another IDX data set")
+    train.add_argument("--optimizer", default="adam", help="registry name (see `symopt optimizers`); default adam")
+    train.add_argument("--lr", type=float, default=None, help="learning rate (default: the rule's)")
+    train.add_argument("--weight-decay", type=float, default=None, help="weight decay (default: the rule's)")
+    train.add_argument(
+        "--hp", type=_hyperparameter, action="append", default=[], metavar="NAME=VALUE",
+        help="any other hyperparameter, repeatable: --hp beta2=0.99 --hp amsgrad=true",
+    )
+    train.add_argument("--epochs", type=_positive_int, default=20)
+    train.add_argument("--batch-size", type=_positive_int, default=128)
+    train.add_argument("--hidden", type=_sizes, default=[100, 100, 100, 100], help="hidden widths, e.g. 100,100")
+    train.add_argument("--activation", default="relu", choices=["relu", "sigmoid", "tanh"])
+    train.add_argument("--init", default="he", help="he, xavier, normal, or a standard deviation such as 0.01")
+    train.add_argument("--batchnorm", action="store_true", help="batch normalisation after each hidden Dense")
+    train.add_argument("--dropout", type=float, default=0.0, help="dropout probability on hidden layers")
+    train.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order and dropout")
+    train.add_argument("--data-dir", type=Path, default=None, help="directory of IDX files (default: MNIST, fetched if missing)")
+    train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    train.add_argument("--out", type=Path, default=None, help="write config and per-epoch history as JSON")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("optimizers", help="list registered optimisers and their defaults")
+    return parser
+
+
+def _build_optimizer(args: argparse.Namespace, params: list) -> Any:
+    import symopt
+
+    cls = symopt.get(args.optimizer)
+    hyper = dict(args.hp)
+    for flag, name in ((args.lr, "learning_rate"), (args.weight_decay, "weight_decay")):
+        if flag is not None:
+            if name in hyper:
+                raise CLIError(f"{name} given twice (flag and --hp)")
+            hyper[name] = flag
+    return cls(params, **hyper)
+
+
+def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _train(args: argparse.Namespace) -> None:
+    from . import data as data_mod
+    from . import nn
+    from .train import Trainer
+
+    if not 0.0 <= args.dropout < 1.0:
+        raise CLIError(f"--dropout must be in [0, 1), got {args.dropout}")
+    try:
+        init: Any = float(args.init)
+    except ValueError:
+        init = args.init
+    if args.out is not None and args.out.is_dir():
+        raise CLIError(f"--out {args.out} is a directory; give a file path such as run.json")
+
+    dataset = data_mod.load_idx_dataset(args.data_dir) if args.data_dir is not None else data_mod.load_mnist()
+    n_in = int(dataset.x_train.shape[1])
+    n_out = int(max(dataset.y_train.max(), dataset.y_test.max())) + 1
+    model = nn.MLP(
+        [n_in, *args.hidden, n_out], activation=args.activation, init=init, batchnorm=args.batchnorm,
+        dropout=args.dropout, seed=args.seed, dtype=args.dtype,
+    )
+    optimizer = _build_optimizer(args, model.params)
+    config = {
+        "optimizer": optimizer.name or type(optimizer).__name__,
+        "hyperparameters": optimizer.hyperparameters,
+        "epochs": args.epochs, "batch_size": args.batch_size, "hidden": args.hidden,
+        "activation": args.activation, "init": args.init, "batchnorm": args.batchnorm, "dropout": args.dropout,
+        "seed": args.seed, "dtype": args.dtype,
+        "data": str(args.data_dir) if args.data_dir is not None else "mnist",
+    }
+    trainer = Trainer(
+        model, optimizer, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, batch_size=args.batch_size
+    )
+    print(f"{config['optimizer']} {optimizer.hyperparameters}  layers {[n_in, *args.hidden, n_out]}  "
+          f"{len(dataset.x_train)} train / {len(dataset.x_test)} test samples", flush=True)
+
+    def report(record: Any) -> None:
+        print(
+            f"epoch {record.epoch:3d}  train_loss {record.train_loss:.4f}  test_loss {record.test_loss:.4f}  "
+            f"test_accuracy {record.test_accuracy:.4f}  {record.seconds:.2f}s",
+            flush=True,
+        )
+
+    history = trainer.fit(args.epochs, args.seed, progress=not args.no_progress, callback=report)
+    if args.out is not None:
+        _write_json_atomic(args.out, {"config": config, "history": [r.as_dict() for r in history]})
+        print(f"wrote {args.out}")
+
+
+def _list_optimizers() -> None:
+    import symopt
+
+    for name, cls in sorted(symopt.OPTIMIZERS.items()):
+        defaults = ", ".join(f"{k}={v}" for k, v in cls.hyperparameters.items())
+        print(f"{name:<10} {cls.__name__:<10} {defaults}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``symopt`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            _train(args)
+        elif args.command == "optimizers":
+            _list_optimizers()
+    except KeyboardInterrupt:
+        print("symopt: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, TypeError, KeyError, FileNotFoundError, PermissionError, OSError) as exc:
+        print(f"symopt: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""symopt test suite (a package, so test modules can import shared helpers)."""

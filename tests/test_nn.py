@@ -1,0 +1,580 @@
+"""symopt.nn layers against NumPy references written from their equations.
+
+Compiling is the slow part (seconds per function), so each group of checks compiles
+one function in a module-scoped fixture and the tests read its results.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+from pytensor.compile.mode import Mode
+
+import symopt
+from symopt.gradcheck import check_grad
+from symopt.nn import (
+    MLP,
+    BatchNorm,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Layer,
+    MaxPool2D,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Tanh,
+    accuracy,
+    cross_entropy,
+    he,
+    initialize,
+    normal,
+    relu,
+    sigmoid,
+    softmax,
+    tanh,
+    xavier,
+)
+
+
+# ---------------------------------------------------------------------- NumPy references
+def np_logsumexp(z: np.ndarray) -> np.ndarray:
+    m = z.max(axis=1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def np_conv2d(x, W, b, stride, pads):
+    """Cross-correlation by explicit loops: out[n, f, r, c] = sum(window * W[f]) + b[f]."""
+    (top, bottom), (left, right) = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    n, _, h, w = xp.shape
+    f, _, kh, kw = W.shape
+    sh, sw = stride
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    out = np.zeros((n, f, ho, wo))
+    for i in range(n):
+        for k in range(f):
+            for r in range(ho):
+                for c in range(wo):
+                    window = xp[i, :, r * sh : r * sh + kh, c * sw : c * sw + kw]
+                    out[i, k, r, c] = np.sum(window * W[k]) + b[k]
+    return out
+
+
+def np_maxpool(x, size, stride):
+    (ph, pw), (sh, sw) = size, stride
+    n, ch, h, w = x.shape
+    ho, wo = (h - ph) // sh + 1, (w - pw) // sw + 1
+    out = np.zeros((n, ch, ho, wo))
+    for r in range(ho):
+        for c in range(wo):
+            out[:, :, r, c] = x[:, :, r * sh : r * sh + ph, c * sw : c * sw + pw].max(axis=(2, 3))
+    return out
+
+
+def float64_variables(fn) -> list:
+    return [v for v in fn.maker.fgraph.variables if getattr(v.type, "dtype", None) == "float64"]
+
+
+# ---------------------------------------------------------------------- initialisers
+def test_he_std_on_a_784x100_layer():
+    W = he((784, 100), seed=0, dtype="float32")
+    assert W.dtype == np.float32 and W.shape == (784, 100)
+    # 78,400 samples: the sample std is within ~0.3 % (1 s.e.) of the true one.
+    assert W.std() == pytest.approx(math.sqrt(2 / 784), rel=0.015)
+    assert abs(W.mean()) < 4 * math.sqrt(2 / 784) / math.sqrt(W.size)
+
+
+def test_xavier_normal_and_float_std():
+    assert xavier((784, 100), seed=1).std() == pytest.approx(math.sqrt(1 / 784), rel=0.015)
+    assert normal((784, 100), seed=2).std() == pytest.approx(0.01, rel=0.015)
+    assert initialize("normal", (784, 100), seed=2).std() == pytest.approx(0.01, rel=0.015)
+    assert initialize(0.05, (784, 100), seed=3).std() == pytest.approx(0.05, rel=0.015)
+    assert initialize("xavier", (784, 100), seed=4, dtype="float64").dtype == np.float64
+
+
+def test_conv_kernel_fan_in():
+    # (out, in, kh, kw): fan_in = in * kh * kw = 72, not out = 64.
+    W = initialize("he", (64, 8, 3, 3), seed=5, dtype="float64")
+    assert W.std() == pytest.approx(math.sqrt(2 / 72), rel=0.03)
+
+
+def test_initialisers_are_seeded():
+    a = he((50, 20), seed=7, dtype="float64")
+    assert np.array_equal(a, he((50, 20), seed=7, dtype="float64"))
+    assert not np.array_equal(a, he((50, 20), seed=8, dtype="float64"))
+    # Drawn in float64 then cast: the same seed gives the same weights in either dtype.
+    np.testing.assert_array_equal(he((50, 20), seed=7, dtype="float32"), a.astype(np.float32))
+    g1, g2 = np.random.default_rng(3), np.random.default_rng(3)
+    np.testing.assert_array_equal(normal((4,), seed=g1), normal((4,), seed=g2))
+
+
+def test_initialiser_errors():
+    with pytest.raises(ValueError, match="unknown initialiser"):
+        initialize("glorot_uniform", (3, 3), seed=0)
+    with pytest.raises(TypeError):
+        initialize(True, (3, 3), seed=0)
+    with pytest.raises(TypeError, match="float dtype"):
+        he((3, 3), seed=0, dtype="int32")
+    with pytest.raises(TypeError, match="seed"):
+        he((3, 3), seed=1.5)
+
+
+# ---------------------------------------------------------------------- MLP structure
+def test_mlp_params_shapes_dtypes_and_zero_biases():
+    model = MLP([784, 100, 100, 10], seed=0)
+    names = [p.name for p in model.params]
+    assert names == ["dense0.W", "dense0.b", "dense1.W", "dense1.b", "dense2.W", "dense2.b"]
+    shapes = [p.get_value().shape for p in model.params]
+    assert shapes == [(784, 100), (100,), (100, 100), (100,), (100, 10), (10,)]
+    assert all(p.dtype == "float32" and p.get_value().dtype == np.float32 for p in model.params)
+    for b in model.params[1::2]:
+        assert not b.get_value().any()
+    W0 = model.params[0].get_value()
+    assert W0.std() == pytest.approx(math.sqrt(2 / 784), rel=0.015)
+    assert model.params[2].get_value().std() == pytest.approx(math.sqrt(2 / 100), rel=0.05)
+    assert model.buffers == []
+
+
+def test_mlp_batchnorm_dropout_layout_and_seeding():
+    plain = MLP([20, 16, 8, 3], seed=4, dtype="float64")
+    model = MLP([20, 16, 8, 3], seed=4, dtype="float64", batchnorm=True, dropout=0.5, activation="tanh")
+    assert [layer.name for layer in model] == [
+        "dense0", "bn0", "tanh0", "dropout0", "dense1", "bn1", "tanh1", "dropout1", "dense2",
+    ]
+    assert [p.name for p in model.params] == [
+        "dense0.W", "bn0.gamma", "bn0.beta", "dense1.W", "bn1.gamma", "bn1.beta", "dense2.W", "dense2.b",
+    ]
+    assert [b.name for b in model.buffers] == [
+        "bn0.running_mean", "bn0.running_var", "dropout0.rng", "bn1.running_mean", "bn1.running_var", "dropout1.rng",
+    ]
+    assert all(p.dtype == "float64" for p in model.params)
+    # Weights depend on the seed only, not on the batchnorm/dropout options.
+    for a, b in zip([plain[0].W, plain[2].W, plain[4].W], [model[0].W, model[4].W, model[8].W]):
+        np.testing.assert_array_equal(a.get_value(), b.get_value())
+    other = MLP([20, 16, 8, 3], seed=5, dtype="float64")
+    assert not np.array_equal(other[0].W.get_value(), plain[0].W.get_value())
+    # The two dropout layers draw different masks.
+    s0 = model[3].rng.get_value().bit_generator.state
+    s1 = model[7].rng.get_value().bit_generator.state
+    assert s0 != s1
+
+
+def test_layer_argument_errors():
+    with pytest.raises(ValueError):
+        MLP([10])
+    with pytest.raises(ValueError, match="p must"):
+        Dropout(1.0, seed=0)
+    with pytest.raises(ValueError, match="momentum"):
+        BatchNorm(3, momentum=1.5)
+    with pytest.raises(ValueError, match="unknown activation"):
+        MLP([3, 2], activation="swish")
+    with pytest.raises(ValueError, match="same"):
+        Conv2D(1, 1, 3, seed=0, stride=2, padding="same")
+    with pytest.raises(ValueError, match="padding"):
+        Conv2D(1, 1, 3, seed=0, padding="full")
+    x = pt.matrix("x", dtype="float32")
+    with pytest.raises(TypeError, match="train must be True or False"):
+        Dense(3, 2, seed=0).output(x, train=pt.scalar())
+    with pytest.raises(ValueError, match="expects 3 features"):
+        Dense(3, 2, seed=0).output(pt.tensor("x", shape=(None, 4), dtype="float32"), train=False)
+    with pytest.raises(ValueError, match="height, width"):
+        MaxPool2D(2).output(x, train=False)
+
+
+def test_zero_dropout_is_the_identity_in_train_mode():
+    x = pt.matrix("x")
+    layer = Dropout(0.0, seed=0)
+    assert layer.output(x, train=True) is x
+    assert len(layer.extra_updates) == 0
+
+
+# ---------------------------------------------------------------------- Dense + activations
+@pytest.fixture(scope="module")
+def dense_run():
+    rng = np.random.default_rng(10)
+    layer = Dense(4, 3, seed=11, dtype="float64")
+    layer.b.set_value(rng.standard_normal(3))
+    x = pt.matrix("x")
+    h = layer.output(x, train=False)
+    fn = pytensor.function(
+        [x],
+        [h, relu(h), sigmoid(h), tanh(h), ReLU().output(h, False), Sigmoid()(h, False), Tanh()(h, False)],
+    )
+    X = rng.standard_normal((5, 4)) * 3
+    return fn(X), X, layer.W.get_value(), layer.b.get_value()
+
+
+def test_dense_forward(dense_run):
+    (h, *_), X, W, b = dense_run
+    np.testing.assert_allclose(h, X @ W + b, rtol=1e-12, atol=1e-12)
+
+
+def test_activations_forward(dense_run):
+    (h, r, s, t, r2, s2, t2), X, W, b = dense_run
+    ref = X @ W + b
+    assert (ref < 0).any() and (ref > 0).any()
+    np.testing.assert_allclose(r, np.maximum(ref, 0), atol=1e-12)
+    np.testing.assert_allclose(s, 1 / (1 + np.exp(-ref)), rtol=1e-12)
+    np.testing.assert_allclose(t, np.tanh(ref), rtol=1e-12, atol=1e-15)
+    np.testing.assert_array_equal(r2, r)
+    np.testing.assert_array_equal(s2, s)
+    np.testing.assert_array_equal(t2, t)
+
+
+# ---------------------------------------------------------------------- cross-entropy
+HUGE = np.array([[1e4, 0.0, -1e4], [1e4, 1e4 - 1.0, 5.0], [-3.0, 2.0, 0.5], [0.1, 0.2, 0.3]])
+LABELS = np.array([1, 0, 1, 2], dtype="int32")
+
+
+@pytest.fixture(scope="module")
+def ce_fn():
+    z64, z32, y = pt.matrix("z64"), pt.matrix("z32", dtype="float32"), pt.ivector("y")
+    ce64 = cross_entropy(z64, y)
+    ce32 = cross_entropy(z32, y)
+    return pytensor.function(
+        [z64, z32, y],
+        [
+            ce64,
+            cross_entropy(z64, y, reduction="none"),
+            cross_entropy(z64, y, reduction="sum"),
+            pytensor.grad(ce64, z64),
+            softmax(z64),
+            accuracy(z64, y),
+            ce32,
+            pytensor.grad(ce32, z32),
+        ],
+    )
+
+
+def test_cross_entropy_on_huge_logits_matches_logsumexp(ce_fn):
+    with np.errstate(over="ignore"):
+        assert not np.isfinite(np.log(np.exp(HUGE).sum(axis=1))).all()  # the naive form overflows
+    ce, per_row, total, grad, sm, acc, ce32, grad32 = ce_fn(HUGE, HUGE.astype("float32"), LABELS)
+    ref_rows = np_logsumexp(HUGE) - HUGE[np.arange(4), LABELS]
+    assert ref_rows[0] == 1e4 and ref_rows[1] == pytest.approx(math.log1p(math.exp(-1.0)))
+    np.testing.assert_allclose(per_row, ref_rows, rtol=1e-12)
+    assert np.isfinite(ce) and ce == pytest.approx(ref_rows.mean(), rel=1e-12)
+    assert total == pytest.approx(ref_rows.sum(), rel=1e-12)
+    assert ce32.dtype == np.float32 and np.isfinite(ce32)
+    assert ce32 == pytest.approx(ref_rows.mean(), rel=1e-6)
+
+
+def test_cross_entropy_gradient_softmax_and_accuracy(ce_fn):
+    ce, per_row, total, grad, sm, acc, ce32, grad32 = ce_fn(HUGE, HUGE.astype("float32"), LABELS)
+    ref_sm = np.exp(HUGE - np_logsumexp(HUGE)[:, None])
+    onehot = np.eye(3)[LABELS]
+    np.testing.assert_allclose(sm, ref_sm, rtol=1e-12, atol=1e-300)
+    np.testing.assert_allclose(grad, (ref_sm - onehot) / 4, rtol=1e-10, atol=1e-15)
+    assert grad32.dtype == np.float32 and np.isfinite(grad32).all()
+    np.testing.assert_allclose(grad32, (ref_sm - onehot) / 4, atol=1e-6)
+    assert acc == pytest.approx(np.mean(HUGE.argmax(axis=1) == LABELS))
+
+
+def test_cross_entropy_rejects_out_of_range_labels(ce_fn):
+    with pytest.raises(AssertionError, match="class labels"):
+        ce_fn(HUGE, HUGE.astype("float32"), np.array([1, 0, 3, 2], dtype="int32"))
+    with pytest.raises(TypeError, match="integer"):
+        cross_entropy(pt.matrix(), pt.vector())
+
+
+# ---------------------------------------------------------------------- BatchNorm
+@pytest.fixture(scope="module")
+def bn_setup():
+    rng = np.random.default_rng(20)
+    bn2 = BatchNorm(3, momentum=0.2, epsilon=1e-3, dtype="float64")
+    bn4 = BatchNorm(2, momentum=0.3, epsilon=1e-5, dtype="float64")
+    bn4.gamma.set_value(np.array([1.5, -0.5]))
+    bn4.beta.set_value(np.array([0.25, 2.0]))
+    x2, x4 = pt.matrix("x2"), pt.tensor4("x4")
+    train_out = [bn2.output(x2, train=True), bn4.output(x4, train=True)]
+    eval_out = [bn2.output(x2, train=False), bn4.output(x4, train=False)]
+    # Built after the eval graph: evaluation-mode calls must not clear extra_updates.
+    updates = {**bn2.extra_updates, **bn4.extra_updates}
+    train = pytensor.function([x2, x4], train_out, updates=updates)
+    evaluate = pytensor.function([x2, x4], eval_out)
+    batches = [
+        (rng.normal(3.0, 2.0, (16, 3)) + np.array([0.0, -5.0, 10.0]), rng.normal(-1.0, 3.0, (4, 2, 3, 5)))
+        for _ in range(3)
+    ]
+    return bn2, bn4, train, evaluate, batches
+
+
+def test_batchnorm_train_mode_normalises_with_batch_statistics(bn_setup):
+    bn2, bn4, train, evaluate, batches = bn_setup
+    X2, X4 = batches[0]
+    y2, y4 = train(X2, X4)
+    # gamma = 1, beta = 0: per-feature mean 0 and (biased) variance var / (var + eps) ~ 1.
+    np.testing.assert_allclose(y2.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(y2.var(axis=0), X2.var(axis=0) / (X2.var(axis=0) + 1e-3), rtol=1e-10)
+    np.testing.assert_allclose(y2.var(axis=0), 1.0, atol=1e-3)
+    mean = X4.mean(axis=(0, 2, 3), keepdims=True)
+    var = X4.var(axis=(0, 2, 3), keepdims=True)
+    gamma, beta = np.array([1.5, -0.5])[None, :, None, None], np.array([0.25, 2.0])[None, :, None, None]
+    np.testing.assert_allclose(y4, gamma * (X4 - mean) / np.sqrt(var + 1e-5) + beta, rtol=1e-10, atol=1e-12)
+
+
+def test_batchnorm_running_statistics_follow_the_momentum_rule(bn_setup):
+    bn2, bn4, train, evaluate, batches = bn_setup
+    for layer in (bn2, bn4):
+        layer.running_mean.set_value(np.zeros(layer.num_features))
+        layer.running_var.set_value(np.ones(layer.num_features))
+    assert set(bn2.extra_updates) == {bn2.running_mean, bn2.running_var}
+    rm2, rv2, rm4, rv4 = np.zeros(3), np.ones(3), np.zeros(2), np.ones(2)
+    for X2, X4 in batches:
+        train(X2, X4)
+        rm2 = 0.8 * rm2 + 0.2 * X2.mean(axis=0)
+        rv2 = 0.8 * rv2 + 0.2 * X2.var(axis=0, ddof=1)
+        flat4 = X4.transpose(1, 0, 2, 3).reshape(2, -1)
+        rm4 = 0.7 * rm4 + 0.3 * flat4.mean(axis=1)
+        rv4 = 0.7 * rv4 + 0.3 * flat4.var(axis=1, ddof=1)
+        np.testing.assert_allclose(bn2.running_mean.get_value(), rm2, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(bn2.running_var.get_value(), rv2, rtol=1e-12)
+        np.testing.assert_allclose(bn4.running_mean.get_value(), rm4, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(bn4.running_var.get_value(), rv4, rtol=1e-12)
+
+
+def test_batchnorm_inference_mode_uses_running_statistics(bn_setup):
+    bn2, bn4, train, evaluate, batches = bn_setup
+    rm2, rv2 = np.array([1.0, -2.0, 0.5]), np.array([4.0, 0.25, 9.0])
+    rm4, rv4 = np.array([0.3, -0.1]), np.array([2.0, 0.5])
+    bn2.running_mean.set_value(rm2), bn2.running_var.set_value(rv2)
+    bn4.running_mean.set_value(rm4), bn4.running_var.set_value(rv4)
+    X2, X4 = batches[1]
+    y2, y4 = evaluate(X2, X4)
+    np.testing.assert_allclose(y2, (X2 - rm2) / np.sqrt(rv2 + 1e-3), rtol=1e-12)
+    gamma, beta = np.array([1.5, -0.5])[None, :, None, None], np.array([0.25, 2.0])[None, :, None, None]
+    ref4 = gamma * (X4 - rm4[None, :, None, None]) / np.sqrt(rv4[None, :, None, None] + 1e-5) + beta
+    np.testing.assert_allclose(y4, ref4, rtol=1e-12, atol=1e-12)
+    # Evaluation leaves the running statistics alone.
+    np.testing.assert_array_equal(bn2.running_mean.get_value(), rm2)
+    np.testing.assert_array_equal(bn4.running_var.get_value(), rv4)
+
+
+# ---------------------------------------------------------------------- Dropout
+P_DROP = 0.25
+
+
+@pytest.fixture(scope="module")
+def dropout_setup():
+    a, b, c = Dropout(P_DROP, seed=7), Dropout(P_DROP, seed=7), Dropout(P_DROP, seed=8)
+    x = pt.matrix("x", dtype="float32")
+    outs = [a.output(x, train=True), b.output(x, train=True), c.output(x, train=True), a.output(x, train=False)]
+    updates = {**a.extra_updates, **b.extra_updates, **c.extra_updates}
+    fn = pytensor.function([x], outs, updates=updates)
+    X = np.random.default_rng(30).uniform(0.5, 1.5, (200, 500)).astype("float32")
+    first = fn(X)
+    second = fn(X)
+    a.reseed(7)
+    rewound = fn(X)
+    return X, first, second, rewound, fn
+
+
+def test_dropout_inverted_scaling_preserves_the_mean(dropout_setup):
+    X, (out, *_), _, _, _ = dropout_setup
+    assert out.dtype == np.float32
+    kept = out != 0
+    # Survivors are scaled by exactly 1 / (1 - p) (in float32); the rest are zero.
+    np.testing.assert_array_equal(out[kept], X[kept] * np.float32(1 / (1 - P_DROP)))
+    # 100,000 units: the dropped fraction has s.d. sqrt(p (1 - p) / n) ~ 0.0014, the
+    # mean ratio ~ 0.002; the tolerances are over four of those.
+    assert 1 - kept.mean() == pytest.approx(P_DROP, abs=0.006)
+    assert out.mean() / X.mean() == pytest.approx(1.0, abs=0.01)
+
+
+def test_dropout_is_deterministic_for_a_seed(dropout_setup):
+    X, first, second, rewound, _ = dropout_setup
+    np.testing.assert_array_equal(first[0], first[1])  # same seed, same mask
+    assert not np.array_equal(first[0], first[2])  # another seed
+    assert not np.array_equal(first[0], second[0])  # the RNG update advanced the stream
+    np.testing.assert_array_equal(rewound[0], first[0])  # reseed rewinds it
+    # Only the reseeded layer rewound; its twin went on to its third mask.
+    assert not np.array_equal(rewound[1], first[1]) and not np.array_equal(rewound[1], second[1])
+
+
+def test_dropout_is_the_identity_at_evaluation(dropout_setup):
+    X, first, *_ = dropout_setup
+    assert first[3].dtype == np.float32
+    np.testing.assert_array_equal(first[3], X)
+
+
+# ---------------------------------------------------------------------- Conv2D / MaxPool2D
+CONV_SPECS = [
+    dict(in_channels=2, out_channels=3, kernel_size=3),
+    dict(in_channels=2, out_channels=3, kernel_size=(3, 2), stride=2, padding=1),
+    dict(in_channels=2, out_channels=2, kernel_size=2, padding="same"),
+    dict(in_channels=2, out_channels=1, kernel_size=(2, 3), stride=(1, 2), padding=(2, 0), bias=False),
+]
+POOL_SPECS = [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((2, 3), (2, 3)), ((2, 2), (1, 1))]
+
+
+@pytest.fixture(scope="module")
+def conv_run():
+    rng = np.random.default_rng(40)
+    # float32, so the same compiled function also shows no float64 creeps in.
+    convs = [Conv2D(**spec, seed=i, dtype="float32", name=f"c{i}") for i, spec in enumerate(CONV_SPECS)]
+    for conv in convs:
+        if conv.b is not None:
+            conv.b.set_value(rng.standard_normal(conv.out_channels).astype("float32"))
+    pools = [MaxPool2D(size, stride) for size, stride in POOL_SPECS]
+    x = pt.tensor4("x", dtype="float32")
+    fn = pytensor.function([x], [c.output(x, False) for c in convs] + [p.output(x, False) for p in pools])
+    X = rng.standard_normal((2, 2, 7, 6)).astype("float32")
+    return convs, pools, X, fn(X), fn
+
+
+def test_conv2d_matches_loop_reference(conv_run):
+    convs, _, X, outs, fn = conv_run
+    for conv, out in zip(convs, outs):
+        b = np.zeros(conv.out_channels) if conv.b is None else conv.b.get_value()
+        ref = np_conv2d(X.astype(np.float64), conv.W.get_value().astype(np.float64), b, conv.stride, conv.pads)
+        assert out.shape == ref.shape and out.dtype == np.float32
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    assert outs[2].shape[2:] == X.shape[2:]  # "same"
+    assert convs[2].pads == ((0, 1), (0, 1))  # an even kernel pads bottom/right
+
+
+def test_maxpool2d_matches_loop_reference(conv_run):
+    _, pools, X, outs, fn = conv_run
+    for (size, stride), out in zip(POOL_SPECS, outs[len(CONV_SPECS) :]):
+        ref = np_maxpool(X, size, stride)
+        assert out.shape == ref.shape and out.dtype == np.float32
+        np.testing.assert_array_equal(out, ref)
+    assert outs[len(CONV_SPECS)].shape == (2, 2, 3, 3)  # 7x6 -> 3x3: the odd row is dropped
+
+
+def test_float32_conv_and_pool_compile_without_float64(conv_run):
+    *_, fn = conv_run
+    assert float64_variables(fn) == []
+
+
+# ---------------------------------------------------------------------- gradients (float64)
+# check_grad verifies the symbolic gradient *graph*, which does not depend on the
+# linker; running it through PyTensor's Python linker (NumPy ``perform`` methods, same
+# rewrites minus elemwise fusion) saves minutes of cold Numba JIT per test. The Numba
+# backend runs these layers' backward passes in the float32 train-step and training
+# loop tests below.
+PY_MODE = Mode(linker="py", optimizer="fast_run").excluding("fusion")
+
+
+def _toy_batch(rng, shape, classes):
+    return rng.standard_normal(shape), rng.integers(0, classes, shape[0]).astype("int32")
+
+
+def test_mlp_gradients_with_batchnorm_and_dropout():
+    model = MLP([6, 5, 4, 3], batchnorm=True, dropout=0.3, seed=3, dtype="float64")
+    x, y = pt.matrix("x"), pt.ivector("y")
+    loss = cross_entropy(model.output(x, train=True), y)
+    X, Y = _toy_batch(np.random.default_rng(50), (8, 6), 3)
+    errors = check_grad(loss, model.params, {x: X, y: Y}, mode=PY_MODE)
+    assert set(errors) == {p.name for p in model.params}
+    assert max(errors.values()) < 1e-4, errors
+
+
+def test_cnn_gradients():
+    model = Sequential(
+        [
+            # No bias: BatchNorm removes it, so its gradient is exactly 0 and the
+            # finite difference is pure rounding noise.
+            Conv2D(2, 3, 2, padding=1, bias=False, seed=1, dtype="float64"),  # (4, 2, 5, 5) -> (4, 3, 6, 6)
+            BatchNorm(3, dtype="float64"),
+            Tanh(),
+            MaxPool2D(2),  # -> 3x3
+            MaxPool2D(2, stride=1),  # -> 2x2
+            Flatten(),
+            Dense(12, 4, seed=2, dtype="float64"),
+            Sigmoid(),
+            Dropout(0.2, seed=3),
+            Dense(4, 3, seed=4, dtype="float64"),
+        ]
+    )
+    x, y = pt.tensor4("x"), pt.ivector("y")
+    loss = cross_entropy(model.output(x, train=True), y)
+    X, Y = _toy_batch(np.random.default_rng(51), (4, 2, 5, 5), 3)
+    errors = check_grad(loss, model.params, {x: X, y: Y}, mode=PY_MODE)
+    assert len(errors) == 7
+    assert max(errors.values()) < 1e-4, errors
+
+
+# ---------------------------------------------------------------------- float32 stays float32
+def test_float32_cnn_train_step_compiles_without_float64():
+    cnn = Sequential(
+        [
+            Conv2D(1, 2, 2, padding="same", seed=1),
+            BatchNorm(2),
+            ReLU(),
+            MaxPool2D(2),
+            Flatten(),
+            Dropout(0.1, seed=2),
+            Dense(8, 3, seed=3),
+        ]
+    )
+    x, y = pt.tensor4("x", dtype="float32"), pt.ivector("y")
+    loss = cross_entropy(cnn.output(x, train=True), y)
+    assert all(p.dtype == "float32" for p in cnn.params)
+    grads = pytensor.grad(loss, cnn.params)
+    fn = pytensor.function([x, y], [loss, *grads], updates=cnn.extra_updates)
+    assert float64_variables(fn) == []
+    rng = np.random.default_rng(60)
+    res = fn(rng.standard_normal((4, 1, 4, 4)).astype("float32"), np.array([0, 1, 2, 1], dtype="int32"))
+    assert all(r.dtype == np.float32 and np.isfinite(r).all() for r in res)
+    bn = cnn[1]
+    assert bn.running_mean.get_value().dtype == np.float32 and bn.running_var.get_value().dtype == np.float32
+    assert np.abs(bn.running_mean.get_value()).max() > 0  # the update ran, in float32
+
+
+# ---------------------------------------------------------------------- the training loop
+def test_training_loop_with_optimizer_and_extra_updates():
+    rng = np.random.default_rng(70)
+    centers = np.array([[2.0, 0.0], [-2.0, 1.0], [0.0, -2.5]])
+    Y = rng.integers(0, 3, 96).astype("int32")
+    X = (centers[Y] + 0.5 * rng.standard_normal((96, 2))).astype("float32")
+    model = MLP([2, 16, 3], batchnorm=True, dropout=0.1, seed=1)
+    x, y = pt.matrix("x", dtype="float32"), pt.ivector("y")
+    out = model.output(x, train=True)
+    loss = cross_entropy(out, y)
+    opt = symopt.Adam(model.params, learning_rate=0.05)
+    ups = opt.updates(loss)
+    ups.update(model.extra_updates)
+    assert set(model.extra_updates) == {model[1].running_mean, model[1].running_var, model[3].rng}
+    train = pytensor.function([x, y], loss, updates=ups)
+    predict = pytensor.function([x, y], accuracy(model.output(x, train=False), y))
+    # A float32 model stays float32: the only float64 values are the optimiser's
+    # float64 hyperparameter scalars, inputs cast to float32 where used.
+    hyper = {v for group in opt.param_groups for v in group.values.values()}
+    assert hyper and set(float64_variables(train)) <= hyper
+    assert float64_variables(predict) == []
+    rng_state = model[3].rng.get_value().bit_generator.state
+    first = float(train(X, Y))
+    for _ in range(60):
+        last = float(train(X, Y))
+    assert last < 0.3 * first
+    # The same compiled step moved the BN running statistics and the dropout RNG.
+    assert np.abs(model[1].running_mean.get_value()).max() > 0.1
+    assert model[3].rng.get_value().bit_generator.state != rng_state
+    # Evaluation mode (running statistics, no dropout) classifies the blobs.
+    assert float(predict(X, Y)) > 0.9
+
+
+def test_custom_layer_hook():
+    class Scale(Layer):
+        def __init__(self):
+            super().__init__("scale")
+            self.k = pytensor.shared(np.float64(2.0), name="k")
+
+        @property
+        def params(self):
+            return [self.k]
+
+        def forward(self, x, train, updates):
+            return x * self.k
+
+    model = Sequential([Scale(), Flatten()])
+    assert model.params[0].name == "k" and len(model) == 2
+    with pytest.raises(TypeError, match="not a Layer"):
+        Sequential([Scale(), relu])
