@@ -14,7 +14,6 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
-from pytensor.tensor.variable import TensorVariable
 
 from .optimizer import Optimizer, Updates, _check_number
 
