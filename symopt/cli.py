@@ -82,6 +82,27 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("optimizers", help="list registered optimisers and their defaults")
+
+    from .experiments import EXPERIMENTS
+
+    exp = sub.add_parser("experiment", help="reproduce a seed experiment: raw results, figures, stated result")
+    exp.add_argument("name", choices=list(EXPERIMENTS))
+    exp.add_argument("--quick", action="store_true", help="a seconds-long version (as in the test suite)")
+    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--results-dir", type=Path, default=Path("experiments/results"))
+    exp.add_argument("--figures-dir", type=Path, default=Path("experiments/figures"))
+    exp.add_argument("--plot-only", action="store_true", help="redraw figures from existing results")
+
+    bench = sub.add_parser("bench-mnist", help="multi-seed MNIST comparison of optimisers (resumable)")
+    bench.add_argument("--optimizers", default="sgd,momentum,nesterov,adagrad,rmsprop,adadelta,adam",
+                       help="comma-separated registry names")
+    bench.add_argument("--seeds", type=_positive_int, default=30)
+    bench.add_argument("--epochs", type=_positive_int, default=20)
+    bench.add_argument("--batch-size", type=_positive_int, default=128)
+    bench.add_argument("--results", type=Path, default=Path("experiments/results/mnist-optimizers.json"),
+                       help="results file; finished (optimizer, seed) runs in it are skipped")
+    bench.add_argument("--figures-dir", type=Path, default=Path("experiments/figures"))
+    bench.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -175,6 +196,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             _train(args)
         elif args.command == "optimizers":
             _list_optimizers()
+        elif args.command == "experiment":
+            from .experiments import run_experiment
+
+            results, figures, summary = run_experiment(
+                args.name, quick=args.quick, seed=args.seed, results_dir=args.results_dir,
+                figures_dir=args.figures_dir, plot_only=args.plot_only,
+            )
+            print(summary)
+            print(f"results: {results}")
+            for path in figures:
+                print(f"figure:  {path}")
+        elif args.command == "bench-mnist":
+            from .experiments import get_experiment
+
+            get_experiment("mnist-optimizers").bench(
+                optimizers=[name.strip() for name in args.optimizers.split(",") if name.strip()],
+                seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, results=args.results,
+                figures_dir=args.figures_dir, progress=not args.no_progress,
+            )
     except KeyboardInterrupt:
         print("symopt: interrupted", file=sys.stderr)
         return 130

