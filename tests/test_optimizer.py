@@ -24,7 +24,6 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from pytensor.compile.maker import FunctionMaker
 from pytensor.graph.traversal import ancestors
 from pytensor.tensor.shape import SpecifyShape
 
@@ -204,18 +203,6 @@ def test_grads_path_matches_loss_path_and_hand_computed_sgd() -> None:
 # --------------------------------------------------------------------------- hyperparameters
 
 
-@pytest.fixture
-def count_compilations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts FunctionMaker constructions: every pytensor.function compilation makes one."""
-    calls = [0]
-    original = FunctionMaker.__init__
-
-    def counting_init(self: FunctionMaker, *args: Any, **kwargs: Any) -> None:
-        calls[0] += 1
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(FunctionMaker, "__init__", counting_init)
-    return calls
 
 
 def test_set_hyperparameter_changes_compiled_function_without_recompiling(count_compilations: list[int]) -> None:

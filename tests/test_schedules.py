@@ -22,7 +22,6 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 import pytest
-from pytensor.compile.maker import FunctionMaker
 
 import symopt
 from symopt import schedules as S
@@ -183,18 +182,6 @@ def make(case_id: str) -> Any:
     return factory(**kwargs)
 
 
-@pytest.fixture
-def count_compilations(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts FunctionMaker constructions: every pytensor.function compilation makes one."""
-    calls = [0]
-    original = FunctionMaker.__init__
-
-    def counting_init(self: FunctionMaker, *args: Any, **kwargs: Any) -> None:
-        calls[0] += 1
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(FunctionMaker, "__init__", counting_init)
-    return calls
 
 
 # --------------------------------------------------------------------------- NumPy values
