@@ -338,7 +338,8 @@ class Dense(Layer):
         if int(n_in) < 1 or int(n_out) < 1:
             raise ValueError(f"Dense {name!r}: widths must be positive, got {n_in} -> {n_out}")
         self.n_in, self.n_out, self.dtype = int(n_in), int(n_out), _check_float_dtype(dtype)
-        self.W = pytensor.shared(initialize(init, (self.n_in, self.n_out), seed=seed, dtype=self.dtype), name=f"{name}.W")
+        weights = initialize(init, (self.n_in, self.n_out), seed=seed, dtype=self.dtype)
+        self.W = pytensor.shared(weights, name=f"{name}.W")
         self.b = pytensor.shared(np.zeros(self.n_out, dtype=self.dtype), name=f"{name}.b") if bias else None
 
     @property
@@ -618,7 +619,12 @@ class MaxPool2D(Layer):
     Where a window holds tied maxima, each receives the gradient.
     """
 
-    def __init__(self, pool_size: int | Sequence[int] = 2, stride: int | Sequence[int] | None = None, name: str = "maxpool"):
+    def __init__(
+        self,
+        pool_size: int | Sequence[int] = 2,
+        stride: int | Sequence[int] | None = None,
+        name: str = "maxpool",
+    ):
         super().__init__(name)
         self.pool_size = _pair(pool_size, "pool_size")
         self.stride = self.pool_size if stride is None else _pair(stride, "stride")
@@ -750,9 +756,8 @@ class MLP(Sequential):
         last = len(sizes) - 2
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             hidden = i < last
-            layers.append(
-                Dense(n_in, n_out, seed=weight_rng, init=init, bias=not (hidden and batchnorm), dtype=dtype, name=f"dense{i}")
-            )
+            bias = not (hidden and batchnorm)
+            layers.append(Dense(n_in, n_out, seed=weight_rng, init=init, bias=bias, dtype=dtype, name=f"dense{i}"))
             if hidden:
                 if batchnorm:
                     layers.append(BatchNorm(n_out, dtype=dtype, name=f"bn{i}"))

@@ -397,7 +397,7 @@ def test_skip_nonfinite_changes_nothing_and_later_steps_match_a_reference_withou
     accum_adam: dict[str, Any],
 ) -> None:
     accum_adam["reset"]()
-    opt, train = accum_adam["opt"], accum_adam["train"]
+    train = accum_adam["train"]
     ref = AccumulatingAdamReference(0.5, -0.3, 3, LR_KW, 0.5, (0.5, -0.3))
     good = linear_batches(9, size=5, seed=3)
     nan_x = good[0][0].copy()

@@ -14,7 +14,6 @@ import hashlib
 import http.server
 import io
 import os
-import shutil
 import stat
 import sys
 import tarfile
