@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ._io import atomic_writer
 
 __all__ = ["main"]
 
@@ -119,18 +119,6 @@ def _build_optimizer(args: argparse.Namespace, params: list) -> Any:
     return cls(params, **hyper)
 
 
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _train(args: argparse.Namespace) -> None:
     from . import data as data_mod
     from . import nn
@@ -176,7 +164,8 @@ def _train(args: argparse.Namespace) -> None:
 
     history = trainer.fit(args.epochs, args.seed, progress=not args.no_progress, callback=report)
     if args.out is not None:
-        _write_json_atomic(args.out, {"config": config, "history": [r.as_dict() for r in history]})
+        with atomic_writer(args.out, "w") as f:
+            json.dump({"config": config, "history": [r.as_dict() for r in history]}, f, indent=2)
         print(f"wrote {args.out}")
 
 

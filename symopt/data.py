@@ -32,7 +32,6 @@ Parsed arrays are not cached: parsing the raw files takes well under a second.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gzip
 import hashlib
@@ -49,9 +48,11 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import numpy as np
+
+from ._io import atomic_writer
 import numpy.typing as npt
 
 __all__ = [
@@ -442,34 +443,11 @@ def default_mnist_dir() -> Path:
     return _search_dirs(None)[0]
 
 
-@contextlib.contextmanager
-def _atomic_writer(dest: Path) -> Iterator[IO[bytes]]:
-    """Write ``dest`` all-or-nothing.
-
-    Yields a binary file that is a temporary file next to ``dest``; when the ``with``
-    block completes it is flushed, fsynced and renamed over ``dest``. If the block raises
-    (or the process is interrupted) the temporary file is removed and ``dest`` is left as
-    it was (absent, or its previous content).
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def _install_verified(stream: _Readable, dest: Path, expected: str, origin: str) -> None:
     """Copy ``stream`` to ``dest`` atomically, only if its SHA-256 is ``expected``."""
     digest = hashlib.sha256()
     total = 0
-    with _atomic_writer(dest) as out:
+    with atomic_writer(dest) as out:
         while chunk := stream.read(_CHUNK):
             total += len(chunk)
             if total > _MAX_DOWNLOAD_BYTES:

@@ -13,7 +13,6 @@ import contextlib
 import difflib
 import math
 import os
-import tempfile
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -27,6 +26,7 @@ import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.variable import TensorVariable
 
+from ._io import atomic_writer
 from .schedules import Schedule
 
 __all__ = ["Optimizer", "Updates", "HYPERPARAMETER_BOUNDS", "TRANSFORM_SETTINGS"]
@@ -794,16 +794,8 @@ class Optimizer:
             flat.update({f"scalar/{gi}/{k}": v for k, v in state["scalars"][gi].items()})
         for slot, arrays in state["slots"].items():
             flat.update({f"slot/{slot}/{i}": a for i, a in enumerate(arrays)})
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **flat)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        with atomic_writer(path) as f:
+            np.savez(f, **flat)
 
     def load(self, path: str | os.PathLike[str]) -> None:
         """Restore state written by :meth:`save`."""

@@ -494,39 +494,6 @@ def test_download_argument_validation(tmp_path: Path) -> None:
         download_mnist(tmp_path, timeout=0)
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-
-def test_atomic_writer_leaves_no_partial_file(tmp_path: Path) -> None:
-    dest = tmp_path / "out.bin"
-    with pytest.raises(RuntimeError, match="disk on fire"), data._atomic_writer(dest) as f:
-        f.write(b"x" * 100_000)
-        raise RuntimeError("disk on fire")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_atomic_writer_keeps_old_content_on_failure_and_replaces_on_success(tmp_path: Path) -> None:
-    dest = tmp_path / "out.bin"
-    dest.write_bytes(b"old")
-    with pytest.raises(KeyboardInterrupt), data._atomic_writer(dest) as f:
-        f.write(b"new but partial")
-        raise KeyboardInterrupt
-    assert dest.read_bytes() == b"old" and list(tmp_path.iterdir()) == [dest]
-    with data._atomic_writer(dest) as f:
-        f.write(b"new")
-    assert dest.read_bytes() == b"new" and list(tmp_path.iterdir()) == [dest]
-
-
-def test_install_verified_rejects_wrong_digest(tmp_path: Path) -> None:
-    dest = tmp_path / TRAIN_LABELS
-    with pytest.raises(ChecksumError, match=f"{TRAIN_LABELS} from test: SHA-256 mismatch"):
-        data._install_verified(io.BytesIO(b"not mnist"), dest, MNIST_SHA256[TRAIN_LABELS], "test")
-    assert list(tmp_path.iterdir()) == []
-    payload = b"exactly this"
-    data._install_verified(io.BytesIO(payload), dest, hashlib.sha256(payload).hexdigest(), "test")
-    assert dest.read_bytes() == payload
-
-
 # --------------------------------------------------------------------------- batches
 
 
@@ -752,3 +719,13 @@ def test_real_mnist_single_flipped_label_is_caught(real_mnist_dir: Path, tmp_pat
     assert str(mine / TRAIN_LABELS) in str(info.value)
     assert (mine / TRAIN_LABELS).read_bytes() == bytes(labels)
     assert len(load_mnist(mine, verify=False).y_train) == 60000
+
+
+def test_install_verified_rejects_wrong_digest(tmp_path: Path) -> None:
+    dest = tmp_path / TRAIN_LABELS
+    with pytest.raises(ChecksumError, match=f"{TRAIN_LABELS} from test: SHA-256 mismatch"):
+        data._install_verified(io.BytesIO(b"not mnist"), dest, MNIST_SHA256[TRAIN_LABELS], "test")
+    assert list(tmp_path.iterdir()) == []
+    payload = b"exactly this"
+    data._install_verified(io.BytesIO(payload), dest, hashlib.sha256(payload).hexdigest(), "test")
+    assert dest.read_bytes() == payload

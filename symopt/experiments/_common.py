@@ -5,29 +5,22 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._io import atomic_writer
+
 __all__ = ["write_json", "read_json", "machine_info", "figure", "mnist_subset"]
 
 
 def write_json(path: Path, payload: Any) -> Path:
     """Write JSON atomically: a crash never leaves a half-written results file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, default=_to_json)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_writer(path, "w") as f:
+        json.dump(payload, f, indent=1, default=_to_json)
+    return Path(path)
 
 
 def _to_json(value: Any) -> Any:
