@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("symopt: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, TypeError, KeyError, FileNotFoundError, PermissionError, OSError) as exc:
+    except (CLIError, ValueError, TypeError, KeyError, ImportError, OSError) as exc:
         print(f"symopt: error: {exc}", file=sys.stderr)
         return 2
     return 0
