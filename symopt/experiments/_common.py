@@ -13,7 +13,7 @@ import numpy as np
 
 from .._io import atomic_writer
 
-__all__ = ["write_json", "read_json", "machine_info", "figure", "mnist_subset"]
+__all__ = ["write_json", "read_json", "machine_info", "figure", "save_png", "mnist_subset"]
 
 
 def write_json(path: Path, payload: Any) -> Path:
@@ -72,6 +72,22 @@ def figure(*args: Any, **kwargs: Any) -> Any:
     import matplotlib.pyplot as plt
 
     return plt.subplots(*args, **kwargs)
+
+
+def save_png(fig: Any, path: Path, dpi: int = 100) -> Path:
+    """Save ``fig`` as a 256-colour PNG (a third of matplotlib's RGBA size: committed figures stay small)."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image  # a dependency of matplotlib
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    plt.close(fig)
+    buf.seek(0)
+    with atomic_writer(path) as f:
+        Image.open(buf).convert("RGB").quantize(256).save(f, format="png", optimize=True)
+    return Path(path)
 
 
 def mnist_subset(n_train: int, n_test: int | None, seed: int) -> Any:
