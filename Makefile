@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m symopt.demo
 
+# Whole test modules per worker (--dist loadfile): each compiles its functions once.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -n auto --dist loadfile -m slow
 
 clean:
 	rm -rf $(VENV) build *.egg-info
