@@ -1,0 +1,379 @@
+"""Multi-seed MNIST comparison of update rules (the Theano seed's protocol).
+
+Every optimiser trains the same MLP on MNIST for ``epochs`` epochs from ``seeds``
+seeds; per-epoch train loss, test loss and test accuracy are stored per
+``(optimizer, seed)``. The seed document averages 30 seeds of 20 epochs and gives no
+network, so the model here is stated in :data:`MODEL`: 784-100-100-100-100-10, ReLU,
+He initialisation, dropout 0.2 after every hidden layer.
+
+Resumable: the results file is a JSON document whose ``runs`` are keyed
+``"<optimizer>/<seed>"``; every finished run is written (atomically) right after it
+finishes and re-running skips finished runs. One train and one eval function is
+compiled per optimiser and reused for all its seeds: before each seed the parameters
+and dropout streams are set to those of a fresh ``MLP(seed=seed)`` and the optimiser
+state (slots, step counter) to the state captured right after construction.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _common
+
+DESCRIPTION = "Theano seed: SGD ... Adam on MNIST, 30 seeds x 20 epochs, mean +- std of test accuracy and train loss"
+
+DEFAULT_OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam"]
+DEFAULT_SEEDS = 30
+DEFAULT_EPOCHS = 20
+DEFAULT_BATCH_SIZE = 128
+
+#: The network (the seed gives none; this is the NumPy seeds' 784-100x4-10 with dropout).
+MODEL: dict[str, Any] = {
+    "sizes": [784, 100, 100, 100, 100, 10],
+    "activation": "relu",
+    "init": "he",
+    "dropout": 0.2,
+    "batchnorm": False,
+    "dtype": "float32",
+}
+
+#: Hyperparameters the Theano seed gives; any other rule runs with its defaults.
+#: (The seed's SGD ignores its learning_rate argument and always uses 0.01; its
+#: AdaGrad and RMSprop put epsilon inside the square root; its Adam decays beta1 by
+#: gamma = 1 - 1e-8 per step; its RMSprop decay is 0.99.)
+SEED_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
+    "sgd": {"learning_rate": 0.01},
+    "momentum": {"learning_rate": 0.01, "momentum": 0.9},
+    "adagrad": {"learning_rate": 0.01, "epsilon": 1e-6, "epsilon_inside_sqrt": True},
+    "rmsprop": {"learning_rate": 1e-3, "rho": 0.99, "epsilon": 1e-8, "epsilon_inside_sqrt": True},
+    "adadelta": {"learning_rate": 1.0, "rho": 0.95, "epsilon": 1e-6},
+    "adam": {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "beta1_decay": 1 - 1e-8},
+}
+
+QUICK = {"optimizers": ["sgd", "adam"], "seeds": 2, "epochs": 1, "n_train": 2000, "n_test": 1000}
+EXPERIMENT = "mnist-optimizers"
+
+
+def results_path(results_dir: Path, quick: bool) -> Path:
+    return Path(results_dir) / (f"{EXPERIMENT}-quick.json" if quick else f"{EXPERIMENT}.json")
+
+
+def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
+    """The seed's protocol (7 rules x 30 seeds x 20 epochs); ``quick``: 2 x 2 x 1 on 2,000 images."""
+    path = results_path(results_dir, quick)
+    if quick:
+        return bench(
+            QUICK["optimizers"], QUICK["seeds"], QUICK["epochs"], DEFAULT_BATCH_SIZE, path, None, progress=False,
+            first_seed=seed, n_train=QUICK["n_train"], n_test=QUICK["n_test"],
+        )
+    return bench(
+        DEFAULT_OPTIMIZERS, DEFAULT_SEEDS, DEFAULT_EPOCHS, DEFAULT_BATCH_SIZE, path, None, progress=True, first_seed=seed
+    )
+
+
+# ---------------------------------------------------------------------------- running
+def _hyperparameters(cls: type, name: str) -> dict[str, Any]:
+    """Explicit hyperparameters for rule ``name``: the seed's where it gives them, else the defaults."""
+    values = {k: v for k, v in cls.hyperparameters.items()}
+    values.update(SEED_HYPERPARAMETERS.get(name, {}))
+    return values
+
+
+def _protocol(epochs: int, batch_size: int, n_train: int | None, n_test: int | None) -> dict[str, Any]:
+    return {
+        "epochs": int(epochs),
+        "batch_size": int(batch_size),
+        "model": dict(MODEL),
+        "data": {"name": "mnist", "n_train": n_train, "n_test": n_test, "subset_seed": 0 if n_train else None},
+        "loss": "softmax cross-entropy (train loss: mean over the epoch's mini-batches, dropout on)",
+    }
+
+
+def _new_document(protocol: dict[str, Any]) -> dict[str, Any]:
+    return {"experiment": EXPERIMENT, "protocol": protocol, "machine": _common.machine_info(),
+            "hyperparameters": {}, "compile_seconds": {}, "runs": {}}
+
+
+def _load_document(path: Path, protocol: dict[str, Any]) -> dict[str, Any]:
+    if not path.exists():
+        return _new_document(protocol)
+    doc = _common.read_json(path)
+    if not isinstance(doc, dict) or doc.get("experiment") != EXPERIMENT or "runs" not in doc:
+        raise ValueError(f"{path} is not a {EXPERIMENT} results file; choose another --results path")
+    if doc.get("protocol") != protocol:
+        old = doc.get("protocol", {})
+        diff = [
+            f"{key}: file has {old.get(key)!r}, this run {protocol[key]!r}"
+            for key in protocol if old.get(key) != protocol[key]
+        ]
+        raise ValueError(
+            f"{path} was made with a different protocol ({'; '.join(diff)}); runs made under different protocols "
+            f"cannot be mixed: use another --results path or the same settings"
+        )
+    return doc
+
+
+def _key(name: str, seed: int) -> str:
+    return f"{name}/{seed}"
+
+
+def _log(progress: bool, text: str) -> None:
+    """One line per compiled optimiser and finished run (``progress`` only adds the tqdm bars)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def bench(
+    optimizers: list[str],
+    seeds: int,
+    epochs: int,
+    batch_size: int,
+    results: Path,
+    figures_dir: Path | None,
+    progress: bool,
+    *,
+    first_seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+) -> Path:
+    """Train every ``optimizer`` from seeds ``first_seed .. first_seed + seeds - 1``; resumable.
+
+    Runs already in ``results`` are skipped; each finished run is written to it at once
+    (atomically). ``n_train``/``n_test`` restrict MNIST to a seeded subset (for quick
+    runs). With ``figures_dir`` the figures are drawn afterwards. Returns ``results``.
+    """
+    import symopt
+    from symopt.nn import MLP
+
+    if not optimizers:
+        raise ValueError("no optimizers given")
+    names: list[str] = []
+    for name in optimizers:
+        symopt.get(name)  # validates the name: UnknownOptimizerError (a KeyError) names the known rules
+        key = name.strip().lower()
+        if key not in names:
+            names.append(key)
+    for label, value in (("seeds", seeds), ("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{label} must be a positive integer, got {value!r}")
+    results = Path(results)
+    protocol = _protocol(epochs, batch_size, n_train, n_test)
+    doc = _load_document(results, protocol)
+    wanted = {name: _hyperparameters(symopt.get(name), name) for name in names}
+    for name, hyper in wanted.items():
+        stored = doc["hyperparameters"].get(name)
+        if stored is not None and stored != hyper:
+            raise ValueError(
+                f"{results} holds {name} runs with hyperparameters {stored}, this run would use {hyper}; "
+                f"use another --results path"
+            )
+    seed_list = list(range(int(first_seed), int(first_seed) + int(seeds)))
+    todo = {name: [s for s in seed_list if _key(name, s) not in doc["runs"]] for name in names}
+    skipped = sum(len(seed_list) - len(v) for v in todo.values())
+    if skipped:
+        _log(progress, f"{results}: {skipped} finished run(s) found, skipping them")
+    if any(todo.values()):
+        data = _data(n_train, n_test)
+        for name in names:
+            if todo[name]:
+                doc = _bench_optimizer(name, wanted[name], todo[name], data, protocol, doc, results, progress, MLP)
+    elif not results.exists():
+        _common.write_json(results, doc)
+    if figures_dir is not None:
+        for path in plot(results, Path(figures_dir)):
+            _log(progress, f"figure: {path}")
+        _log(progress, summarize(results))
+    return results
+
+
+def _data(n_train: int | None, n_test: int | None) -> Any:
+    if n_train is None:
+        from symopt.data import load_mnist
+
+        return load_mnist()
+    return _common.mnist_subset(n_train, n_test, seed=0)
+
+
+def _fresh_values(mlp_cls: type, seed: int) -> tuple[list[np.ndarray], list[Any]]:
+    fresh = mlp_cls(MODEL["sizes"], activation=MODEL["activation"], init=MODEL["init"], batchnorm=MODEL["batchnorm"],
+                    dropout=MODEL["dropout"], seed=seed, dtype=MODEL["dtype"])
+    return [p.get_value() for p in fresh.params], [b.get_value() for b in fresh.buffers]
+
+
+def _bench_optimizer(
+    name: str, hyper: dict[str, Any], seeds: list[int], data: Any, protocol: dict[str, Any],
+    doc: dict[str, Any], results: Path, progress: bool, mlp_cls: type,
+) -> dict[str, Any]:
+    import symopt
+    from symopt.train import Trainer
+
+    model = mlp_cls(MODEL["sizes"], activation=MODEL["activation"], init=MODEL["init"], batchnorm=MODEL["batchnorm"],
+                    dropout=MODEL["dropout"], seed=seeds[0], dtype=MODEL["dtype"])
+    opt = symopt.get(name)(model.params, **hyper)
+    initial_state = opt.state_dict()
+    start = time.perf_counter()
+    trainer = Trainer(model, opt, data.x_train, data.y_train, data.x_test, data.y_test,
+                      batch_size=protocol["batch_size"])
+    trainer.warm_up()
+    compile_seconds = time.perf_counter() - start
+    _log(progress, f"{name}: compiled in {compile_seconds:.1f} s; seeds {seeds[0]}..{seeds[-1]}")
+    for seed in seeds:
+        params, buffers = _fresh_values(mlp_cls, seed)
+        for var, value in zip(model.params, params):
+            var.set_value(value)
+        for var, value in zip(model.buffers, buffers):
+            var.set_value(value)
+        opt.load_state_dict(initial_state)
+        history = trainer.fit(protocol["epochs"], seed, progress=progress)
+        record = {
+            "optimizer": name,
+            "seed": seed,
+            "epoch": [r.epoch for r in history],
+            "train_loss": [r.train_loss for r in history],
+            "test_loss": [r.test_loss for r in history],
+            "test_accuracy": [r.test_accuracy for r in history],
+            "seconds": [r.seconds for r in history],
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        # Re-read so runs written by another process in the meantime are kept.
+        if results.exists():
+            doc = _load_document(results, protocol)
+        doc["hyperparameters"][name] = hyper
+        doc["compile_seconds"].setdefault(name, compile_seconds)
+        doc["runs"][_key(name, seed)] = record
+        _common.write_json(results, doc)
+        _log(progress, f"{name} seed {seed}: test accuracy {record['test_accuracy'][-1]:.4f}, "
+                       f"train loss {record['train_loss'][-1]:.4f}, {np.mean(record['seconds']):.2f} s/epoch")
+    return doc
+
+
+# ---------------------------------------------------------------------------- reading
+def _grouped(doc: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """optimizer -> metric -> array (seeds, epochs), optimisers in the default order first."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for run in doc["runs"].values():
+        by_name.setdefault(run["optimizer"], []).append(run)
+    order = [n for n in DEFAULT_OPTIMIZERS if n in by_name] + sorted(n for n in by_name if n not in DEFAULT_OPTIMIZERS)
+    out = {}
+    for name in order:
+        runs = sorted(by_name[name], key=lambda r: r["seed"])
+        out[name] = {m: np.array([r[m] for r in runs], dtype=float)
+                     for m in ("train_loss", "test_loss", "test_accuracy", "seconds")}
+        out[name]["seeds"] = np.array([r["seed"] for r in runs])
+    return out
+
+
+def _stats(values: np.ndarray) -> tuple[float, float]:
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+LABELS = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "adagrad": "AdaGrad", "rmsprop": "RMSprop",
+          "adadelta": "AdaDelta", "adam": "Adam", "adamw": "AdamW", "amsgrad": "AMSGrad", "adamax": "Adamax",
+          "nadam": "NAdam", "radam": "RAdam", "lion": "Lion"}
+
+
+def plot(results: Path, figures_dir: Path) -> list[Path]:
+    """Mean +- std (over seeds) of test accuracy (full and zoomed) and train loss per epoch."""
+    doc = _common.read_json(results)
+    groups = _grouped(doc)
+    if not groups:
+        raise ValueError(f"{results} holds no finished runs to plot")
+    quick = "quick" in Path(results).stem
+    fig, axes = _common.figure(1, 3, figsize=(15, 4.6))
+    colours = {name: f"C{i}" for i, name in enumerate(groups)}
+    finals = []
+    for name, g in groups.items():
+        epochs = np.arange(1, g["test_accuracy"].shape[1] + 1)
+        label = f"{LABELS.get(name, name)} (n={len(g['seeds'])})"
+        for ax, metric, scale in ((axes[0], "test_accuracy", 100.0), (axes[1], "test_accuracy", 100.0),
+                                  (axes[2], "train_loss", 1.0)):
+            values = g[metric] * scale
+            mean = values.mean(axis=0)
+            std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+            ax.plot(epochs, mean, color=colours[name], marker="o", markersize=3, label=label)
+            ax.fill_between(epochs, mean - std, mean + std, color=colours[name], alpha=0.2, linewidth=0)
+        finals.append(g["test_accuracy"][:, -1].mean() * 100)
+    n_epochs = max(g["test_accuracy"].shape[1] for g in groups.values())
+    axes[0].set_title("Test accuracy (mean ± std over seeds)")
+    axes[0].set_ylabel("test accuracy (%)")
+    # Zoom: from a bit below the second-worst final mean to above the best curve.
+    finals.sort()
+    top = max(float((g["test_accuracy"] * 100).max()) for g in groups.values())
+    low = finals[1] if len(finals) > 1 else finals[0]
+    axes[1].set_ylim(low - 0.6, top + 0.2)
+    axes[1].set_xlim(max(0.5, n_epochs / 4), n_epochs + 0.5)
+    axes[1].set_title("Test accuracy, zoomed (curves below are cut off)")
+    axes[1].set_ylabel("test accuracy (%)")
+    axes[2].set_yscale("log")
+    axes[2].set_title("Training loss (mean over epoch, dropout on)")
+    axes[2].set_ylabel("cross-entropy (nats, log scale)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    proto = doc["protocol"]
+    sizes = "-".join(str(s) for s in proto["model"]["sizes"])
+    data = "MNIST" if proto["data"]["n_train"] is None else f"MNIST subset {proto['data']['n_train']} train"
+    fig.suptitle(f"{data}, MLP {sizes} ReLU, dropout {proto['model']['dropout']}, batch {proto['batch_size']}"
+                 f"{' (quick)' if quick else ''}", fontsize=11)
+    fig.tight_layout()
+    figures_dir = Path(figures_dir)
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    out = figures_dir / (f"{EXPERIMENT}-quick.png" if quick else f"{EXPERIMENT}.png")
+    fig.savefig(out, dpi=90)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return [out]
+
+
+def table(results: Path) -> list[dict[str, Any]]:
+    """One row per optimiser: final-epoch metrics mean and std over seeds, seconds per epoch."""
+    doc = _common.read_json(results)
+    rows = []
+    for name, g in _grouped(doc).items():
+        acc_mean, acc_std = _stats(g["test_accuracy"][:, -1])
+        loss_mean, loss_std = _stats(g["train_loss"][:, -1])
+        tl_mean, tl_std = _stats(g["test_loss"][:, -1])
+        rows.append({
+            "optimizer": name, "seeds": len(g["seeds"]), "epochs": g["test_accuracy"].shape[1],
+            "hyperparameters": doc["hyperparameters"].get(name, {}),
+            "test_accuracy_mean": acc_mean, "test_accuracy_std": acc_std,
+            "train_loss_mean": loss_mean, "train_loss_std": loss_std,
+            "test_loss_mean": tl_mean, "test_loss_std": tl_std,
+            "seconds_per_epoch": float(g["seconds"].mean()),
+            "compile_seconds": doc.get("compile_seconds", {}).get(name),
+        })
+    return rows
+
+
+def summarize(results: Path) -> str:
+    rows = table(results)
+    if not rows:
+        return f"{results}: no finished runs"
+    lines = [
+        "| optimizer | seeds | final test accuracy (%) | final train loss | final test loss | s/epoch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: -r["test_accuracy_mean"]):
+        lines.append(
+            f"| {LABELS.get(r['optimizer'], r['optimizer'])} | {r['seeds']} | "
+            f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f} | "
+            f"{r['train_loss_mean']:.4f} ± {r['train_loss_std']:.4f} | "
+            f"{r['test_loss_mean']:.4f} ± {r['test_loss_std']:.4f} | {r['seconds_per_epoch']:.2f} |"
+        )
+    best = max(rows, key=lambda r: r["test_accuracy_mean"])
+    worst = min(rows, key=lambda r: r["test_accuracy_mean"])
+    lines.append(
+        f"best final test accuracy: {LABELS.get(best['optimizer'], best['optimizer'])} "
+        f"{100 * best['test_accuracy_mean']:.2f}%; worst: {LABELS.get(worst['optimizer'], worst['optimizer'])} "
+        f"{100 * worst['test_accuracy_mean']:.2f}% (± is the sample std over seeds, epoch {rows[0]['epochs']})"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,116 @@
+"""The mnist-optimizers experiment: quick run, resume, atomic writes, protocol checks, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import symopt
+from symopt.experiments import mnist_optimizers as mo
+from symopt.experiments import run_experiment
+from symopt.train import Trainer
+
+QUICK_DATA = {"n_train": mo.QUICK["n_train"], "n_test": mo.QUICK["n_test"]}
+
+
+@pytest.fixture(scope="module")
+def quick(real_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], str]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SYMOPT_DATA", str(real_mnist_dir))
+    out = tmp_path_factory.mktemp("mnist_optimizers")
+    try:
+        yield run_experiment("mnist-optimizers", quick=True, results_dir=out, figures_dir=out)
+    finally:
+        mp.undo()
+
+
+def _bench(path: Path, optimizers: list[str], seeds: int, first_seed: int = 0, epochs: int = 1) -> Path:
+    return mo.bench(optimizers, seeds, epochs, 128, path, None, False, first_seed=first_seed, **QUICK_DATA)
+
+
+def test_quick_results_structure_and_figure(quick, tmp_path):
+    results, figures, summary = quick
+    assert results.name == "mnist-optimizers-quick.json"
+    doc = json.loads(results.read_text())
+    assert doc["protocol"]["epochs"] == 1 and doc["protocol"]["batch_size"] == 128
+    assert doc["protocol"]["model"]["sizes"] == [784, 100, 100, 100, 100, 10]
+    assert set(doc["runs"]) == {"sgd/0", "sgd/1", "adam/0", "adam/1"}
+    assert doc["hyperparameters"]["sgd"]["learning_rate"] == 0.01
+    assert doc["hyperparameters"]["adam"]["beta1_decay"] == 1 - 1e-8
+    for run in doc["runs"].values():
+        for metric in ("train_loss", "test_loss", "test_accuracy", "seconds"):
+            assert len(run[metric]) == 1 and np.isfinite(run[metric]).all()
+        # accuracy is a count over the 1,000 test images
+        assert abs(run["test_accuracy"][0] * 1000 - round(run["test_accuracy"][0] * 1000)) < 1e-9
+    # different seeds give different runs
+    assert doc["runs"]["adam/0"]["train_loss"] != doc["runs"]["adam/1"]["train_loss"]
+    # the summary's numbers are the plain mean and sample std of the raw per-seed values
+    acc = [doc["runs"][f"adam/{s}"]["test_accuracy"][-1] for s in (0, 1)]
+    assert f"{100 * np.mean(acc):.2f} ± {100 * np.std(acc, ddof=1):.2f}" in summary
+    assert len(figures) == 1 and figures[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # figures from the results file alone
+    again = mo.plot(results, tmp_path)
+    assert again[0].exists() and again[0].stat().st_size > 10_000
+
+
+def test_finished_runs_are_skipped(quick, monkeypatch):
+    results = quick[0]
+    before = results.read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(Trainer, "__init__", no_training)
+    assert _bench(results, ["sgd", "adam"], seeds=2) == results
+    assert results.read_text() == before
+
+
+def test_crash_keeps_finished_runs_and_resume_is_deterministic(quick, tmp_path, monkeypatch):
+    """A run killed mid-way leaves a valid file with the finished runs; resuming trains only the rest,
+    and a seed trained on a freshly compiled function equals the same seed trained after another seed."""
+    path = tmp_path / "partial.json"
+    real_fit = Trainer.fit
+    calls = []
+
+    def crashing_fit(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", crashing_fit)
+    with pytest.raises(KeyboardInterrupt):
+        _bench(path, ["sgd"], seeds=2)
+    doc = json.loads(path.read_text())  # valid JSON, not truncated
+    assert set(doc["runs"]) == {"sgd/0"}
+    assert [p.name for p in tmp_path.iterdir()] == ["partial.json"]  # no temporary file left behind
+
+    calls.clear()
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: (calls.append(a), real_fit(self, *a, **k))[1])
+    _bench(path, ["sgd"], seeds=2)
+    assert len(calls) == 1 and calls[0][1] == 1  # only seed 1 was trained
+    doc = json.loads(path.read_text())
+    reference = json.loads(quick[0].read_text())["runs"]
+    for seed in (0, 1):
+        for metric in ("train_loss", "test_loss", "test_accuracy"):
+            assert doc["runs"][f"sgd/{seed}"][metric] == reference[f"sgd/{seed}"][metric], (seed, metric)
+
+
+def test_protocol_mismatch_is_refused(quick):
+    with pytest.raises(ValueError, match="different protocol.*epochs: file has 1, this run 2"):
+        _bench(quick[0], ["sgd"], seeds=1, epochs=2)
+    with pytest.raises(ValueError, match="different protocol"):
+        mo.bench(["sgd"], 1, 1, 64, quick[0], None, False, **QUICK_DATA)
+
+
+def test_unknown_optimizer_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(symopt.UnknownOptimizerError, match="unknown optimizer 'adamm'.*Did you mean 'adam'"):
+        _bench(tmp_path / "r.json", ["sgd", "adamm"], seeds=1)
+    assert not (tmp_path / "r.json").exists()
+    from symopt.cli import main
+
+    assert main(["bench-mnist", "--optimizers", "sgd,nope", "--results", str(tmp_path / "r.json")]) == 2
+    assert "unknown optimizer 'nope'" in capsys.readouterr().err
