@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import figure, machine_info, read_json, write_json
+from ._common import figure, machine_info, read_json, save_png, write_json
 
 DESCRIPTION = "with vs without batch norm across 16 initial weight scales: train accuracy curves on 1000 MNIST samples"
 
@@ -195,8 +195,7 @@ def plot(results: Path, figures_dir: Path) -> list[Path]:
     )
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     path = Path(figures_dir) / f"batchnorm{'-quick' if res['quick'] else ''}.png"
-    fig.savefig(path, dpi=90)
-    return [path]
+    return [save_png(fig, path, dpi=90)]
 
 
 def summarize(results: Path) -> str:

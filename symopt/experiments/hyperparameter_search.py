@@ -326,7 +326,7 @@ def plot(results: Path, figures_dir: Path) -> list[Path]:
         fontsize=10,
     )
     fig.tight_layout()
-    paths.append(_save(fig, figures_dir / f"{prefix}-top20.png", dpi=85))
+    paths.append(_common.save_png(fig, figures_dir / f"{prefix}-top20.png", dpi=85))
 
     # 2. lr vs weight decay coloured by final validation accuracy, one panel per sampler.
     import matplotlib.pyplot as plt
@@ -356,7 +356,7 @@ def plot(results: Path, figures_dir: Path) -> list[Path]:
     if sc is not None:
         fig.colorbar(sc, ax=list(axes.flat), label="final validation accuracy")
     fig.suptitle("Sampled hyperparameters, coloured by final validation accuracy", fontsize=11)
-    paths.append(_save(fig, figures_dir / f"{prefix}-scatter.png"))
+    paths.append(_common.save_png(fig, figures_dir / f"{prefix}-scatter.png"))
 
     # 3. Best-so-far validation accuracy vs trial number, both samplers, every seed.
     fig, ax = _common.figure(figsize=(7, 4.2))
@@ -382,17 +382,9 @@ def plot(results: Path, figures_dir: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    paths.append(_save(fig, figures_dir / f"{prefix}-best-so-far.png"))
+    paths.append(_common.save_png(fig, figures_dir / f"{prefix}-best-so-far.png"))
     return paths
 
-
-def _save(fig: Any, path: Path, dpi: int = 100) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
 
 
 # ------------------------------------------------------------------------ summary

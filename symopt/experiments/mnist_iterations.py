@@ -286,8 +286,4 @@ def plot(results: Path, figures_dir: Path) -> list[Path]:
     figures_dir = Path(figures_dir)
     figures_dir.mkdir(parents=True, exist_ok=True)
     out = figures_dir / (f"{EXPERIMENT}-quick.png" if quick else f"{EXPERIMENT}.png")
-    fig.savefig(out, dpi=80)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return [out]
+    return [_common.save_png(fig, out, dpi=80)]

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import figure, machine_info, mnist_subset, read_json, write_json
+from ._common import figure, machine_info, mnist_subset, read_json, save_png, write_json
 
 DESCRIPTION = "300 MNIST samples, 6x100 ReLU MLP: train vs test accuracy without regularisation, with weight decay 0.1, with dropout 0.2"
 
@@ -211,8 +211,7 @@ def plot(results: Path, figures_dir: Path) -> list[Path]:
     )
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     path = Path(figures_dir) / f"overfitting{'-quick' if res['quick'] else ''}.png"
-    fig.savefig(path, dpi=90)
-    return [path]
+    return [save_png(fig, path, dpi=90)]
 
 
 def summarize(results: Path) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import figure, machine_info, read_json, write_json
+from ._common import figure, machine_info, read_json, save_png, write_json
 
 DESCRIPTION = "std 0.01 vs Xavier vs He: activation histograms (sigmoid, ReLU) and 5-layer ReLU MNIST loss curves"
 
@@ -272,8 +272,7 @@ def plot(results: Path, figures_dir: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = figures_dir / f"weight-init-loss{suffix}.png"
-    fig.savefig(path, dpi=100)
-    paths.append(path)
+    paths.append(save_png(fig, path, dpi=100))
 
     # histograms of the first seed: one row per (activation, init), one column per layer
     seed = res["config"]["seeds"][0]
@@ -321,8 +320,7 @@ def plot(results: Path, figures_dir: Path) -> list[Path]:
     )
     fig.tight_layout(rect=(0, 0, 1, 0.95))
     path = figures_dir / f"weight-init-histograms{suffix}.png"
-    fig.savefig(path, dpi=90)
-    paths.append(path)
+    paths.append(save_png(fig, path, dpi=90))
     return paths
 
 
