@@ -163,9 +163,29 @@ class Optimizer:
         The ``pytensor.shared`` float variables to optimise, or torch-style groups:
         a list of dicts ``{"params": [...], "<hyperparameter>": value, ...}`` whose
         values override the keyword arguments for that group's parameters.
+    clip_value, clip_norm, clip_global_norm
+        Clip each gradient element to ``[-c, c]``; rescale each parameter's gradient,
+        then all gradients together, to norm at most ``c`` (``g * c / max(norm, c)``,
+        Keras/optax semantics). Applied in that order, before weight decay.
+    max_norm, max_norm_mask
+        After the step, rescale each unit's incoming weights (columns of a matrix,
+        Lasagne's norm constraint) to norm at most ``max_norm``; the mask (callable
+        ``param -> bool`` or a list) picks the parameters, by default those with ``ndim >= 2``.
+    weight_decay_mask
+        Which parameters weight decay applies to (callable or list), e.g.
+        :func:`symopt.masks.exclude_bias_and_norm`; coupled and decoupled alike.
+    accumulate
+        ``k > 1``: ``k`` calls apply one update with the mean of their gradients.
+    skip_nonfinite
+        A call whose loss or gradients hold NaN/Inf changes nothing; ``opt.skipped``
+        counts them.
     **hyperparameters
-        Values for the rule's hyperparameters (see the rule's ``hyperparameters``);
-        the rest take the rule's defaults. Every rule accepts ``weight_decay``.
+        Values for the rule's hyperparameters (see the rule's ``hyperparameters``),
+        numbers or :mod:`symopt.schedules` objects; the rest take the rule's defaults.
+        Every rule accepts ``weight_decay``.
+
+    The clip and ``max_norm`` values are shared scalars too, changed with
+    :meth:`set_hyperparameter`.
 
     Notes
     -----
@@ -182,7 +202,8 @@ class Optimizer:
     and implements :meth:`update_param`. Inside it ``self.<hyperparameter>`` and
     ``self.t`` (the 1-based step number) are symbolic scalars already cast to the
     parameter's dtype, and Python float literals take that dtype too, so a rule
-    written naively keeps float32 parameters in float32 arithmetic.
+    written naively keeps float32 parameters in float32 arithmetic. Per-step scalar
+    coefficients that cancel badly in float32 belong in :meth:`float64_scalars`.
     """
 
     hyperparameters: ClassVar[Any] = _HyperparameterTable()
@@ -498,9 +519,11 @@ class Optimizer:
 
         Returns
         -------
-        OrderedDict
-            New values of the parameters, then of every state variable, then of the
-            step counter; each cast to its variable's dtype.
+        Updates
+            An ``OrderedDict``: new values of the parameters, then of every state
+            variable, then of the step counter, then the accumulation / skip
+            bookkeeping; each cast to its variable's dtype. ``.applied`` is the
+            symbolic flag of whether a call applies the update (``None``: always).
         """
         grads = self._gradients(loss, grads, allow_unused)
         grads = [None if g is None else (pt.cast(g, p.dtype) if g.dtype != p.dtype else g) for p, g in zip(self.params, grads)]
