@@ -46,17 +46,6 @@ class EpochRecord:
         return asdict(self)
 
 
-def _extra_updates(model: Any) -> dict:
-    """Updates a model asks for besides the optimiser's (batch-norm running statistics)."""
-    for name in ("extra_updates", "updates"):
-        value = getattr(model, name, None)
-        if value is None:
-            continue
-        value = value() if callable(value) else value
-        return dict(value)
-    return {}
-
-
 class Trainer:
     """Compiles the train and eval functions of one (model, optimiser) pair once.
 
@@ -121,7 +110,7 @@ class Trainer:
 
         train_loss = loss(model.output(x, train=True), y)
         updates = optimizer.updates(train_loss)
-        updates.update(_extra_updates(model))
+        updates.update(getattr(model, "extra_updates", {}))  # batch-norm statistics, dropout RNGs
         rows = self.order[i * self.batch_size : (i + 1) * self.batch_size]
         self.train_step = pytensor.function(
             [i], train_loss, updates=updates, givens={x: self.x_train[rows], y: self.y_train[rows]}, mode=mode

@@ -153,13 +153,22 @@ class Lookahead:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; validates all of it before changing anything."""
         slow = [np.asarray(a) for a in state["slow"]]
-        for var, value in zip(self.slow, slow, strict=True):
+        if len(slow) != len(self.slow):
+            raise ValueError(f"Lookahead: state has {len(slow)} slow weights, expected {len(self.slow)}")
+        for var, value in zip(self.slow, slow):
             want = var.get_value(borrow=True)
             if value.shape != want.shape or value.dtype != want.dtype:
                 raise ValueError(f"Lookahead: slow weights {var.name} are {value.dtype}{list(value.shape)}, expected {want.dtype}{list(want.shape)}")
+        counter = np.asarray(state["counter"])
+        if counter.shape != () or counter.dtype.kind not in "iu" or counter < 0:
+            raise ValueError(f"Lookahead: state counter must be a non-negative integer, got {counter!r}")
+        alpha = _check_number("Lookahead", "alpha", np.asarray(state["alpha"]).item())
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"Lookahead: state alpha must lie in (0, 1], got {alpha}")
         self.inner.load_state_dict(state["inner"])  # validates everything of its own first
         for var, value in zip(self.slow, slow):
             var.set_value(value.copy())
-        self.counter.set_value(np.int64(state["counter"]))
-        self.alpha.set_value(np.float64(state["alpha"]))
+        self.counter.set_value(np.int64(counter))
+        self.alpha.set_value(np.float64(alpha))

@@ -857,3 +857,16 @@ def test_ema_and_lookahead_arguments(Wb: tuple[Any, Any]) -> None:
         symopt.Lookahead(inner, alpha=0.0)
     with pytest.raises(TypeError, match=re.escape("Lookahead: inner must be a symopt Optimizer, got list")):
         symopt.Lookahead([W, b])
+
+
+@pytest.mark.parametrize("key, value, message", [("counter", -1, "counter must be"), ("alpha", 1.5, r"alpha must lie in \(0, 1\]")])
+def test_lookahead_bad_state_raises_and_changes_nothing(key: str, value: float, message: str) -> None:
+    W = pytensor.shared(np.array([1.0, 2.0]), name="W")
+    la = symopt.Lookahead(symopt.Adam([W]), k=3, alpha=0.5)
+    state = la.state_dict()
+    state["inner"]["iterations"] = np.array(7, dtype=np.int64)  # would show if the inner state were applied
+    state[key] = np.asarray(value)
+    with pytest.raises(ValueError, match=message):
+        la.load_state_dict(state)
+    assert la.inner.iterations.get_value() == 0 and la.counter.get_value() == 0
+    assert la.alpha.get_value() == 0.5
