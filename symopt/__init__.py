@@ -32,6 +32,7 @@ from .rules import (
 )
 
 from . import data, masks, nn, schedules  # noqa: E402  (after the BLAS setting above)
+from .function import function  # noqa: E402
 from .gradcheck import check_grad  # noqa: E402
 from .wrappers import EMA, Lookahead  # noqa: E402
 from .train import EpochRecord, Trainer, fit  # noqa: E402
@@ -68,6 +69,7 @@ __all__ = [
     "EMA",
     "Lookahead",
     "fit",
+    "function",
     "check_grad",
     "Trainer",
     "EpochRecord",

@@ -20,6 +20,8 @@ import pytensor.tensor as pt
 
 import symopt
 
+from .function import function
+
 # The seed's learning rates for the first four; the rest chosen to show their character.
 TRAJECTORY_RATES = {"sgd": 0.95, "momentum": 0.1, "adagrad": 1.5, "adam": 0.3, "rmsprop": 0.3, "lion": 0.3}
 SPIRAL_RATES = {"sgd": 0.3, "momentum": 0.05, "rmsprop": 3e-3, "adam": 1e-2, "adagrad": 0.05, "adadelta": 1.0}
@@ -32,7 +34,7 @@ def trajectories(steps: int = 30) -> dict[str, np.ndarray]:
         p = pytensor.shared(np.array([-7.0, 2.0]), name="xy")
         loss = p[0] ** 2 / 20 + p[1] ** 2
         opt = symopt.get(name)([p], learning_rate=lr)
-        step = pytensor.function([], loss, updates=opt.updates(loss))
+        step = function([], loss, updates=opt.updates(loss))
         path = [p.get_value()]
         for _ in range(steps):
             step()
@@ -75,8 +77,8 @@ def train_spirals(name: str, lr: float, steps: int, seed: int = 0) -> tuple[list
     loss = -log_probs[pt.arange(y.shape[0]), y].mean()
     accuracy = pt.eq(pt.argmax(logits, axis=1), y).mean()
     opt = symopt.get(name)(params, learning_rate=lr)
-    train = pytensor.function([], loss, updates=opt.updates(loss))
-    evaluate = pytensor.function([], accuracy)
+    train = function([], loss, updates=opt.updates(loss))
+    evaluate = function([], accuracy)
     losses = [float(train())]  # the first call includes the JIT compilation: not timed
     start = time.perf_counter()
     losses += [float(train()) for _ in range(steps - 1)]

@@ -17,6 +17,8 @@ from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Variable
 from pytensor.graph.traversal import ancestors
 
+from .function import function
+
 __all__ = ["check_grad", "DEFAULT_EPS", "DEFAULT_FLOOR"]
 
 _FLOATS = ("float16", "float32", "float64")
@@ -132,7 +134,7 @@ def check_grad(
         for v in ancestors([loss, *grads])
         if isinstance(v, SharedVariable) and getattr(v, "default_update", None) is not None
     }
-    fn = pytensor.function(in_vars, [loss, *grads], updates=pinned, mode=mode, on_unused_input="ignore")
+    fn = function(in_vars, [loss, *grads], updates=pinned, mode=mode, on_unused_input="ignore")
 
     names = [p.name or f"param{k}" for k, p in enumerate(params)]
     keys = [f"{n}[{k}]" if names.count(n) > 1 else n for k, n in enumerate(names)]

@@ -18,6 +18,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 
+from .function import function
 from .nn import cross_entropy
 from .optimizer import Optimizer
 
@@ -112,7 +113,7 @@ class Trainer:
         updates = optimizer.updates(train_loss)
         updates.update(getattr(model, "extra_updates", {}))  # batch-norm statistics, dropout RNGs
         rows = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        self.train_step = pytensor.function(
+        self.train_step = function(
             [i], train_loss, updates=updates, givens={x: self.x_train[rows], y: self.y_train[rows]}, mode=mode
         )
 
@@ -121,7 +122,7 @@ class Trainer:
         loss_sum = cross_entropy(logits, y, reduction="sum")
         correct = pt.eq(pt.argmax(logits, axis=1), y).sum()
         start, stop = i * self.eval_batch_size, (i + 1) * self.eval_batch_size
-        self.eval_step = pytensor.function(
+        self.eval_step = function(
             [i], [loss_sum, correct], givens={x: self.x_test[start:stop], y: self.y_test[start:stop]}, mode=mode
         )
 

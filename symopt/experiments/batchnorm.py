@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..function import function
 from ._common import figure, machine_info, read_json, save_png, write_json
 
 DESCRIPTION = "with vs without batch norm across 16 initial weight scales: train accuracy curves on 1000 MNIST samples"
@@ -58,7 +59,6 @@ def reset_parameters(model: Any, scale: float, seed: int) -> None:
 
 def build(batchnorm: bool, x_train: Any, y_train: Any, order: Any) -> tuple[Any, Any, Any, Any]:
     """(model, optimizer, train_step(batch_index) -> loss, evaluate() -> (loss, accuracy) on the training set)."""
-    import pytensor
     import pytensor.tensor as pt
 
     from ..nn import MLP, cross_entropy
@@ -72,9 +72,9 @@ def build(batchnorm: bool, x_train: Any, y_train: Any, order: Any) -> tuple[Any,
     updates = opt.updates(loss)
     updates.update(model.extra_updates)
     rows = order[i * BATCH_SIZE : (i + 1) * BATCH_SIZE]
-    step = pytensor.function([i], loss, updates=updates, givens={x: x_train[rows], y: y_train[rows]})
+    step = function([i], loss, updates=updates, givens={x: x_train[rows], y: y_train[rows]})
     logits = model.output(x_train, train=False)
-    evaluate = pytensor.function(
+    evaluate = function(
         [], [cross_entropy(logits, y_train), pt.eq(pt.argmax(logits, axis=1), y_train).mean()]
     )
     return model, opt, step, evaluate

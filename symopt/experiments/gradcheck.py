@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from ..function import function
 from ._common import figure, machine_info, read_json, save_png, write_json
 
 DESCRIPTION = "backprop vs central-difference gradients of the 784-50-10 net on 3 real MNIST images (float64/float32)"
@@ -78,8 +79,8 @@ def _one(activation: str, dtype: str, seed: int, x_batch: np.ndarray, y_batch: n
     y = pt.vector("y", dtype="int64")
     loss = cross_entropy(model.output(x, train=False), y)
     X, Y = x_batch.astype(dtype), y_batch.astype("int64")
-    loss_fn = pytensor.function([x, y], loss)
-    grad_fn = pytensor.function([x, y], pytensor.grad(loss, params))
+    loss_fn = function([x, y], loss)
+    grad_fn = function([x, y], pytensor.grad(loss, params))
     analytic = [np.asarray(g, dtype=np.float64) for g in grad_fn(X, Y)]
     loss0 = float(loss_fn(X, Y))
     t_backprop = _timeit(grad_fn, X, Y)

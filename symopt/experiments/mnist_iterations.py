@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..function import function
 from . import _common
 
 DESCRIPTION = "NumPy seeds: smoothed minibatch loss over 2,000 iterations, SGD vs Momentum vs AdaGrad vs Adam (+ others)"
@@ -78,9 +79,10 @@ def hyperparameters(name: str) -> dict[str, Any]:
 def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
     """The seeds' four rules x 3 seeds and the 9 other rules x 1 seed, 2,000 iterations each;
     ``quick``: SGD and Adam, 1 seed, 60 iterations on 2,000 images."""
-    import symopt
     import pytensor
     import pytensor.tensor as pt
+
+    import symopt
     from symopt.nn import MLP, cross_entropy
 
     if quick:
@@ -101,11 +103,11 @@ def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
     y_all = pytensor.shared(data.y_train.astype("int64"), name="y_train")
     idx = pt.vector("idx", dtype="int64")
     loss = cross_entropy(model.output(x_all[idx], train=True), y_all[idx])
-    batch_loss = pytensor.function([idx], loss)  # the loss after the update, as the seeds record it
+    batch_loss = function([idx], loss)  # the loss after the update, as the seeds record it
     x_test = pt.matrix("x_test", dtype="float32")
     y_test = pt.vector("y_test", dtype="int64")
     correct = pt.eq(pt.argmax(model.output(x_test, train=False), axis=1), y_test).sum()
-    count_correct = pytensor.function([x_test, y_test], correct)
+    count_correct = function([x_test, y_test], correct)
 
     doc: dict[str, Any] = {
         "experiment": EXPERIMENT,
@@ -126,7 +128,7 @@ def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
         opt = symopt.get(name)(model.params, **doc["hyperparameters"][name])
         initial_state = opt.state_dict()
         start = time.perf_counter()
-        step = pytensor.function([idx], loss, updates=opt.updates(loss))
+        step = function([idx], loss, updates=opt.updates(loss))
         for var, value in zip(model.params, fresh[seeds[0]]):  # compile (JIT) now, then reset below
             var.set_value(value)
         step(batches[seeds[0]][0])

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..function import function
 from ._common import figure, machine_info, mnist_subset, read_json, save_png, write_json
 
 DESCRIPTION = "300 MNIST samples, 6x100 ReLU MLP: train vs test accuracy without regularisation, with weight decay 0.1, with dropout 0.2"
@@ -45,7 +46,6 @@ def results_path(results_dir: Path, quick: bool) -> Path:
 
 
 def _build(dropout: float, shared: dict[str, Any], batch_size: int, init_seed: int) -> dict[str, Any]:
-    import pytensor
     import pytensor.tensor as pt
 
     from ..masks import exclude_bias_and_norm
@@ -60,14 +60,14 @@ def _build(dropout: float, shared: dict[str, Any], batch_size: int, init_seed: i
     updates = opt.updates(loss)
     updates.update(model.extra_updates)
     rows = shared["order"][i * batch_size : (i + 1) * batch_size]
-    step = pytensor.function(
+    step = function(
         [i], loss, updates=updates, givens={x: shared["x_train"][rows], y: shared["y_train"][rows]}
     )
 
     def acc(xs: Any, ys: Any) -> Any:
         return pt.eq(pt.argmax(model.output(xs, train=False), axis=1), ys).mean()
 
-    evaluate = pytensor.function(
+    evaluate = function(
         [], [acc(shared["x_train"], shared["y_train"]), acc(shared["x_test"], shared["y_test"])]
     )
     weights = [p for p in model.params if p.ndim >= 2]

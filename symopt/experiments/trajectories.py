@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..function import function
 from ._common import figure, machine_info, read_json, save_png, write_json
 
 DESCRIPTION = "paths of every registry optimiser on x^2/20 + y^2 from (-7, 2); GD with lr 0.1 / 10 / 1e-10"
@@ -86,7 +87,7 @@ def _optimizer_paths(names: list[str], steps: int) -> dict[str, Any]:
         p = pytensor.shared(np.array(START, dtype="float64"), name="p")
         loss = f_bowl(p[0], p[1])
         opt = cls([p], **hp)
-        step = pytensor.function([], loss, updates=opt.updates(loss))  # one compiled step per rule
+        step = function([], loss, updates=opt.updates(loss))  # one compiled step per rule
         points = [p.get_value().copy()]
         for _ in range(steps):
             step()
@@ -130,7 +131,7 @@ def _learning_rate_runs(steps: int) -> list[dict[str, Any]]:
     p = pytensor.shared(np.array(GD_START, dtype="float64"), name="x")
     loss = p[0] ** 2 + p[1] ** 2
     opt = symopt.SGD([p], learning_rate=GD_RATES[0])
-    step = pytensor.function([], loss, updates=opt.updates(loss))  # compiled once, reused for every rate
+    step = function([], loss, updates=opt.updates(loss))  # compiled once, reused for every rate
     runs = []
     for lr in GD_RATES:
         opt.set_hyperparameter("learning_rate", lr)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..function import function
 from ._common import figure, machine_info, read_json, save_png, write_json
 
 DESCRIPTION = "std 0.01 vs Xavier vs He: activation histograms (sigmoid, ReLU) and 5-layer ReLU MNIST loss curves"
@@ -89,7 +90,6 @@ def _layer_stats(a: np.ndarray, activation: str) -> dict[str, Any]:
 
 
 def _histograms(seed: int) -> list[dict[str, Any]]:
-    import pytensor
     import pytensor.tensor as pt
 
     from ..nn import ACTIVATIONS, Dense
@@ -108,7 +108,7 @@ def _histograms(seed: int) -> list[dict[str, Any]]:
             for layer in layers:
                 h = ACTIVATIONS[activation](layer.output(h, train=False))
                 acts.append(h)
-            compiled[activation] = (pytensor.function([x], acts), layers)
+            compiled[activation] = (function([x], acts), layers)
         fn, layers = compiled[activation]
         for layer, w in zip(layers, histogram_weights(seed, case)):
             layer.W.set_value(w)
@@ -157,9 +157,9 @@ def _train(data: Any, seeds: list[int], iterations: int) -> list[dict[str, Any]]
     idx = pt.vector("idx", dtype="int64")
     x, y = pt.matrix("x", dtype="float32"), pt.vector("y", dtype="int64")
     loss = cross_entropy(model.output(x, train=True), y)
-    step = pytensor.function([idx], loss, updates=opt.updates(loss), givens={x: x_train[idx], y: y_train[idx]})
+    step = function([idx], loss, updates=opt.updates(loss), givens={x: x_train[idx], y: y_train[idx]})
     logits = model.output(x, train=False)
-    evaluate = pytensor.function(
+    evaluate = function(
         [x, y], [cross_entropy(logits, y), pt.eq(pt.argmax(logits, axis=1), y).mean()]
     )
 
