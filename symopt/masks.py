@@ -16,9 +16,14 @@ def exclude_bias_and_norm(param: SharedVariable) -> bool:
     Decaying those pulls them towards zero for no regularisation benefit, the usual
     reason to exclude them (as in AdamW recipes and optax's masks).
     """
-    return param.ndim >= 2
+    return _ndim(param) >= 2
 
 
 def only_matrices(param: SharedVariable) -> bool:
     """True for 2-d parameters only (dense weight matrices)."""
-    return param.ndim == 2
+    return _ndim(param) == 2
+
+
+def _ndim(param: SharedVariable) -> int:
+    # A parameter stacked over seeds (symopt.seeds) has one extra leading axis.
+    return param.ndim - (1 if getattr(param.tag, "seed_axis", False) else 0)

@@ -11,6 +11,7 @@ import pytest
 import symopt
 from symopt.experiments import mnist_optimizers as mo
 from symopt.experiments import run_experiment
+from symopt.seeds import SeedTrainer
 from symopt.train import Trainer
 
 QUICK_DATA = {"n_train": mo.QUICK["n_train"], "n_test": mo.QUICK["n_test"]}
@@ -27,8 +28,27 @@ def quick(real_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
         mp.undo()
 
 
-def _bench(path: Path, optimizers: list[str], seeds: int, first_seed: int = 0, epochs: int = 1) -> Path:
-    return mo.bench(optimizers, seeds, epochs, 128, path, None, False, first_seed=first_seed, **QUICK_DATA)
+def _bench(path: Path, optimizers: list[str], seeds: int, first_seed: int = 0, epochs: int = 1,
+           vectorize: bool = False) -> Path:
+    return mo.bench(optimizers, seeds, epochs, 128, path, None, False, first_seed=first_seed, vectorize=vectorize,
+                    **QUICK_DATA)
+
+
+@pytest.fixture(scope="module")
+def sequential(quick, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The quick protocol trained one seed after another (the quick run itself stacks them)."""
+    path = tmp_path_factory.mktemp("sequential") / "mnist-optimizers-quick.json"
+    return json.loads(_bench(path, mo.QUICK["optimizers"], mo.QUICK["seeds"]).read_text())["runs"]
+
+
+def test_stacked_seeds_equal_sequential_runs(quick, sequential):
+    """bench-mnist's default (all seeds in one compiled step) gives each seed's sequential results."""
+    stacked = json.loads(quick[0].read_text())["runs"]
+    assert set(stacked) == set(sequential)
+    for key, run in stacked.items():
+        assert run["stacked_seeds"] == mo.QUICK["seeds"] and "stacked_seeds" not in sequential[key]
+        for metric in ("train_loss", "test_loss", "test_accuracy"):
+            np.testing.assert_allclose(run[metric], sequential[key][metric], rtol=1e-5, err_msg=f"{key} {metric}")
 
 
 def test_quick_results_structure_and_figure(quick, tmp_path):
@@ -64,11 +84,13 @@ def test_finished_runs_are_skipped(quick, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr(Trainer, "__init__", no_training)
-    assert _bench(results, ["sgd", "adam"], seeds=2) == results
+    monkeypatch.setattr(SeedTrainer, "__init__", no_training)
+    for vectorize in (False, True):
+        assert _bench(results, ["sgd", "adam"], seeds=2, vectorize=vectorize) == results
     assert results.read_text() == before
 
 
-def test_crash_keeps_finished_runs_and_resume_is_deterministic(quick, tmp_path, monkeypatch):
+def test_crash_keeps_finished_runs_and_resume_is_deterministic(sequential, tmp_path, monkeypatch):
     """A run killed mid-way leaves a valid file with the finished runs; resuming trains only the rest,
     and a seed trained on a freshly compiled function equals the same seed trained after another seed."""
     path = tmp_path / "partial.json"
@@ -93,10 +115,9 @@ def test_crash_keeps_finished_runs_and_resume_is_deterministic(quick, tmp_path, 
     _bench(path, ["sgd"], seeds=2)
     assert len(calls) == 1 and calls[0][1] == 1  # only seed 1 was trained
     doc = json.loads(path.read_text())
-    reference = json.loads(quick[0].read_text())["runs"]
     for seed in (0, 1):
         for metric in ("train_loss", "test_loss", "test_accuracy"):
-            assert doc["runs"][f"sgd/{seed}"][metric] == reference[f"sgd/{seed}"][metric], (seed, metric)
+            assert doc["runs"][f"sgd/{seed}"][metric] == sequential[f"sgd/{seed}"][metric], (seed, metric)
 
 
 def test_protocol_mismatch_is_refused(quick):
@@ -114,3 +135,9 @@ def test_unknown_optimizer_is_a_clear_error(tmp_path, capsys):
 
     assert main(["bench-mnist", "--optimizers", "sgd,nope", "--results", str(tmp_path / "r.json")]) == 2
     assert "unknown optimizer 'nope'" in capsys.readouterr().err
+
+
+def test_bad_stack_size_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="stack_size must be a positive integer, got 0"):
+        mo.bench(["sgd"], 2, 1, 128, tmp_path / "r.json", None, False, vectorize=True, stack_size=0, **QUICK_DATA)
+    assert not (tmp_path / "r.json").exists()

@@ -55,6 +55,10 @@ SEED_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
     "adam": {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "beta1_decay": 1 - 1e-8},
 }
 
+#: Whether bench-mnist stacks an optimiser's seeds into one compiled step by default
+#: (benchmarks/seeds_step.py measures both ways; see experiments/README.md).
+VECTORIZE_DEFAULT = True
+
 QUICK = {"optimizers": ["sgd", "adam"], "seeds": 2, "epochs": 1, "n_train": 2000, "n_test": 1000}
 EXPERIMENT = "mnist-optimizers"
 
@@ -139,12 +143,19 @@ def bench(
     first_seed: int = 0,
     n_train: int | None = None,
     n_test: int | None = None,
+    vectorize: bool | None = None,
+    stack_size: int | None = None,
 ) -> Path:
     """Train every ``optimizer`` from seeds ``first_seed .. first_seed + seeds - 1``; resumable.
 
     Runs already in ``results`` are skipped; each finished run is written to it at once
     (atomically). ``n_train``/``n_test`` restrict MNIST to a seeded subset (for quick
     runs). With ``figures_dir`` the figures are drawn afterwards. Returns ``results``.
+
+    ``vectorize`` trains an optimiser's seeds together in one compiled step
+    (:mod:`symopt.seeds`; the same results up to float round-off), ``stack_size`` seeds
+    at a time (default: all of them); ``None`` means :data:`VECTORIZE_DEFAULT`. Runs of
+    a stack are written when the stack finishes.
     """
     import symopt
     from symopt.nn import MLP
@@ -157,7 +168,11 @@ def bench(
         key = name.strip().lower()
         if key not in names:
             names.append(key)
-    for label, value in (("seeds", seeds), ("epochs", epochs), ("batch_size", batch_size)):
+    vectorize = VECTORIZE_DEFAULT if vectorize is None else bool(vectorize)
+    checks = [("seeds", seeds), ("epochs", epochs), ("batch_size", batch_size)]
+    if stack_size is not None:
+        checks.append(("stack_size", stack_size))
+    for label, value in checks:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{label} must be a positive integer, got {value!r}")
     results = Path(results)
@@ -179,7 +194,14 @@ def bench(
     if any(todo.values()):
         data = _data(n_train, n_test)
         for name in names:
-            if todo[name]:
+            if not todo[name]:
+                continue
+            if vectorize:
+                size = len(todo[name]) if stack_size is None else int(stack_size)
+                for at in range(0, len(todo[name]), size):
+                    doc = _bench_stacked(name, wanted[name], todo[name][at:at + size], data, protocol, doc, results,
+                                         progress, MLP)
+            else:
                 doc = _bench_optimizer(name, wanted[name], todo[name], data, protocol, doc, results, progress, MLP)
     elif not results.exists():
         _common.write_json(results, doc)
@@ -198,10 +220,34 @@ def _data(n_train: int | None, n_test: int | None) -> Any:
     return _common.mnist_subset(n_train, n_test, seed=0)
 
 
-def _fresh_values(mlp_cls: type, seed: int) -> tuple[list[np.ndarray], list[Any]]:
-    fresh = mlp_cls(MODEL["sizes"], activation=MODEL["activation"], init=MODEL["init"], batchnorm=MODEL["batchnorm"],
-                    dropout=MODEL["dropout"], seed=seed, dtype=MODEL["dtype"])
+def build_model(mlp_cls: type, seed: int, model: dict[str, Any] | None = None) -> Any:
+    """``mlp_cls`` (``symopt.nn.MLP``) built from a model description like :data:`MODEL`."""
+    m = MODEL if model is None else model
+    return mlp_cls(m["sizes"], activation=m["activation"], init=m["init"], batchnorm=m["batchnorm"],
+                   dropout=m["dropout"], seed=seed, dtype=m["dtype"])
+
+
+def _fresh_values(mlp_cls: type, seed: int, model: dict[str, Any] | None = None) -> tuple[list[np.ndarray], list[Any]]:
+    fresh = build_model(mlp_cls, seed, model)
     return [p.get_value() for p in fresh.params], [b.get_value() for b in fresh.buffers]
+
+
+def reset_run(
+    model: Any, opt: Any, initial_state: dict[str, Any], seed: int, mlp_cls: type,
+    model_config: dict[str, Any] | None = None,
+) -> None:
+    """Put a compiled (model, optimiser) pair in the state a fresh ``MLP(seed=seed)`` run starts from.
+
+    Parameters and dropout streams become those of a freshly built model, the optimiser
+    state (slots, step counter, hyperparameters) the one captured right after construction,
+    so a run does not depend on what the compiled function trained before.
+    """
+    params, buffers = _fresh_values(mlp_cls, seed, model_config)
+    for var, value in zip(model.params, params):
+        var.set_value(value)
+    for var, value in zip(model.buffers, buffers):
+        var.set_value(value)
+    opt.load_state_dict(initial_state)
 
 
 def _bench_optimizer(
@@ -211,8 +257,7 @@ def _bench_optimizer(
     import symopt
     from symopt.train import Trainer
 
-    model = mlp_cls(MODEL["sizes"], activation=MODEL["activation"], init=MODEL["init"], batchnorm=MODEL["batchnorm"],
-                    dropout=MODEL["dropout"], seed=seeds[0], dtype=MODEL["dtype"])
+    model = build_model(mlp_cls, seeds[0])
     opt = symopt.get(name)(model.params, **hyper)
     initial_state = opt.state_dict()
     start = time.perf_counter()
@@ -222,33 +267,65 @@ def _bench_optimizer(
     compile_seconds = time.perf_counter() - start
     _log(progress, f"{name}: compiled in {compile_seconds:.1f} s; seeds {seeds[0]}..{seeds[-1]}")
     for seed in seeds:
-        params, buffers = _fresh_values(mlp_cls, seed)
-        for var, value in zip(model.params, params):
-            var.set_value(value)
-        for var, value in zip(model.buffers, buffers):
-            var.set_value(value)
-        opt.load_state_dict(initial_state)
+        reset_run(model, opt, initial_state, seed, mlp_cls)
         history = trainer.fit(protocol["epochs"], seed, progress=progress)
-        record = {
-            "optimizer": name,
-            "seed": seed,
-            "epoch": [r.epoch for r in history],
-            "train_loss": [r.train_loss for r in history],
-            "test_loss": [r.test_loss for r in history],
-            "test_accuracy": [r.test_accuracy for r in history],
-            "seconds": [r.seconds for r in history],
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        # Re-read so runs written by another process in the meantime are kept.
-        if results.exists():
-            doc = _load_document(results, protocol)
-        doc["hyperparameters"][name] = hyper
-        doc["compile_seconds"].setdefault(name, compile_seconds)
-        doc["runs"][_key(name, seed)] = record
-        _common.write_json(results, doc)
-        _log(progress, f"{name} seed {seed}: test accuracy {record['test_accuracy'][-1]:.4f}, "
+        record = _run_record(name, seed, history)
+        doc = _record(results, protocol, name, hyper, compile_seconds, [record], progress)
+    return doc
+
+
+def _run_record(name: str, seed: int, history: list[Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "optimizer": name,
+        "seed": seed,
+        "epoch": [r.epoch for r in history],
+        "train_loss": [r.train_loss for r in history],
+        "test_loss": [r.test_loss for r in history],
+        "test_accuracy": [r.test_accuracy for r in history],
+        "seconds": [r.seconds for r in history],
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **extra,
+    }
+
+
+def _record(
+    results: Path, protocol: dict[str, Any], name: str, hyper: dict[str, Any], compile_seconds: float,
+    records: list[dict[str, Any]], progress: bool,
+) -> dict[str, Any]:
+    """Add finished runs to the results file (one atomic write) and log them."""
+    # Re-read so runs written by another process in the meantime are kept.
+    doc = _load_document(results, protocol) if results.exists() else _new_document(protocol)
+    doc["hyperparameters"][name] = hyper
+    doc["compile_seconds"].setdefault(name, compile_seconds)
+    for record in records:
+        doc["runs"][_key(name, record["seed"])] = record
+    _common.write_json(results, doc)
+    for record in records:
+        _log(progress, f"{name} seed {record['seed']}: test accuracy {record['test_accuracy'][-1]:.4f}, "
                        f"train loss {record['train_loss'][-1]:.4f}, {np.mean(record['seconds']):.2f} s/epoch")
     return doc
+
+
+def _bench_stacked(
+    name: str, hyper: dict[str, Any], seeds: list[int], data: Any, protocol: dict[str, Any],
+    doc: dict[str, Any], results: Path, progress: bool, mlp_cls: type,
+) -> dict[str, Any]:
+    """All ``seeds`` of one optimiser in one compiled step (``symopt.seeds``)."""
+    import symopt
+    from symopt.seeds import SeedStack, SeedTrainer
+
+    start = time.perf_counter()
+    stack = SeedStack(lambda seed: build_model(mlp_cls, seed), seeds)
+    trainer = SeedTrainer(stack, symopt.get(name)(stack.params, **hyper), data.x_train, data.y_train, data.x_test,
+                          data.y_test, batch_size=protocol["batch_size"])
+    trainer.warm_up()
+    compile_seconds = time.perf_counter() - start
+    _log(progress, f"{name}: {len(seeds)} seeds stacked, compiled in {compile_seconds:.1f} s; "
+                   f"seeds {seeds[0]}..{seeds[-1]}")
+    histories = trainer.fit(protocol["epochs"], seeds, progress=progress)
+    # seconds: the stacked epoch's wall time divided by the number of seeds.
+    records = [_run_record(name, seed, history, stacked_seeds=len(seeds)) for seed, history in zip(seeds, histories)]
+    return _record(results, protocol, name, hyper, compile_seconds, records, progress)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -278,11 +355,20 @@ LABELS = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "adagrad
 
 def plot(results: Path, figures_dir: Path) -> list[Path]:
     """Mean +- std (over seeds) of test accuracy (full and zoomed) and train loss per epoch."""
-    doc = _common.read_json(results)
+    quick = "quick" in Path(results).stem
+    out = Path(figures_dir) / (f"{EXPERIMENT}-quick.png" if quick else f"{EXPERIMENT}.png")
+    return [plot_document(_common.read_json(results), out, quick=quick, source=str(results))]
+
+
+def plot_document(doc: dict[str, Any], out: Path, *, quick: bool = False, source: str = "the results") -> Path:
+    """:func:`plot` from a results document (``protocol`` and ``runs`` as in the JSON file) into ``out``.
+
+    Other result stores (the SQLite database of ``symopt sweep``) draw the same figure by
+    building such a document.
+    """
     groups = _grouped(doc)
     if not groups:
-        raise ValueError(f"{results} holds no finished runs to plot")
-    quick = "quick" in Path(results).stem
+        raise ValueError(f"{source} holds no finished runs to plot")
     fig, axes = _common.figure(1, 3, figsize=(15, 4.6))
     colours = {name: f"C{i}" for i, name in enumerate(groups)}
     finals = []
@@ -324,15 +410,17 @@ def plot(results: Path, figures_dir: Path) -> list[Path]:
     fig.suptitle(f"{data}, MLP {sizes} ReLU, dropout {proto['model']['dropout']}, batch {proto['batch_size']}"
                  f"{' (quick)' if quick else ''}", fontsize=11)
     fig.tight_layout()
-    figures_dir = Path(figures_dir)
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    out = figures_dir / (f"{EXPERIMENT}-quick.png" if quick else f"{EXPERIMENT}.png")
-    return [_common.save_png(fig, out, dpi=90)]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return _common.save_png(fig, Path(out), dpi=90)
 
 
 def table(results: Path) -> list[dict[str, Any]]:
     """One row per optimiser: final-epoch metrics mean and std over seeds, seconds per epoch."""
-    doc = _common.read_json(results)
+    return table_document(_common.read_json(results))
+
+
+def table_document(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`table` from a results document."""
     rows = []
     for name, g in _grouped(doc).items():
         acc_mean, acc_std = _stats(g["test_accuracy"][:, -1])
@@ -351,9 +439,13 @@ def table(results: Path) -> list[dict[str, Any]]:
 
 
 def summarize(results: Path) -> str:
-    rows = table(results)
+    return summarize_rows(table(results), str(results))
+
+
+def summarize_rows(rows: list[dict[str, Any]], source: str = "results") -> str:
+    """The Markdown summary table of :func:`table` rows."""
     if not rows:
-        return f"{results}: no finished runs"
+        return f"{source}: no finished runs"
     lines = [
         "| optimizer | seeds | final test accuracy (%) | final train loss | final test loss | s/epoch |",
         "|---|---|---|---|---|---|",

@@ -1,0 +1,318 @@
+"""Train S independently initialised copies of one model in one compiled step.
+
+Multi-seed comparisons train the same network from many seeds. Compiling one step
+per seed and calling them in turn pays the per-call overhead S times and leaves the
+matmuls small; :class:`SeedStack` instead stacks the S models' parameters along a
+new leading *seed axis* and :class:`SeedTrainer` compiles one step that trains all
+of them:
+
+* every parameter ``p`` of shape ``shape`` becomes one shared variable of shape
+  ``(S, *shape)`` whose slice ``s`` starts as seed ``s``'s model's value;
+* dense layers are batched matmuls ``(S, B, n_in) @ (S, n_in, n_out)``;
+* seed ``s`` sees its own mini-batches (its own shuffle of the training set,
+  ``numpy.random.default_rng(data_seed_s)``, exactly as :meth:`Trainer.fit` draws
+  them) and its own dropout masks (the very RNG streams of its model);
+* the loss differentiated is the *sum* of the per-seed mean losses, so the gradient
+  with respect to slice ``s`` is seed ``s``'s own gradient, and every update rule
+  (all are element-wise) keeps all optimiser state per seed.
+
+The result is the same as S separate :class:`~symopt.train.Trainer` runs, up to
+float round-off of the batched matmuls (tested in ``tests/test_seeds.py``).
+
+Optimiser settings that reduce over a whole tensor or over all parameters
+(``clip_norm``, ``clip_global_norm``, ``max_norm``, ``skip_nonfinite``) would couple
+the seeds and are refused.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.tensor.variable import TensorVariable
+
+from .function import function
+from .nn import Activation, Dense, Dropout, Layer, Sequential, _const, cross_entropy
+from .optimizer import Optimizer
+from .train import EpochRecord
+
+__all__ = ["SeedStack", "SeedTrainer", "seed_axis_ndim", "seed_cross_entropy", "COUPLING_SETTINGS"]
+
+#: Optimiser settings computed over whole tensors or all parameters: with a seed axis
+#: they would mix the seeds, so a SeedTrainer refuses them.
+COUPLING_SETTINGS = ("clip_norm", "clip_global_norm", "max_norm")
+
+
+def seed_axis_ndim(param: Any) -> int:
+    """Dimensions of ``param`` without the seed axis (masks use it to tell weights from biases)."""
+    return param.ndim - (1 if getattr(param.tag, "seed_axis", False) else 0)
+
+
+class SeedStack:
+    """S models of identical structure, stacked along a leading seed axis.
+
+    Parameters
+    ----------
+    make_model
+        ``make_model(seed) -> Sequential``: builds seed ``seed``'s model, e.g.
+        ``lambda s: symopt.nn.MLP([784, 100, 10], dropout=0.2, seed=s)``. The models
+        are built once; their initial values and dropout streams are those of S
+        separate runs.
+    seeds
+        The model seeds, one per copy (distinct, at least one).
+
+    Notes
+    -----
+    Supported layers: :class:`~symopt.nn.Dense`, activations and
+    :class:`~symopt.nn.Dropout` (inside :class:`~symopt.nn.Sequential`, e.g. an
+    :class:`~symopt.nn.MLP` without batch norm).
+    """
+
+    def __init__(self, make_model: Callable[[int], Sequential], seeds: Sequence[int]):
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            raise ValueError("SeedStack: seeds is empty; give at least one seed")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"SeedStack: seeds must be distinct, got {seeds}")
+        self.seeds = seeds
+        self.models = [make_model(s) for s in seeds]
+        first = self.models[0]
+        if not isinstance(first, Sequential):
+            raise TypeError(f"SeedStack: make_model must return a Sequential model, got {type(first).__name__}")
+        for layer in first.layers:
+            if not isinstance(layer, (Dense, Activation, Dropout)):
+                raise ValueError(
+                    f"SeedStack supports Dense, activation and Dropout layers; {type(layer).__name__} "
+                    f"{layer.name!r} has no seed-stacked version"
+                )
+        signature = _structure(first)
+        for seed, model in zip(seeds[1:], self.models[1:]):
+            if _structure(model) != signature:
+                raise ValueError(f"SeedStack: the model for seed {seed} differs in structure from seed {seeds[0]}'s")
+        self.layers: list[Layer] = first.layers
+        #: Stacked parameters, in the order of the single model's ``params``.
+        self.params: list[SharedVariable] = []
+        self._stacked: dict[int, SharedVariable] = {}
+        for j, param in enumerate(first.params):
+            value = np.stack([m.params[j].get_value() for m in self.models])
+            stacked = pytensor.shared(value, name=f"{param.name}[seeds]")
+            stacked.tag.seed_axis = True
+            self.params.append(stacked)
+            self._stacked[id(param)] = stacked
+        #: Per layer index: the S dropout RNGs (shared, one stream per seed's model).
+        self._rngs: dict[int, list[SharedVariable]] = {
+            i: [m.layers[i].rng for m in self.models] for i, layer in enumerate(self.layers) if isinstance(layer, Dropout)
+        }
+        self.extra_updates: OrderedDict[SharedVariable, Any] = OrderedDict()
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def buffers(self) -> list[SharedVariable]:
+        """The dropout RNGs of every seed."""
+        return [rng for rngs in self._rngs.values() for rng in rngs]
+
+    def output(self, x: Any, train: bool) -> TensorVariable:
+        """Logits ``(S, B, classes)`` for inputs ``(S, B, features)`` (one batch per seed) or
+        ``(B, features)`` (the same batch for every seed). In train mode ``extra_updates``
+        afterwards holds the dropout RNG updates of this call.
+        """
+        x = pt.as_tensor_variable(x)
+        if x.ndim not in (2, 3):
+            raise ValueError(f"SeedStack expects (S, batch, features) or (batch, features) inputs, got {x.ndim}-d")
+        updates: OrderedDict[SharedVariable, Any] = OrderedDict()
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Dense):
+                W = self._stacked[id(layer.W)]
+                # A batch shared by all seeds is one (B, n_in) @ (n_in, S * n_out) product.
+                out = pt.tensordot(x, W, axes=[[1], [1]]).dimshuffle(1, 0, 2) if x.ndim == 2 else pt.matmul(x, W)
+                x = out if layer.b is None else out + self._stacked[id(layer.b)][:, None, :]
+            elif isinstance(layer, Dropout):
+                if not train or layer.p == 0.0:
+                    continue
+                if x.ndim == 2:
+                    x = pt.broadcast_to(x[None], (self.n_seeds, *x.shape))
+                # Seed s's mask is drawn from seed s's stream with the shape its own run draws.
+                dtype = x.dtype
+                draws = []
+                for rng in self._rngs[i]:
+                    next_rng, u = pt.random.uniform(size=x.shape[1:], rng=rng, dtype=dtype, return_next_rng=True)
+                    updates[rng] = next_rng
+                    draws.append(u)
+                keep = pt.ge(pt.stack(draws), _const(layer.p, dtype))
+                x = pt.switch(keep, x * _const(1.0 / (1.0 - layer.p), dtype), _const(0, dtype))
+            else:
+                x = layer.output(x, train)
+        if train:
+            self.extra_updates = updates
+        return x
+
+    def values(self, index: int) -> list[np.ndarray]:
+        """Seed ``seeds[index]``'s current parameter values, in the single model's order."""
+        return [p.get_value()[index].copy() for p in self.params]
+
+
+def _structure(model: Sequential) -> list[tuple[str, tuple[int, ...], str]]:
+    layers = [(type(layer).__name__, (), getattr(layer, "name", "")) for layer in model.layers]
+    params = [("param", tuple(p.get_value(borrow=True).shape), str(p.dtype)) for p in model.params]
+    return layers + params
+
+
+def seed_cross_entropy(logits: TensorVariable, labels: TensorVariable) -> TensorVariable:
+    """Per-seed mean softmax cross-entropy: logits ``(S, B, C)``, labels ``(S, B)`` -> ``(S,)``."""
+    s, b, c = logits.shape
+    losses = cross_entropy(logits.reshape((s * b, c)), labels.reshape((s * b,)), reduction="none")
+    return losses.reshape((s, b)).mean(axis=1)
+
+
+class SeedTrainer:
+    """One compiled train step and one eval step for all seeds of a :class:`SeedStack`.
+
+    The counterpart of :class:`~symopt.train.Trainer`: data in shared variables, each
+    step receives only its batch number; seed ``s``'s rows of batch ``i`` are
+    ``order[s, i * batch_size:(i + 1) * batch_size]``.
+
+    Parameters
+    ----------
+    stack
+        The models.
+    optimizer
+        An :class:`~symopt.optimizer.Optimizer` over ``stack.params``; its hyperparameters
+        are shared by the seeds, its state is per seed.
+    x_train, y_train, x_test, y_test
+        As for :class:`~symopt.train.Trainer` (one copy, shared by the seeds).
+    batch_size, eval_batch_size, mode
+        As for :class:`~symopt.train.Trainer`.
+    """
+
+    def __init__(
+        self,
+        stack: SeedStack,
+        optimizer: Optimizer,
+        x_train: Any,
+        y_train: Any,
+        x_test: Any,
+        y_test: Any,
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        mode: Any = None,
+    ):
+        if [id(p) for p in optimizer.params] != [id(p) for p in stack.params]:
+            raise ValueError("SeedTrainer: the optimizer must be built over stack.params, in that order")
+        coupled = [k for k in COUPLING_SETTINGS if k in optimizer.settings]
+        if optimizer.skip_nonfinite:
+            coupled.append("skip_nonfinite")
+        if coupled:
+            raise ValueError(
+                f"SeedTrainer: {', '.join(coupled)} would couple the seeds (computed over whole tensors); "
+                f"train seeds separately with symopt.Trainer to use it"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.stack, self.optimizer = stack, optimizer
+        self.batch_size = int(batch_size)
+        self.n_train = len(x_train)
+        if self.batch_size > self.n_train:
+            raise ValueError(f"batch_size {batch_size} exceeds the {self.n_train} training examples")
+        self.steps_per_epoch = self.n_train // self.batch_size
+        dtype = stack.params[0].dtype
+        S = stack.n_seeds
+        self.x_train = pytensor.shared(np.asarray(x_train, dtype=dtype), name="x_train")
+        self.y_train = pytensor.shared(np.asarray(y_train, dtype=np.int64), name="y_train")
+        self.x_test = pytensor.shared(np.asarray(x_test, dtype=dtype), name="x_test")
+        self.y_test = pytensor.shared(np.asarray(y_test, dtype=np.int64), name="y_test")
+        self.order = pytensor.shared(np.tile(np.arange(self.n_train, dtype=np.int64), (S, 1)), name="order")
+        self.n_test, self.eval_batch_size = len(x_test), int(eval_batch_size)
+
+        i = pt.scalar("batch", dtype="int64")
+        rows = self.order[:, i * self.batch_size : (i + 1) * self.batch_size]  # (S, B)
+        per_seed = seed_cross_entropy(stack.output(self.x_train[rows], train=True), self.y_train[rows])
+        # d(sum_s L_s)/d(slice s) = dL_s/d(slice s): each seed gets its own gradient.
+        updates = optimizer.updates(per_seed.sum())
+        updates.update(stack.extra_updates)
+        self.train_step = function([i], per_seed, updates=updates, mode=mode)
+
+        start, stop = i * self.eval_batch_size, (i + 1) * self.eval_batch_size
+        x, y = self.x_test[start:stop], self.y_test[start:stop]
+        logits = stack.output(x, train=False)  # (S, b, C)
+        n = logits.shape[1]
+        losses = cross_entropy(logits.reshape((S * n, logits.shape[2])), pt.tile(y, S), reduction="none")
+        loss_sums = losses.reshape((S, n)).sum(axis=1)
+        correct = pt.eq(pt.argmax(logits, axis=2), y[None, :]).sum(axis=1)
+        self.eval_step = function([i], [loss_sums, correct], mode=mode)
+
+    def warm_up(self) -> None:
+        """Run the JIT compilation now, leaving every variable as it was."""
+        touched = [inp.variable for inp in self.train_step.maker.inputs if inp.update is not None]
+        saved = [var.get_value(borrow=False) for var in touched]
+        self.train_step(0)
+        for var, value in zip(touched, saved):
+            var.set_value(value, borrow=True)
+        self.eval_step(0)
+
+    def evaluate(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-seed mean test loss and accuracy, arrays of shape ``(S,)``."""
+        S = self.stack.n_seeds
+        total_loss, total_correct = np.zeros(S), np.zeros(S)
+        for i in range(-(-self.n_test // self.eval_batch_size)):
+            batch_loss, batch_correct = self.eval_step(i)
+            total_loss += batch_loss
+            total_correct += batch_correct
+        return total_loss / self.n_test, total_correct / self.n_test
+
+    def run_epoch(self, rngs: Sequence[np.random.Generator], progress: bool = False, desc: str = "") -> np.ndarray:
+        """One pass; seed ``s`` follows ``rngs[s].permutation``. Returns per-seed mean train losses."""
+        order = np.stack([rng.permutation(self.n_train) for rng in rngs]).astype(np.int64)
+        self.order.set_value(order, borrow=True)
+        steps = range(self.steps_per_epoch)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc=desc, leave=False, unit="step")
+        total = np.zeros(self.stack.n_seeds)
+        for i in steps:
+            total += self.train_step(i)
+        return total / self.steps_per_epoch
+
+    def fit(
+        self,
+        epochs: int,
+        data_seeds: Sequence[int] | None = None,
+        progress: bool = True,
+        callback: Callable[[int, list[EpochRecord]], None] | None = None,
+    ) -> list[list[EpochRecord]]:
+        """Train ``epochs`` epochs; returns one history per seed (as :meth:`Trainer.fit` would).
+
+        ``data_seeds`` gives each seed's data-order seed (default: the model seeds).
+        ``seconds`` of an epoch is the wall time of the joint epoch divided by S.
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+        data_seeds = list(self.stack.seeds if data_seeds is None else data_seeds)
+        if len(data_seeds) != self.stack.n_seeds:
+            raise ValueError(f"got {len(data_seeds)} data seeds for {self.stack.n_seeds} models")
+        rngs = [np.random.default_rng(int(s)) for s in data_seeds]
+        self.warm_up()
+        histories: list[list[EpochRecord]] = [[] for _ in data_seeds]
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            train_loss = self.run_epoch(rngs, progress, desc=f"epoch {epoch}/{epochs}")
+            seconds = (time.perf_counter() - start) / self.stack.n_seeds
+            test_loss, test_accuracy = self.evaluate()
+            records = [
+                EpochRecord(epoch, float(train_loss[s]), float(test_loss[s]), float(test_accuracy[s]), seconds)
+                for s in range(self.stack.n_seeds)
+            ]
+            for history, record in zip(histories, records):
+                history.append(record)
+            if callback is not None:
+                callback(epoch, records)
+        return histories

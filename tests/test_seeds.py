@@ -1,0 +1,135 @@
+"""S seeds in one compiled step (symopt.seeds) against S separate Trainer runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import symopt
+from symopt.nn import MLP
+from symopt.seeds import SeedStack, SeedTrainer, seed_axis_ndim
+from symopt.train import Trainer
+
+SIZES = [20, 16, 12, 4]
+SEEDS = [3, 11, 42]
+EPOCHS = 2
+
+
+def _data(n_train: int = 200, n_test: int = 70):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, SIZES[0]))
+    y_train = rng.integers(0, 4, n_train)
+    y_test = rng.integers(0, 4, n_test)
+    x_train = (centers[y_train] + rng.normal(scale=1.5, size=(n_train, SIZES[0]))).astype(np.float32)
+    x_test = (centers[y_test] + rng.normal(scale=1.5, size=(n_test, SIZES[0]))).astype(np.float32)
+    return x_train, y_train, x_test, y_test
+
+
+def _model(seed: int) -> MLP:
+    return MLP(SIZES, dropout=0.25, seed=seed, dtype="float32")
+
+
+# Hyperparameters chosen so a rule's state matters within 2 epochs of 6 steps.
+CASES = {
+    "adam": {"learning_rate": 1e-2},
+    "momentum": {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
+    "rmsprop": {"learning_rate": 1e-2, "clip_value": 0.5},
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _data()
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def runs(request, data):
+    """(vectorised histories and final params, separate runs' histories and final params)."""
+    name, hyper = request.param, CASES[request.param]
+    x_train, y_train, x_test, y_test = data
+    stack = SeedStack(_model, SEEDS)
+    opt = symopt.get(name)(stack.params, **hyper)
+    trainer = SeedTrainer(stack, opt, x_train, y_train, x_test, y_test, batch_size=32, eval_batch_size=50)
+    histories = trainer.fit(EPOCHS, progress=False)
+    joint = (histories, [stack.values(s) for s in range(len(SEEDS))])
+
+    # The separate runs reuse one compiled Trainer, reset to each seed's fresh model.
+    model = _model(SEEDS[0])
+    single_opt = symopt.get(name)(model.params, **hyper)
+    initial = single_opt.state_dict()
+    single = Trainer(model, single_opt, x_train, y_train, x_test, y_test, batch_size=32, eval_batch_size=50)
+    separate = []
+    for seed in SEEDS:
+        fresh = _model(seed)
+        for var, new in zip(model.params + model.buffers, fresh.params + fresh.buffers):
+            var.set_value(new.get_value())
+        single_opt.load_state_dict(initial)
+        history = single.fit(EPOCHS, seed, progress=False)
+        separate.append((history, [p.get_value() for p in model.params]))
+    return name, joint, separate
+
+
+def test_final_params_equal_separate_runs(runs):
+    name, (_, joint_params), separate = runs
+    for s, (_, params) in enumerate(separate):
+        for got, want in zip(joint_params[s], params):
+            assert got.dtype == np.float32
+            # Batched and single matmuls may sum in different orders: float32 round-off only.
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"{name} seed {SEEDS[s]}")
+
+
+def test_histories_equal_separate_runs(runs):
+    name, (joint_histories, _), separate = runs
+    for s, (history, _) in enumerate(separate):
+        got = np.array([[r.train_loss, r.test_loss, r.test_accuracy] for r in joint_histories[s]])
+        want = np.array([[r.train_loss, r.test_loss, r.test_accuracy] for r in history])
+        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"{name} seed {SEEDS[s]}")
+
+
+def test_seeds_differ(runs):
+    """The copies are independent: different seeds end in different places."""
+    _, (_, joint_params), _ = runs
+    assert not np.allclose(joint_params[0][0], joint_params[1][0])
+
+
+def test_stack_starts_at_each_seeds_model():
+    stack = SeedStack(_model, [5, 6])
+    for s, seed in enumerate([5, 6]):
+        for got, want in zip(stack.values(s), _model(seed).params):
+            np.testing.assert_array_equal(got, want.get_value())
+    assert [seed_axis_ndim(p) for p in stack.params] == [p.ndim for p in _model(5).params]
+    assert all(p.dtype == "float32" for p in stack.params)
+
+
+def test_mask_sees_parameter_without_seed_axis():
+    """exclude_bias_and_norm must not decay stacked biases (2-d only because of the seed axis)."""
+    stack = SeedStack(_model, [0, 1])
+    flags = [symopt.masks.exclude_bias_and_norm(p) for p in stack.params]
+    assert flags == [True, False] * (len(SIZES) - 1)
+
+
+@pytest.mark.parametrize("setting", [{"clip_norm": 1.0}, {"clip_global_norm": 1.0}, {"max_norm": 2.0},
+                                     {"skip_nonfinite": True}])
+def test_coupling_settings_refused(setting, data):
+    stack = SeedStack(_model, [0, 1])
+    opt = symopt.SGD(stack.params, **setting)
+    with pytest.raises(ValueError, match=next(iter(setting))):
+        SeedTrainer(stack, opt, *data)
+
+
+def test_bad_stacks():
+    with pytest.raises(ValueError, match="distinct"):
+        SeedStack(_model, [1, 1])
+    with pytest.raises(ValueError, match="at least one"):
+        SeedStack(_model, [])
+    with pytest.raises(ValueError, match="BatchNorm"):
+        SeedStack(lambda s: MLP(SIZES, batchnorm=True, seed=s), [0, 1])
+    with pytest.raises(ValueError, match="structure"):
+        SeedStack(lambda s: MLP([20, 8 + s, 4], seed=s), [0, 1])
+
+
+def test_optimizer_over_other_params_refused(data):
+    stack = SeedStack(_model, [0, 1])
+    opt = symopt.SGD(_model(0).params)
+    with pytest.raises(ValueError, match="stack.params"):
+        SeedTrainer(stack, opt, *data)
