@@ -571,13 +571,13 @@ class Optimizer:
                 index = index_of[id(param)]
                 slots = {k: v for k, v in self.state[index].items() if k != "grad_accum"}
                 with self._context(group, param.dtype):
-                    current: TensorVariable = param
+                    source, view = self._same_static_shape(param, grad, slots)
+                    current: TensorVariable = source
                     if self._decays[index]:
                         if self.decoupled_weight_decay:
-                            current = param * (1 - self.learning_rate * self.weight_decay)
+                            current = source * (1 - self.learning_rate * self.weight_decay)
                         else:
-                            grad = grad + self.weight_decay * param
-                    view = dict(slots)
+                            grad = grad + self.weight_decay * source
                     view.update(scalars)  # float64: use inside float64_scalars() and cast
                     new_value, slot_values = self.update_param(current, grad, view)
                     if "max_norm" in self.settings and self._max_norms[index]:
@@ -597,6 +597,25 @@ class Optimizer:
         for var, value in extra:
             out[var] = self._cast_to(var, value)
         return out
+
+    @staticmethod
+    def _same_static_shape(
+        param: SharedVariable, grad: TensorVariable, slots: dict[str, SharedVariable]
+    ) -> tuple[TensorVariable, dict[str, TensorVariable]]:
+        """The parameter and its slots, with the gradient's static shape where it knows more.
+
+        A gradient given through ``grads=`` carries its parameter's shape (``specify_shape``)
+        while the shared variables have unknown shapes. The fused update then has a
+        static-shape output type that differs from the variables' types, and PyTensor's
+        in-place rewrite (which needs equal types) left every such update out of place:
+        new parameter and slot arrays allocated on every step. Giving the parameter and
+        slots the same static shape makes the types agree, so the update overwrites them.
+        """
+        shape = grad.type.shape
+        if all(g is None or g == p for g, p in zip(shape, param.type.shape)):
+            return param, dict(slots)
+        view = {k: pt.specify_shape(v, shape) if v.type.ndim == len(shape) else v for k, v in slots.items()}
+        return pt.specify_shape(param, shape), view
 
     def _clip(self, grads: list[TensorVariable | None], live: list[int]) -> list[TensorVariable | None]:
         """clip_value, then clip_norm per parameter, then clip_global_norm over all."""
