@@ -31,7 +31,7 @@ from .rules import (
     RMSprop,
 )
 
-from . import data, masks, nn, schedules  # noqa: E402  (after the BLAS setting above)
+from . import data, masks, nn, schedules, seeds  # noqa: E402  (after the BLAS setting above)
 from .function import function  # noqa: E402
 from .gradcheck import check_grad  # noqa: E402
 from .wrappers import EMA, Lookahead  # noqa: E402
@@ -66,6 +66,7 @@ __all__ = [
     "nn",
     "masks",
     "schedules",
+    "seeds",
     "EMA",
     "Lookahead",
     "fit",

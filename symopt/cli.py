@@ -1,7 +1,8 @@
 """The ``symopt`` command line.
 
 ``symopt train`` trains an MLP on MNIST (or any IDX-layout data set) with any registered
-optimiser; ``symopt optimizers`` lists the rules and their hyperparameters. Errors in
+optimiser; ``symopt optimizers`` lists the rules and their hyperparameters; ``symopt sweep``
+and ``symopt search`` run grids and Optuna searches on Dask (:mod:`symopt.sweep`). Errors in
 flags or data print one line on stderr and exit with status 2, without a traceback.
 """
 
@@ -103,7 +104,100 @@ def _parser() -> argparse.ArgumentParser:
                        help="results file; finished (optimizer, seed) runs in it are skipped")
     bench.add_argument("--figures-dir", type=Path, default=Path("experiments/figures"))
     bench.add_argument("--no-progress", action="store_true")
+    bench.add_argument("--vectorize", action=argparse.BooleanOptionalAction, default=None,
+                       help="train an optimiser's seeds together in one compiled step (symopt.seeds; "
+                            "default: on, measured faster)")
+    bench.add_argument("--stack-size", type=_positive_int, default=None,
+                       help="with --vectorize: seeds per compiled step (default: all of an optimiser's)")
+    _add_sweep_parsers(sub)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _add_sweep_parsers(sub: Any) -> None:
+    """``symopt sweep`` and ``symopt search`` (Dask, SQLite, Optuna)."""
+    sweep = sub.add_parser("sweep", help="run a grid of runs on Dask into a resumable SQLite database")
+    sweep.add_argument("config", type=Path, help="TOML or JSON sweep configuration (see README, 'Sweeps on Dask')")
+    sweep.add_argument("--db", type=Path, default=None, help="results database (default: CONFIG with suffix .db)")
+    sweep.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="a running Dask scheduler, e.g. tcp://host:8786 (default: a local cluster)")
+    sweep.add_argument("--workers", type=_positive_int, default=None,
+                       help="local cluster workers (default: one per core)")
+    sweep.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    sweep.add_argument("--figures-dir", type=Path, default=None, help="where the figure goes (default: next to --db)")
+    sweep.add_argument("--no-figures", action="store_true", help="no figure, only the summary table")
+    sweep.add_argument("--report-only", action="store_true", help="summary and figure from the database; run nothing")
+    sweep.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="SECONDS")
+    sweep.add_argument("--lock-timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                       help="how long to wait for another process's lock on the database")
+    sweep.add_argument("--no-progress", action="store_true")
+
+    search = sub.add_parser("search", help="Optuna search (TPE or random) over Dask workers, resumable")
+    search.add_argument("config", type=Path, help="TOML or JSON configuration with a [search] table")
+    search.add_argument("--storage", type=Path, default=None,
+                        help="Optuna SQLite storage (default: CONFIG with suffix .optuna.db)")
+    search.add_argument("--scheduler", default=None, metavar="ADDRESS")
+    search.add_argument("--workers", type=_positive_int, default=None)
+    search.add_argument("--trials", type=_positive_int, default=None, help="override search.n_trials")
+    search.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="SECONDS")
+    search.add_argument("--lock-timeout", type=_positive_float, default=10.0, metavar="SECONDS")
+    search.add_argument("--no-progress", action="store_true")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import ResultStore, load_config, run_sweep
+
+    cfg = load_config(args.config, require="optimizers")
+    db = args.db if args.db is not None else args.config.with_suffix(".db")
+    if not args.report_only:
+        try:
+            report = run_sweep(cfg, db, scheduler=args.scheduler, n_workers=args.workers,
+                               retry_failed=args.retry_failed, progress=not args.no_progress,
+                               connect_timeout=args.connect_timeout, lock_timeout=args.lock_timeout)
+        except KeyboardInterrupt:
+            print(f"symopt: finished runs are recorded in {db}; run the same command again to resume",
+                  file=sys.stderr)
+            raise
+        print(f"{report.done} run(s) finished, {report.failed} failed, {report.skipped} skipped as recorded "
+              f"({report.total} in the grid, {report.workers} worker(s), {report.seconds:.1f} s)")
+    with ResultStore(db, lock_timeout=args.lock_timeout) as store:
+        print(store.summary())
+        if not args.no_figures and store.counts()["done"]:
+            figures = args.figures_dir if args.figures_dir is not None else db.parent
+            print(f"figure: {store.plot(figures, name=cfg.name)}")
+        failed = store.counts()["failed"]
+    return 1 if failed and not args.report_only else 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .sweep import load_config
+    from .sweep.search import run_search, search_summary
+
+    cfg = load_config(args.config, require="search")
+    storage = args.storage if args.storage is not None else args.config.with_suffix(".optuna.db")
+    try:
+        report = run_search(cfg, storage, scheduler=args.scheduler, n_workers=args.workers, n_trials=args.trials,
+                            progress=not args.no_progress, connect_timeout=args.connect_timeout,
+                            lock_timeout=args.lock_timeout)
+    except KeyboardInterrupt:
+        print(f"symopt: finished trials are stored in {storage}; run the same command again to resume",
+              file=sys.stderr)
+        raise
+    except RuntimeError as exc:  # too many failed trials
+        raise CLIError(str(exc)) from None
+    print(f"{report.new_complete} trial(s) completed, {report.new_failed} failed in {report.seconds:.1f} s; "
+          f"study {report.study!r} has {report.complete}")
+    print(search_summary(storage, report.study))
+    return 0
 
 
 def _build_optimizer(args: argparse.Namespace, params: list) -> Any:
@@ -202,8 +296,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             get_experiment("mnist-optimizers").bench(
                 optimizers=[name.strip() for name in args.optimizers.split(",") if name.strip()],
                 seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, results=args.results,
-                figures_dir=args.figures_dir, progress=not args.no_progress,
+                figures_dir=args.figures_dir, progress=not args.no_progress, vectorize=args.vectorize,
+                stack_size=args.stack_size,
             )
+        elif args.command == "sweep":
+            return _sweep(args)
+        elif args.command == "search":
+            return _search(args)
     except KeyboardInterrupt:
         print("symopt: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,408 @@
+"""Run a sweep's grid as Dask tasks; the client records each finished run in the SQLite store.
+
+Worker side: :func:`train_run` trains one run. A worker process keeps its data set and
+its compiled (model, optimiser) functions between tasks: the cache key is the model, the
+data, the batch size, the optimiser and its *structure* (boolean options, enabled gradient
+transforms, the slots it keeps); numeric hyperparameters are shared scalars set with
+``opt.set_hyperparameter``, so one compiled function serves every value of a grid axis.
+Before a run the parameters, dropout streams and optimiser state are reset exactly as
+the mnist-optimizers experiment does between seeds
+(:func:`symopt.experiments.mnist_optimizers.reset_run`), so a run's numbers do not depend
+on which worker trains it or what that worker trained before.
+
+Client side: :func:`run_sweep` opens the store (refusing a locked, corrupt or
+other-protocol database before any work), skips runs already done, submits the rest,
+and writes each result as it arrives, one transaction per run. A worker that dies is
+replaced by its nanny and Dask reruns its tasks elsewhere; a run's future completes once,
+so it is recorded once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import RunSpec, SweepConfig, canonical_json, load_config
+from .store import ResultStore
+
+__all__ = ["SweepReport", "SchedulerUnreachableError", "dask_client", "load_data", "run_sweep", "train_run",
+           "WORKER_ENV"]
+
+#: Set in worker processes before they start: one BLAS thread (measured fastest here for
+#: batch-128 matmuls; several threads per worker would also oversubscribe the cores).
+WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+#: Compiled (model, optimiser) pairs a worker keeps (least recently used dropped first).
+CACHE_SIZE = 8
+
+_DATA: dict[str, Any] = {}
+_COMPILED: OrderedDict[str, _Compiled] = OrderedDict()
+
+
+class SchedulerUnreachableError(ConnectionError):
+    """No Dask scheduler answered at the given address."""
+
+
+@dataclass
+class _Compiled:
+    model: Any
+    opt: Any
+    trainer: Any
+    initial_state: dict[str, Any]
+    compile_seconds: float
+    runs: int = 0
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What :func:`run_sweep` did.
+
+    Attributes
+    ----------
+    total
+        Runs in the grid.
+    skipped
+        Already done in the database (resumed), plus failed ones without ``retry_failed``.
+    done, failed
+        Runs finished or failed in this call.
+    seconds
+        Wall time of this call.
+    workers
+        Dask workers used (0 if nothing had to run).
+    """
+
+    db: Path
+    total: int
+    skipped: int
+    done: int
+    failed: int
+    seconds: float
+    workers: int
+
+
+# ---------------------------------------------------------------------------- worker side
+def load_data(data: Mapping[str, Any], data_dir: str | None = None) -> Any:
+    """The data set a protocol names, loaded once per process.
+
+    ``n_train``/``n_test`` select a subset drawn with ``subset_seed`` (as
+    :func:`symopt.data.subset`); ``validation`` holds that fraction of the training
+    images out and evaluates on it instead of the test set. ``data_dir`` is where the
+    MNIST files are (else ``$SYMOPT_DATA``, then the cache).
+    """
+    from ..data import Dataset, load_mnist, subset, train_val_split
+
+    key = canonical_json({"data": dict(data), "dir": data_dir})
+    if key not in _DATA:
+        dataset = load_mnist(data_dir)
+        if data.get("n_train") is not None or data.get("n_test") is not None:
+            n_train = data["n_train"] if data.get("n_train") is not None else len(dataset.y_train)
+            dataset = subset(dataset, n_train, int(data["subset_seed"]), n_test=data.get("n_test"))
+        if data.get("validation") is not None:
+            split = train_val_split(dataset.x_train, dataset.y_train, float(data["validation"]),
+                                    seed=int(data.get("subset_seed") or 0))
+            dataset = Dataset(split.x_train, split.y_train, split.x_val, split.y_val)
+        _DATA.clear()  # one data set per worker at a time: MNIST is 200 MB as float32
+        _DATA[key] = dataset
+    return _DATA[key]
+
+
+def _structure(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """What of an optimiser's settings changes its compiled graph (not its numeric values)."""
+    import numpy as np
+    import pytensor
+
+    import symopt
+    from symopt.optimizer import TRANSFORM_SETTINGS
+
+    dummy = pytensor.shared(np.zeros((2, 2), dtype="float32"))
+    opt = symopt.get(name)([dummy], **hyperparameters)  # builds shared scalars only, compiles nothing
+    return {
+        "options": {k: v for k, v in hyperparameters.items() if isinstance(v, bool)},
+        "transforms": sorted(k for k in hyperparameters if k in TRANSFORM_SETTINGS),
+        "slots": sorted(opt.active_slots()),
+    }
+
+
+def _compiled(task: Mapping[str, Any], data: Any) -> tuple[_Compiled, bool]:
+    """The worker's compiled function for this run's structure; (entry, was it cached)."""
+    import symopt
+    from symopt.nn import MLP
+    from symopt.train import Trainer
+
+    from ..experiments import mnist_optimizers as mo
+
+    protocol, name, hyper = task["protocol"], task["optimizer"], task["hyperparameters"]
+    key = canonical_json({"model": protocol["model"], "data": protocol["data"], "data_dir": task.get("data_dir"),
+                          "batch_size": protocol["batch_size"], "optimizer": name,
+                          "structure": _structure(name, hyper)})
+    if key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        return _COMPILED[key], True
+    start = time.perf_counter()
+    model = mo.build_model(MLP, int(task["seed"]), protocol["model"])
+    opt = symopt.get(name)(model.params, **hyper)
+    trainer = Trainer(model, opt, data.x_train, data.y_train, data.x_test, data.y_test,
+                      batch_size=protocol["batch_size"])
+    trainer.warm_up()
+    entry = _Compiled(model, opt, trainer, opt.state_dict(), time.perf_counter() - start)
+    _COMPILED[key] = entry
+    while len(_COMPILED) > CACHE_SIZE:
+        _COMPILED.popitem(last=False)
+    return entry, False
+
+
+def _where() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"local:{socket.gethostname()}"
+
+
+def train_run(task: Mapping[str, Any]) -> dict[str, Any]:
+    """Train one run (a :meth:`RunSpec.as_task` payload) and return its per-epoch history.
+
+    Runs in a Dask worker, or in-process (the benchmarks' baseline). Returns plain data:
+    ``key``, ``history`` (one dict per epoch: ``epoch``, ``train_loss``, ``test_loss``,
+    ``test_accuracy``, ``seconds``), ``compile_seconds`` (0 when the compiled function
+    was reused), ``train_seconds``, ``worker``, ``pid``.
+    """
+    from symopt.nn import MLP
+
+    from ..experiments import mnist_optimizers as mo
+
+    protocol = task["protocol"]
+    data = load_data(protocol["data"], task.get("data_dir"))
+    entry, cached = _compiled(task, data)
+    seed = int(task["seed"])
+    mo.reset_run(entry.model, entry.opt, entry.initial_state, seed, MLP, protocol["model"])
+    for name, value in task["hyperparameters"].items():
+        if not isinstance(value, bool):  # booleans are structure, fixed at construction
+            entry.opt.set_hyperparameter(name, value)
+    start = time.perf_counter()
+    history = entry.trainer.fit(int(protocol["epochs"]), seed, progress=False)
+    entry.runs += 1
+    return {
+        "key": task["key"],
+        "history": [r.as_dict() for r in history],
+        "compile_seconds": 0.0 if cached else entry.compile_seconds,
+        "train_seconds": time.perf_counter() - start,
+        "worker": _where(),
+        "pid": os.getpid(),
+    }
+
+
+# ---------------------------------------------------------------------------- client side
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    # Dask's nannies read these when they are created and set them before spawning each
+    # worker process (also the replacement of a killed one), i.e. before NumPy loads BLAS.
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def dask_client(scheduler: str | None = None, n_workers: int | None = None,
+                connect_timeout: float = 10.0) -> Iterator[Any]:
+    """A ``distributed.Client``: on ``scheduler`` if given, else on an embedded ``LocalCluster``.
+
+    The local cluster has ``n_workers`` process workers (default: one per core) of one
+    thread each, listening on 127.0.0.1 only, without a dashboard. Cluster and client are
+    closed on exit, also on an exception or Ctrl-C.
+
+    Raises
+    ------
+    SchedulerUnreachableError
+        Nothing answered at ``scheduler`` within ``connect_timeout`` seconds.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout=connect_timeout, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise SchedulerUnreachableError(
+                f"cannot reach the Dask scheduler at {scheduler} within {connect_timeout:g} s "
+                f"({type(exc).__name__}: {exc}); is `dask scheduler` running there? nothing was run"
+            ) from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n = int(n_workers or os.cpu_count() or 1)
+    env = dict(WORKER_ENV)
+    if os.environ.get("SYMOPT_DATA"):
+        env["SYMOPT_DATA"] = os.environ["SYMOPT_DATA"]
+    with _environment(env):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, silence_logs=logging.CRITICAL, env=env)
+    try:
+        client = Client(cluster, set_as_default=False)
+        try:
+            yield client
+        finally:
+            client.close()
+    finally:
+        cluster.close()
+
+
+def _error_text(exc: BaseException) -> str:
+    lines = traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).strip()[-2000:]
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_sweep(
+    config: str | Path | Mapping[str, Any] | SweepConfig,
+    db_path: str | Path,
+    *,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+    connect_timeout: float = 10.0,
+    lock_timeout: float = 10.0,
+    timeout: float | None = None,
+) -> SweepReport:
+    """Run every run of ``config``'s grid not yet done in ``db_path``, on Dask.
+
+    Parameters
+    ----------
+    config
+        A TOML/JSON path, a dict or a :class:`~symopt.sweep.config.SweepConfig`.
+    db_path
+        The SQLite results database (created if missing; see :mod:`symopt.sweep.store`).
+    scheduler
+        Address of a running Dask scheduler (``tcp://host:8786``); ``None`` starts a
+        ``LocalCluster`` for this call.
+    n_workers
+        Workers of the local cluster (default: one per core, at most one per run).
+    retry_failed
+        Run again the runs recorded as failed (else they are skipped).
+    progress
+        A tqdm bar over runs on stderr.
+    connect_timeout, lock_timeout
+        Seconds to wait for the scheduler, and for another process's database lock.
+    timeout
+        Give up (``TimeoutError``) if the sweep has not finished after this many seconds;
+        finished runs stay recorded.
+
+    Returns
+    -------
+    SweepReport
+    """
+    start = time.perf_counter()
+    cfg = load_config(config, require="optimizers")
+    specs = cfg.runs()
+    created = not Path(db_path).exists()
+    try:
+        return _run(cfg, specs, db_path, scheduler, n_workers, retry_failed, progress, connect_timeout,
+                    lock_timeout, timeout, start)
+    except SchedulerUnreachableError:
+        if created:  # leave no empty database behind for a sweep that never started
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+        raise
+
+
+def _run(cfg: SweepConfig, specs: list[RunSpec], db_path: str | Path, scheduler: str | None, n_workers: int | None,
+         retry_failed: bool, progress: bool, connect_timeout: float, lock_timeout: float, timeout: float | None,
+         start: float) -> SweepReport:
+    with ResultStore(db_path, cfg.protocol, lock_timeout=lock_timeout) as store:
+        status = store.status()
+        todo = [s for s in specs if status.get(s.key) is None or (retry_failed and status[s.key] == "failed")]
+        failed_before = sum(status.get(s.key) == "failed" for s in specs)
+        skipped = len(specs) - len(todo)
+        if skipped:
+            _log(f"{store.path}: {skipped} of {len(specs)} run(s) already recorded, skipping them"
+                 + (f" ({failed_before} failed; --retry-failed runs them again)"
+                    if failed_before and not retry_failed else ""))
+        done = failed = workers = 0
+        if todo:
+            with dask_client(scheduler, n_workers or min(os.cpu_count() or 1, len(todo)), connect_timeout) as client:
+                workers = len(client.scheduler_info().get("workers", {}))
+                if scheduler is not None and workers == 0:
+                    _log(f"{scheduler} has no workers yet; the runs wait for `dask worker {scheduler}`")
+                done, failed = _collect(client, todo, store, len(specs), skipped, progress, timeout)
+    return SweepReport(Path(db_path), len(specs), skipped, done, failed, time.perf_counter() - start, workers)
+
+
+def _placement(todo: list[RunSpec], workers: list[str]) -> dict[str, str]:
+    """run key -> preferred worker, so that each worker compiles as few functions as possible.
+
+    Runs are sorted by what they compile (optimiser and structure; numeric values share a
+    function) and cut into one contiguous, equal-sized chunk per worker. Without this the
+    scheduler hands runs out in order and every worker ends up compiling every optimiser:
+    on a cold 2-worker sweep of 2 optimisers that doubles the compilations.
+    """
+    if len(workers) < 2:
+        return {}
+    groups: dict[str, str] = {}
+    for spec in todo:
+        sig = canonical_json([spec.optimizer, spec.hyperparameters])
+        if sig not in groups:
+            groups[sig] = canonical_json([spec.optimizer, _structure(spec.optimizer, spec.hyperparameters)])
+    order = sorted(range(len(todo)),
+                   key=lambda i: (groups[canonical_json([todo[i].optimizer, todo[i].hyperparameters])], i))
+    chunk = -(-len(todo) // len(workers))
+    return {todo[i].key: workers[rank // chunk] for rank, i in enumerate(order)}
+
+
+def _collect(client: Any, todo: list[RunSpec], store: ResultStore, total: int, skipped: int,
+             progress: bool, timeout: float | None) -> tuple[int, int]:
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    placement = _placement(todo, sorted(client.scheduler_info().get("workers", {})))
+    futures = {}
+    for spec in todo:
+        where = placement.get(spec.key)
+        # A preference, not a pin: the run goes elsewhere if its worker dies, and idle workers steal.
+        futures[client.submit(train_run, spec.as_task(), key=f"symopt-run-{spec.key}", pure=False,
+                              workers=[where] if where else None, allow_other_workers=bool(where))] = spec
+    done = failed = 0
+    bar = tqdm(total=total, initial=skipped, unit="run", desc="sweep", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    try:
+        try:
+            for future in as_completed(futures, loop=client.loop, timeout=timeout):
+                spec = futures[future]
+                try:
+                    result, error = future.result(), None
+                except Exception as exc:  # the run's own error, or KilledWorker after repeated worker deaths
+                    result, error = None, _error_text(exc)
+                if store.record(spec, result=result, error=error):
+                    if error is None:
+                        done += 1
+                    else:
+                        failed += 1
+                        _log(f"run {spec.optimizer} seed {spec.seed} failed: {error.splitlines()[-1]}")
+                bar.update()
+        except TimeoutError:
+            raise TimeoutError(f"the sweep did not finish within {timeout:g} s; {done} run(s) recorded, "
+                               f"re-run to resume") from None
+    finally:
+        bar.close()
+    return done, failed

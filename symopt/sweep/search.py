@@ -1,0 +1,267 @@
+"""Hyperparameter search with Optuna (TPE or random), trials trained on the Dask workers.
+
+The client asks Optuna for a trial, submits one :func:`~symopt.sweep.engine.train_run`
+task per seed, and tells Optuna the trial's value (the final-epoch ``metric``, mean over
+seeds) when its tasks return; up to one trial per worker is in flight. Every trial of
+a search has the same structure, so each worker compiles one function and only sets the
+sampled values with ``opt.set_hyperparameter``.
+
+The study lives in Optuna's SQLite storage and is resumable: re-running continues until
+``n_trials`` trials are COMPLETE. Trials a killed client left RUNNING are marked FAIL on
+resume (one client per study at a time). The sampler's seed is ``sampler_seed`` mixed with
+the number of trials already stored, so a resumed search does not replay its first draws.
+With more than one trial in flight, which trials TPE proposes depends on the order in
+which results arrive; each trial's numbers are still a deterministic function of its
+hyperparameters.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import RunSpec, SweepConfig, canonical_json, load_config
+from .engine import dask_client, train_run
+from .store import check_sqlite_file
+
+__all__ = ["SearchReport", "run_search", "search_summary", "storage_url"]
+
+INSTALL_HINT = "pip install 'symopt[experiments]'"
+
+
+@dataclass(frozen=True)
+class SearchReport:
+    """What :func:`run_search` did: trials completed/failed in this call and the study's best so far."""
+
+    storage: Path
+    study: str
+    complete: int
+    new_complete: int
+    new_failed: int
+    best_value: float | None
+    best_params: dict[str, Any]
+    seconds: float
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError as exc:
+        raise ImportError(f"symopt search needs Optuna, which is not installed ({exc}); install it with: "
+                          f"{INSTALL_HINT}") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def storage_url(path: str | Path) -> str:
+    return f"sqlite:///{Path(path)}"
+
+
+def _sampler(optuna: Any, name: str, seed: int) -> Any:
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _distributions(optuna: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for key, dist in space.items():
+        if "choices" in dist:
+            out[key] = optuna.distributions.CategoricalDistribution(dist["choices"])
+        else:
+            out[key] = optuna.distributions.FloatDistribution(dist["low"], dist["high"], log=dist["log"])
+    return out
+
+
+def _open_study(optuna: Any, cfg: SweepConfig, path: Path, lock_timeout: float) -> Any:
+    spec = cfg.search
+    check_sqlite_file(path, "Optuna storage")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(storage_url(path), engine_kwargs={"connect_args": {"timeout": lock_timeout}})
+    probe = optuna.create_study(study_name=spec.study, storage=storage, direction=spec.direction,
+                                load_if_exists=True)
+    identity = {"protocol": cfg.protocol, "seeds": cfg.seeds, "optimizer": spec.optimizer, "space": spec.space,
+                "fixed": spec.fixed, "metric": spec.metric, "sampler": spec.sampler}
+    stored = probe.user_attrs.get("search")
+    if stored is None:
+        probe.set_user_attr("search", identity)
+    elif canonical_json(stored) != canonical_json(identity):
+        diff = [k for k in identity if canonical_json(stored.get(k)) != canonical_json(identity[k])]
+        raise ValueError(f"{path} holds study {spec.study!r} made with a different {' and '.join(diff)}; "
+                         f"use another storage file or search.study name")
+    trials = probe.get_trials(deepcopy=False)
+    for t in trials:
+        if t.state == optuna.trial.TrialState.RUNNING:  # left by a client that was killed
+            probe.set_user_attr(f"abandoned_trial_{t.number}", True)
+            probe.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    sampler = _sampler(optuna, spec.sampler, spec.sampler_seed * 100_003 + len(trials))
+    return optuna.load_study(study_name=spec.study, storage=storage, sampler=sampler)
+
+
+def run_search(
+    config: str | Path | Mapping[str, Any] | SweepConfig,
+    storage: str | Path,
+    *,
+    scheduler: str | None = None,
+    n_workers: int | None = None,
+    n_trials: int | None = None,
+    progress: bool = True,
+    connect_timeout: float = 10.0,
+    lock_timeout: float = 10.0,
+    timeout: float | None = None,
+) -> SearchReport:
+    """Run ``config``'s ``[search]`` until its study has ``n_trials`` complete trials.
+
+    Parameters
+    ----------
+    config
+        A TOML/JSON path or dict with a ``[search]`` table (see :mod:`symopt.sweep.config`).
+    storage
+        Optuna's SQLite file (created if missing); the study inside is resumed.
+    scheduler, n_workers, connect_timeout, timeout
+        As for :func:`~symopt.sweep.engine.run_sweep`.
+    n_trials
+        Overrides ``search.n_trials``.
+    progress
+        A tqdm bar over trials on stderr.
+
+    Returns
+    -------
+    SearchReport
+    """
+    start = time.perf_counter()
+    cfg = load_config(config, require="search")
+    spec = cfg.search
+    assert spec is not None
+    target = int(n_trials if n_trials is not None else spec.n_trials)
+    if target < 1:
+        raise ValueError(f"n_trials must be a positive integer, got {target}")
+    optuna = _optuna()
+    path = Path(storage)
+    study = _open_study(optuna, cfg, path, lock_timeout)
+    complete_state = optuna.trial.TrialState.COMPLETE
+
+    def n_complete() -> int:
+        return sum(t.state == complete_state for t in study.get_trials(deepcopy=False))
+
+    before = n_complete()
+    new_complete = new_failed = 0
+    if before < target:
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        import symopt
+
+        defaults = dict(symopt.get(spec.optimizer).hyperparameters)
+        distributions = _distributions(optuna, spec.space)
+        workers = n_workers or min(os.cpu_count() or 1, target - before)
+        with dask_client(scheduler, workers, connect_timeout) as client:
+            parallel = max(1, len(client.scheduler_info().get("workers", {})) or workers)
+            bar = tqdm(total=target, initial=before, unit="trial", desc=f"search {spec.study}",
+                       disable=not progress, file=sys.stderr, dynamic_ncols=True)
+            pending: dict[int, dict[str, Any]] = {}  # trial number -> trial, results per seed, error, tasks left
+            queue = as_completed(loop=client.loop, timeout=timeout)  # timeout: from now, for all trials
+            owner: dict[Any, tuple[int, int]] = {}
+
+            def launch() -> None:
+                trial = study.ask(distributions)
+                hyper = {**defaults, **spec.fixed, **trial.params}
+                futures = []
+                for seed in cfg.seeds:
+                    run = RunSpec(spec.optimizer, hyper, seed, cfg.protocol, cfg.data_dir)
+                    future = client.submit(train_run, run.as_task(), pure=False)
+                    owner[future] = (trial.number, seed)
+                    queue.add(future)
+                    futures.append(future)
+                pending[trial.number] = {"trial": trial, "results": {}, "error": None, "left": len(futures)}
+
+            try:
+                while before + new_complete < target:
+                    while len(pending) < parallel and before + new_complete + len(pending) < target:
+                        launch()
+                    try:
+                        future = next(queue)
+                    except TimeoutError:
+                        raise TimeoutError(f"the search did not finish within {timeout:g} s; finished trials are "
+                                           f"stored, re-run to resume") from None
+                    number, seed = owner.pop(future)
+                    entry = pending[number]
+                    try:
+                        entry["results"][seed] = future.result()
+                    except Exception as exc:
+                        entry["error"] = f"{type(exc).__name__}: {exc}"
+                    entry["left"] -= 1
+                    if entry["left"]:
+                        continue
+                    del pending[number]
+                    ok = _tell(optuna, study, entry, cfg, spec.metric)
+                    new_complete += ok
+                    new_failed += not ok
+                    bar.update(int(ok))
+                    if new_failed > target:
+                        raise RuntimeError(f"{new_failed} trials of study {spec.study!r} failed "
+                                           f"(last: {entry['error'] or 'non-finite value'}); stopping")
+            finally:
+                bar.close()
+                for entry in pending.values():  # interrupted: record what was in flight as failed
+                    study.tell(entry["trial"], state=optuna.trial.TrialState.FAIL)
+    best_value, best_params = None, {}
+    try:
+        best = study.best_trial
+        best_value, best_params = best.value, dict(best.params)
+    except ValueError:
+        pass
+    return SearchReport(path, spec.study, before + new_complete, new_complete, new_failed, best_value, best_params,
+                        time.perf_counter() - start)
+
+
+def _tell(optuna: Any, study: Any, entry: dict[str, Any], cfg: SweepConfig, metric: str) -> bool:
+    """Tell Optuna one trial's outcome; True if it is COMPLETE."""
+    trial = entry["trial"]
+    if entry["error"] is not None:
+        trial.set_user_attr("error", entry["error"][-1000:])
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return False
+    results = [entry["results"][s] for s in cfg.seeds]
+    curves = [[h[metric] for h in r["history"]] for r in results]
+    for epoch in range(len(curves[0])):
+        trial.report(float(sum(c[epoch] for c in curves) / len(curves)), epoch + 1)
+    trial.set_user_attr("seeds", cfg.seeds)
+    trial.set_user_attr(metric, curves)
+    trial.set_user_attr("train_seconds", [r["train_seconds"] for r in results])
+    trial.set_user_attr("workers", [r["worker"] for r in results])
+    value = float(sum(c[-1] for c in curves) / len(curves))
+    if not math.isfinite(value):
+        trial.set_user_attr("error", f"non-finite {metric}: {value}")
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return False
+    study.tell(trial, value)
+    return True
+
+
+def search_summary(storage: str | Path, study_name: str, top: int = 5) -> str:
+    """The best ``top`` complete trials of a stored study as a Markdown table."""
+    optuna = _optuna()
+    path = Path(storage)
+    if not path.exists():
+        raise FileNotFoundError(f"no Optuna storage {path}")
+    check_sqlite_file(path, "Optuna storage")
+    study = optuna.load_study(study_name=study_name, storage=storage_url(path))
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.get_trials(deepcopy=False))
+    metric = study.user_attrs.get("search", {}).get("metric", "value")
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    trials.sort(key=lambda t: t.value, reverse=reverse)
+    names = sorted({k for t in trials for k in t.params})
+    lines = [f"| trial | {metric} | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for t in trials[:top]:
+        values = [f"{t.params[k]:.4g}" if isinstance(t.params.get(k), float) else str(t.params.get(k)) for k in names]
+        lines.append(f"| {t.number} | {t.value:.4f} | " + " | ".join(values) + " |")
+    lines.append(f"study {study_name!r} in {path}: {len(trials)} complete trial(s), {failed} failed")
+    return "\n".join(lines)
