@@ -1,0 +1,162 @@
+"""Smoke test of the step-time benchmark harness (``benchmarks/step_time.py``).
+
+Correctness of the harness only, on a tiny configuration, and no time thresholds:
+the hand-written NumPy rules agree with the independent references in
+:mod:`tests.reference`, the NumPy gradients with finite differences, the matmul floor
+does exactly the products a train step needs, and a tiny end-to-end run gives every
+contender the same parameters after the check steps and a well-formed JSON and
+markdown report. torch and JAX parts run only when the ``bench`` extra is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+import symopt
+
+from .reference import REFERENCES
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_SIZES = [12, 8, 8, 8, 8, 10]  # five dense layers and 10 classes: the benchmark graph, small
+TINY_BATCH = 8
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("step_time", ROOT / "benchmarks" / "step_time.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["step_time"] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+st = _load()
+HAS_TORCH = st.available("torch")
+HAS_JAX = st.available("jax") and st.available("optax")
+
+
+@pytest.mark.parametrize("name", sorted(symopt.OPTIMIZERS))
+def test_numpy_rule_matches_reference(name: str) -> None:
+    """The benchmark's in-place NumPy rule equals tests/reference.py over 12 steps (float32)."""
+    rng = np.random.default_rng(1)
+    params = [rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32)]
+    h = st.hyperparameters(name)
+    mine = [p.copy() for p in params]
+    rule = st.NumpyRule(name, mine, h)
+    ref = REFERENCES[name](params, **h)
+    for _ in range(12):
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+        ref.step([g.copy() for g in grads])
+        rule.step(mine, [g.copy() for g in grads])
+    for a, b in zip(mine, ref.params):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_numpy_gradients_match_finite_differences() -> None:
+    """The hand-written backward pass against central differences, in float64."""
+    problem = st.make_problem([5, 4, 3], batch=6, n_batches=1, seed=3)
+    params = [p.astype(np.float64) for p in problem.init]
+    params[1] += 0.1  # non-zero biases, so their gradients are exercised too
+    x, y = problem.xs[0].astype(np.float64), problem.ys[0]
+    _, grads = st.numpy_forward_backward(params, x, y)
+    eps = 1e-6
+    for p, g in zip(params, grads):
+        for idx in np.ndindex(p.shape):
+            old = p[idx]
+            p[idx] = old + eps
+            up = st.numpy_forward_backward(params, x, y)[0]
+            p[idx] = old - eps
+            down = st.numpy_forward_backward(params, x, y)[0]
+            p[idx] = old
+            assert g[idx] == pytest.approx((up - down) / (2 * eps), abs=1e-7)
+
+
+def test_floor_does_exactly_the_step_matmuls() -> None:
+    """5 forward + 5 weight-gradient + 4 input-gradient products for the 5-layer MLP."""
+    shapes = st.floor_shapes(st.SIZES, st.BATCH)
+    kinds = [k for k, _, _ in shapes]
+    assert len(shapes) == 14
+    assert (kinds.count("forward"), kinds.count("weight-gradient"), kinds.count("input-gradient")) == (5, 5, 4)
+    for _, (m, k1), (k2, n) in shapes:
+        assert k1 == k2 and min(m, n) > 0
+    floor = st.MatmulFloor(st.make_problem(TINY_SIZES, TINY_BATCH, n_batches=2))
+    for i in range(3):
+        floor.step(i)
+    assert floor.calls == 3 * len(st.floor_shapes(TINY_SIZES, TINY_BATCH)) == 42
+
+
+def test_tiny_run_same_work_and_report(tmp_path: Path) -> None:
+    """A tiny end-to-end run: every contender agrees with NumPy; the JSON and markdown are complete."""
+    cfg = st.Config(optimizers=["adam"], backends=[], steps=3, rounds=2, warmup=1, sizes=TINY_SIZES,
+                    batch=TINY_BATCH, n_batches=4, compile_optimizers=[], seeds=2 if HAS_JAX else 0,
+                    verbose=False)
+    result = st.run_benchmark(cfg)
+    out = result["optimizers"]["adam"]
+    expected = {"symopt[default]", "numpy", "floor"}
+    expected |= {"torch", "torch-foreach"} if HAS_TORCH else set()
+    expected |= {"jax-optax"} if HAS_JAX else set()
+    assert set(out["contenders"]) == expected
+    for name, c in out["contenders"].items():
+        assert "error" not in c, (name, c)
+        assert c["n"] == cfg.rounds * cfg.steps and c["median_ms"] > 0
+    assert set(out["check"]) == expected - {"numpy", "floor"}
+    for name, check in out["check"].items():
+        assert check["passed"], (name, check)
+        assert check["elements"] == sum(p.size for p in st.make_problem(TINY_SIZES, TINY_BATCH).init)
+    # The floor ran exactly 14 products per step it took.
+    assert out["floor_matmuls_per_step"] == 14
+    assert out["floor_calls_total"] == 14 * out["floor_steps_total"]
+    assert out["ratios"]["default_over_floor"] > 0
+    assert set(result["targets"]) == set(st.TARGETS)
+    for key in ("cpu_model", "usable_cores", "threads", "loadavg_before", "loadavg_after"):
+        assert key in result["machine"]
+    assert result["versions"]["numpy"] == np.__version__
+    if HAS_JAX:
+        vmap = result["jax_vmap"]["adam"]
+        assert vmap["seeds"] == 2 and vmap["per_seed_step_ms_median"] > 0
+
+    json_path, md_path = st.write_outputs(result, tmp_path / "step_time.json")
+    assert json.loads(json_path.read_text())["optimizers"]["adam"]["check"] == out["check"]
+    markdown = md_path.read_text()
+    assert "| adam |" in markdown and "default / floor" in markdown and "Targets" in markdown
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{st.README_BEGIN}\nPREVIOUS-TABLE\n{st.README_END}\noutro\n")
+    assert st.update_readme(st.render_markdown(result), readme)
+    text = readme.read_text()
+    assert "PREVIOUS-TABLE" not in text and "| adam |" in text and text.startswith("intro") and text.endswith("outro\n")
+
+
+def test_failing_backend_is_recorded_not_raised() -> None:
+    """A contender that cannot be built is reported with its error; the others still run."""
+    problem = st.make_problem(TINY_SIZES, TINY_BATCH, n_batches=2)
+
+    def broken() -> st.Contender:
+        raise NotImplementedError("no BLAS here")
+
+    contenders, info = st.build_contenders({"numpy": lambda: st.numpy_contender("sgd", problem), "bad": broken})
+    assert list(contenders) == ["numpy"]
+    assert info["bad"]["error"] == "NotImplementedError: no BLAS here"
+
+
+def test_worker_subprocess_reports_time_and_memory() -> None:
+    """The compile/memory worker runs in a fresh interpreter and reports its figures."""
+    cfg = st.Config(optimizers=["sgd"], sizes=TINY_SIZES, batch=TINY_BATCH, worker_steps=2, verbose=False)
+    report = st.run_worker("numpy", "sgd", cfg, {}, timeout=120)
+    assert "error" not in report, report
+    assert report["build_compile_first_call_s"] >= 0 and report["maxrss_mib"] >= report["maxrss_after_imports_mib"] > 0
+
+
+@pytest.mark.skipif(not HAS_JAX, reason="jax/optax not installed (pip install -e '.[bench]')")
+def test_jax_vmap_step_returns_per_seed_seconds() -> None:
+    """``jax_vmap_step`` times S independent seeds in one vmapped step."""
+    seconds = st.jax_vmap_step("sgd", 3, steps=2, rounds=1, warmup=1, sizes=[12, 8, 4], batch=4, n_batches=2)
+    assert 0 < seconds < 10
