@@ -46,7 +46,7 @@ from pytensor.tensor.variable import TensorVariable
 from .function import function
 from .nn import Activation, Dense, Dropout, Layer, Sequential, _const, cross_entropy
 from .optimizer import Optimizer
-from .train import EpochRecord
+from .train import EpochRecord, warm_up
 
 __all__ = ["SeedStack", "SeedTrainer", "seed_axis_ndim", "seed_cross_entropy", "StackedUniform", "COUPLING_SETTINGS", "STACKED_MODE"]
 
@@ -317,12 +317,7 @@ class SeedTrainer:
 
     def warm_up(self) -> None:
         """Run the JIT compilation now, leaving every variable as it was."""
-        touched = [inp.variable for inp in self.train_step.maker.inputs if inp.update is not None]
-        saved = [var.get_value(borrow=False) for var in touched]
-        self.train_step(0)
-        for var, value in zip(touched, saved):
-            var.set_value(value, borrow=True)
-        self.eval_step(0)
+        warm_up(self.train_step, self.eval_step)
 
     def evaluate(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-seed mean test loss and accuracy, arrays of shape ``(S,)``."""

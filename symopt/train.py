@@ -22,7 +22,7 @@ from .function import function
 from .nn import cross_entropy
 from .optimizer import Optimizer
 
-__all__ = ["EpochRecord", "Trainer", "fit", "Model"]
+__all__ = ["EpochRecord", "Trainer", "fit", "warm_up", "Model"]
 
 
 class Model(Protocol):
@@ -132,12 +132,7 @@ class Trainer:
         PyTensor's Numba backend compiles on the first call; doing it here keeps the
         compile time out of the first epoch's seconds.
         """
-        touched = [inp.variable for inp in self.train_step.maker.inputs if inp.update is not None]
-        saved = [var.get_value(borrow=False) for var in touched]
-        self.train_step(0)
-        for var, value in zip(touched, saved):
-            var.set_value(value, borrow=True)
-        self.eval_step(0)
+        warm_up(self.train_step, self.eval_step)
 
     def evaluate(self) -> tuple[float, float]:
         """Mean test loss and accuracy."""
@@ -184,6 +179,17 @@ class Trainer:
             if callback is not None:
                 callback(record)
         return history
+
+
+def warm_up(train_step: Any, eval_step: Any) -> None:
+    """Call both compiled functions once on batch 0 and restore every variable the train
+    step updates, so the JIT compilation happens now and changes nothing."""
+    touched = [inp.variable for inp in train_step.maker.inputs if inp.update is not None]
+    saved = [var.get_value(borrow=False) for var in touched]
+    train_step(0)
+    for var, value in zip(touched, saved):
+        var.set_value(value, borrow=True)
+    eval_step(0)
 
 
 def fit(

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..experiments.mnist_optimizers import MODEL as _MNIST_OPTIMIZERS_MODEL
+
 __all__ = [
     "ConfigError",
     "RunSpec",
@@ -48,14 +50,7 @@ __all__ = [
 ]
 
 #: The mnist-optimizers experiment's network (784-100x4-10, ReLU, He, dropout 0.2).
-DEFAULT_MODEL: dict[str, Any] = {
-    "sizes": [784, 100, 100, 100, 100, 10],
-    "activation": "relu",
-    "init": "he",
-    "dropout": 0.2,
-    "batchnorm": False,
-    "dtype": "float32",
-}
+DEFAULT_MODEL: dict[str, Any] = dict(_MNIST_OPTIMIZERS_MODEL)
 _TOP_KEYS = {"name", "epochs", "seeds", "first_seed", "batch_size", "model", "data", "optimizers", "search"}
 _DATA_KEYS = {"n_train", "n_test", "subset_seed", "dir", "validation"}
 _SEARCH_KEYS = {"optimizer", "n_trials", "sampler", "sampler_seed", "study", "metric", "space", "fixed"}
