@@ -183,7 +183,10 @@ def test_placement_keeps_each_compiled_function_on_few_workers() -> None:
 
 def _run_cli_until(db: Path, args: list[str], data_dir: Path, log: Path, want: int, deadline_s: float):
     """Start the CLI; return (process, recorded runs) once ``want`` runs are recorded."""
-    proc = subprocess.Popen(_cli(args), env=_env(data_dir), stdout=log.open("w"), stderr=subprocess.STDOUT)
+    # A process started in the background (`make test &`, nohup, some CI runners) inherits SIGINT
+    # ignored, and so would the CLI: give it the disposition a terminal's Ctrl-C meets.
+    proc = subprocess.Popen(_cli(args), env=_env(data_dir), stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + deadline_s
     rows: list = []
     while time.monotonic() < deadline and proc.poll() is None:
