@@ -60,16 +60,6 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def build_step(mode: str):
     """Compile symopt's train step with ``mode``; returns (step, seconds to compile)."""
     import numpy as np
@@ -192,12 +182,13 @@ def main() -> None:
     import pytensor
 
     import symopt
+    from symopt.experiments import _common
     from symopt.function import DEFAULT_MODE
 
     backends = [b.strip().upper() for b in args.backends.split(",") if b.strip()]
     result: dict[str, Any] = {
         "machine": {
-            "cpu": cpu_model(),
+            "cpu": _common.cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "numpy": numpy.__version__,

@@ -51,21 +51,11 @@ import pytensor.tensor as pt  # noqa: E402
 
 import symopt  # noqa: E402
 from symopt import nn, schedules  # noqa: E402
+from symopt.experiments._common import cpu_model  # noqa: E402
 
 SIZES = [784, 100, 100, 100, 100, 10]
 BATCH = 128
 N_BATCHES = 8
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info() -> dict[str, Any]:

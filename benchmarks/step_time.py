@@ -1112,15 +1112,10 @@ def compile_and_memory(optimizer: str, names: list[str], cfg: Config) -> dict[st
 
 # ============================================================================ machine
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (imported here: worker subprocesses never import symopt)."""
+    from symopt.experiments._common import cpu_model as model
+
+    return model()
 
 
 def versions() -> dict[str, str | None]:

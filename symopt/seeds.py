@@ -26,6 +26,7 @@ the seeds and are refused.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import warnings
@@ -188,6 +189,7 @@ class StackedUniform(Op):
         self.dtype = str(dtype)
 
     def make_node(self, size: Any, *rngs: Any) -> Apply:
+        _register_numba()  # here, not at import: it imports numba (about a second)
         size = pt.as_tensor_variable(size, dtype="int64")
         ndim = int(pt.get_vector_length(size))
         draws = TensorType(self.dtype, shape=(len(rngs),) + (None,) * ndim)()
@@ -204,6 +206,7 @@ class StackedUniform(Op):
         outputs[-1][0] = draws
 
 
+@functools.cache
 def _register_numba() -> None:
     # Numba runs the op through its generic object-mode fallback, which warns that it
     # does so; here that is the intended implementation.
@@ -218,8 +221,6 @@ def _register_numba() -> None:
             warnings.filterwarnings("ignore", message="Numba will use object mode", category=UserWarning)
             return generate_fallback_impl(op, node, storage_map, **kwargs)
 
-
-_register_numba()
 
 
 def _structure(model: Sequential) -> list[tuple[str, tuple[int, ...], str]]:

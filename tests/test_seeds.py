@@ -29,11 +29,14 @@ def _model(seed: int) -> MLP:
     return MLP(SIZES, dropout=0.25, seed=seed, dtype="float32")
 
 
-# Hyperparameters chosen so a rule's state matters within 2 epochs of 6 steps.
+# (rule, hyperparameters, stacked step's mode): hyperparameters chosen so a rule's state
+# matters within 2 epochs of 6 steps; one case compiles the stacked step with Numba
+# (its dropout draws run in object mode) instead of SeedTrainer's default.
 CASES = {
-    "adam": {"learning_rate": 1e-2},
-    "momentum": {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-3},
-    "rmsprop": {"learning_rate": 1e-2, "clip_value": 0.5},
+    "adam": ("adam", {"learning_rate": 1e-2}, None),
+    "momentum": ("momentum", {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-3}, None),
+    "rmsprop": ("rmsprop", {"learning_rate": 1e-2, "clip_value": 0.5}, None),
+    "adam-numba": ("adam", {"learning_rate": 1e-2}, "NUMBA"),
 }
 
 
@@ -45,11 +48,11 @@ def data():
 @pytest.fixture(scope="module", params=list(CASES))
 def runs(request, data):
     """(vectorised histories and final params, separate runs' histories and final params)."""
-    name, hyper = request.param, CASES[request.param]
+    name, hyper, mode = CASES[request.param]
     x_train, y_train, x_test, y_test = data
     stack = SeedStack(_model, SEEDS)
     opt = symopt.get(name)(stack.params, **hyper)
-    trainer = SeedTrainer(stack, opt, x_train, y_train, x_test, y_test, batch_size=32, eval_batch_size=50)
+    trainer = SeedTrainer(stack, opt, x_train, y_train, x_test, y_test, batch_size=32, eval_batch_size=50, mode=mode)
     histories = trainer.fit(EPOCHS, progress=False)
     joint = (histories, [stack.values(s) for s in range(len(SEEDS))])
 
@@ -66,7 +69,7 @@ def runs(request, data):
         single_opt.load_state_dict(initial)
         history = single.fit(EPOCHS, seed, progress=False)
         separate.append((history, [p.get_value() for p in model.params]))
-    return name, joint, separate
+    return request.param, joint, separate
 
 
 def test_final_params_equal_separate_runs(runs):

@@ -41,20 +41,23 @@ def read_json(path: Path) -> Any:
         raise ValueError(f"results file {path} is not valid JSON ({exc})") from None
 
 
-def machine_info() -> dict[str, Any]:
-    """Where and when a result was measured."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and when a result was measured."""
     import pytensor
 
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "pytensor": pytensor.__version__,

@@ -202,9 +202,7 @@ class ResultStore:
             if mode.lower() != "wal":
                 raise StoreError(f"results database {self.path}: cannot switch to WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous = FULL")
-            # BEGIN IMMEDIATE takes the write lock now: a locked database fails here, before any work.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                 if not tables:
                     # Statement by statement: executescript() would commit the open transaction first.
@@ -220,13 +218,25 @@ class ResultStore:
                     stored = self._read_meta()["protocol"]
                     if stored != json.loads(canonical_json(protocol)):
                         raise StoreError(self._protocol_diff(stored, protocol))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise self._error(exc) from None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A write transaction: committed if the block ends normally, rolled back otherwise.
+
+        BEGIN IMMEDIATE takes the write lock at once, so a locked database fails before any work.
+        """
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _read_meta(self) -> dict[str, Any]:
         try:
@@ -301,8 +311,7 @@ class ResultStore:
         conn = self._conn
         with _sigint_held():
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+                with self._transaction():
                     row = conn.execute("SELECT status FROM runs WHERE run_key = ?", (spec.key,)).fetchone()
                     if row is not None and row[0] == "done":
                         conn.execute("ROLLBACK")
@@ -325,11 +334,6 @@ class ResultStore:
                         [(cur.lastrowid, h["epoch"], h["train_loss"], h["test_loss"], h["test_accuracy"], h["seconds"])
                          for h in history],
                     )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as exc:
                 raise self._error(exc) from None
         return True
