@@ -9,7 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_writer"]
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer at a time is then the user's job
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["atomic_writer", "file_lock"]
 
 
 @contextlib.contextmanager
@@ -35,3 +40,26 @@ def atomic_writer(dest: str | os.PathLike[str], mode: str = "wb", **open_kwargs:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock for read-modify-write of ``path``.
+
+    For a results file that several processes update: without it, two writers that both
+    read before either renames lose the first one's additions. The lock is taken on the
+    file's folder (``path`` itself is replaced by every atomic write, and a sidecar lock
+    file would be left behind), so it serialises writers of every file in that folder;
+    it blocks until free. Without ``fcntl`` (Windows) it does nothing.
+    """
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

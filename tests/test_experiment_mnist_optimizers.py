@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 
 import symopt
 from symopt.experiments import mnist_optimizers as mo
+from symopt._io import file_lock
 from symopt.experiments import run_experiment
 from symopt.seeds import SeedTrainer
 from symopt.train import Trainer
@@ -118,6 +122,45 @@ def test_crash_keeps_finished_runs_and_resume_is_deterministic(sequential, tmp_p
     for seed in (0, 1):
         for metric in ("train_loss", "test_loss", "test_accuracy"):
             assert doc["runs"][f"sgd/{seed}"][metric] == sequential[f"sgd/{seed}"][metric], (seed, metric)
+
+
+def _fake_run(name: str, seed: int) -> dict:
+    return {"optimizer": name, "seed": seed, "epoch": [1], "train_loss": [0.5], "test_loss": [0.4],
+            "test_accuracy": [0.9], "seconds": [1.0], "finished": "now"}
+
+
+def test_side_by_side_writers_keep_each_others_runs(tmp_path):
+    """Two bench-mnist processes on one results file: a writer waits for the other's read-modify-write,
+    so neither overwrites the runs the other added (without the lock the child would write at once)."""
+    path = tmp_path / "shared.json"
+    protocol = mo._protocol(1, 128, mo.QUICK["n_train"], mo.QUICK["n_test"])
+    child = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from symopt.experiments import mnist_optimizers as mo
+        print("writing", flush=True)
+        mo._record(Path({str(path)!r}), {protocol!r}, "adam", {{"learning_rate": 0.001}}, 1.0,
+                   [{_fake_run("adam", 5)!r}], False)
+    """)
+    with file_lock(path):
+        proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        try:
+            assert proc.stdout.readline().strip() == "writing"
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=1.5)  # blocked on the lock
+            doc = mo._new_document(protocol)
+            doc["hyperparameters"]["sgd"] = {"learning_rate": 0.01}
+            doc["runs"]["sgd/0"] = _fake_run("sgd", 0)
+            mo._common.write_json(path, doc)
+        except BaseException:
+            proc.kill()
+            raise
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    doc = json.loads(path.read_text())
+    assert set(doc["runs"]) == {"sgd/0", "adam/5"}
+    assert set(doc["hyperparameters"]) == {"sgd", "adam"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.json"]
 
 
 def test_protocol_mismatch_is_refused(quick):

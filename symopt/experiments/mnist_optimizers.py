@@ -8,7 +8,8 @@ He initialisation, dropout 0.2 after every hidden layer.
 
 Resumable: the results file is a JSON document whose ``runs`` are keyed
 ``"<optimizer>/<seed>"``; every finished run is written (atomically) right after it
-finishes and re-running skips finished runs. One train and one eval function is
+finishes and re-running skips finished runs. Several processes may fill one file side by
+side (different optimisers): each write re-reads it under a lock and keeps the others' runs. One train and one eval function is
 compiled per optimiser and reused for all its seeds: before each seed the parameters
 and dropout streams are set to those of a fresh ``MLP(seed=seed)`` and the optimiser
 state (slots, step counter) to the state captured right after construction.
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import file_lock
 from . import _common
 
 DESCRIPTION = "Theano seed: SGD ... Adam on MNIST, 30 seeds x 20 epochs, mean +- std of test accuracy and train loss"
@@ -293,13 +295,14 @@ def _record(
     records: list[dict[str, Any]], progress: bool,
 ) -> dict[str, Any]:
     """Add finished runs to the results file (one atomic write) and log them."""
-    # Re-read so runs written by another process in the meantime are kept.
-    doc = _load_document(results, protocol) if results.exists() else _new_document(protocol)
-    doc["hyperparameters"][name] = hyper
-    doc["compile_seconds"].setdefault(name, compile_seconds)
-    for record in records:
-        doc["runs"][_key(name, record["seed"])] = record
-    _common.write_json(results, doc)
+    # Re-read under the lock so runs another process (bench-mnist side by side) wrote are kept.
+    with file_lock(results):
+        doc = _load_document(results, protocol) if results.exists() else _new_document(protocol)
+        doc["hyperparameters"][name] = hyper
+        doc["compile_seconds"].setdefault(name, compile_seconds)
+        for record in records:
+            doc["runs"][_key(name, record["seed"])] = record
+        _common.write_json(results, doc)
     for record in records:
         _log(progress, f"{name} seed {record['seed']}: test accuracy {record['test_accuracy'][-1]:.4f}, "
                        f"train loss {record['train_loss'][-1]:.4f}, {np.mean(record['seconds']):.2f} s/epoch")
