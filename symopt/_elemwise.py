@@ -18,16 +18,22 @@ value and ``#pragma GCC ivdep`` (elementwise: iteration ``i`` reads and writes i
 ``i`` only, so in-place outputs are safe). The per-element C code is PyTensor's own,
 so the numbers are the same; the loop vectorises (Adam on 784x100: 0.9 -> 0.3 ms).
 Other layouts take PyTensor's generic loop as before.
+
+One scalar op is swapped inside such loops: PyTensor's float ``sign`` is a chain of
+ternaries GCC does not if-convert ("control flow in loop"), so Lion's update ran as a
+scalar loop with a mispredicted branch per element (784x100: 3.1 ms against 0.47 ms in
+PyTensor's own loop). :class:`BranchlessSign` computes the same values (1, -1, 0, NaN
+for NaN, +-1 for +-inf) without branches, and the loop vectorises.
 """
 
 from __future__ import annotations
 
 from pytensor.compile import optdb
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
-from pytensor.scalar.basic import Composite
+from pytensor.scalar.basic import Composite, Sign, float_types
 from pytensor.tensor.elemwise import Elemwise
 
-__all__ = ["ContiguousElemwise", "TAG"]
+__all__ = ["ContiguousElemwise", "BranchlessSign", "TAG"]
 
 #: The optdb tag symopt's C modes include.
 TAG = "symopt_contiguous"
@@ -99,6 +105,40 @@ class ContiguousElemwise(Elemwise):
         return (*version, ("symopt-flat-loop", 2)) if version else version
 
 
+class BranchlessSign(Sign):
+    """``sign`` whose float C code has no branches, so loops containing it vectorise.
+
+    NaN stays NaN, +-inf gives +-1, zeros give +0 (as PyTensor's own C code does).
+    """
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        (x,), (z,) = inputs, outputs
+        if node.inputs[0].type not in float_types:
+            return super().c_code(node, name, inputs, outputs, sub)
+        ctype = node.outputs[0].type.dtype_specs()[1]
+        return f"{z} = ({x} != {x}) ? {x} : (({ctype})({x} > 0) - ({ctype})({x} < 0));"
+
+    def c_code_cache_version(self):
+        return ("symopt-branchless", 1, *super().c_code_cache_version())
+
+
+branchless_sign = BranchlessSign(name="sign", output_types_preference=Sign._output_types_preference)
+
+
+def _without_branchy_ops(composite: Composite) -> Composite:
+    """``composite`` with every float ``sign`` made :class:`BranchlessSign` (itself if none)."""
+    nodes = composite.fgraph.toposort()
+    if not any(type(n.op) is Sign for n in nodes):
+        return composite
+    inputs = [i.type() for i in composite.inputs]
+    mapping = dict(zip(composite.inputs, inputs, strict=True))
+    for node in nodes:
+        op = branchless_sign if type(node.op) is Sign else node.op
+        new = op.make_node(*(mapping.get(i, i) for i in node.inputs))
+        mapping.update(zip(node.outputs, new.outputs, strict=True))
+    return Composite(inputs, [mapping.get(o, o) for o in composite.outputs])
+
+
 def _eligible(node) -> bool:
     op = node.op
     if type(op) is not Elemwise or not isinstance(op.scalar_op, Composite):
@@ -117,7 +157,8 @@ def _eligible(node) -> bool:
 def local_contiguous_composite(fgraph, node):
     if not _eligible(node):
         return None
-    new_op = ContiguousElemwise(node.op.scalar_op, inplace_pattern=dict(node.op.inplace_pattern))
+    scalar_op = _without_branchy_ops(node.op.scalar_op)
+    new_op = ContiguousElemwise(scalar_op, inplace_pattern=dict(node.op.inplace_pattern))
     return new_op.make_node(*node.inputs).outputs
 
 

@@ -206,6 +206,23 @@ def test_flat_loop_takes_the_generic_path_for_non_contiguous_inputs() -> None:
         np.testing.assert_allclose(fn(av, bv, np.float32(1.5)), want, rtol=1e-6)
 
 
+@needs_c
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_flat_loop_sign_is_branchless_and_equals_numpys(dtype: str) -> None:
+    x, s = pt.matrix("x", dtype=dtype), pt.scalar("s", dtype=dtype)
+    fn = function([x, s], s * pt.sign(x + 0), mode="CVM")
+    (node,) = [n for n in fn.maker.fgraph.apply_nodes if isinstance(n.op, _elemwise.ContiguousElemwise)]
+    inner = [type(n.op) for n in node.op.scalar_op.fgraph.apply_nodes]
+    assert _elemwise.BranchlessSign in inner and pytensor.scalar.basic.Sign not in inner
+    tiny = np.finfo(dtype).smallest_subnormal
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, tiny, -tiny, 1e-30, -3.5, 7.0]
+    values = np.array(special * 3, dtype=dtype).reshape(5, 6)  # 30 elements: the vector body and its tail
+    want = np.float32(2) * np.sign(values)
+    got = fn(values, np.asarray(2, dtype=dtype))
+    np.testing.assert_array_equal(got, want)  # NaN where NumPy has NaN
+    assert not np.signbit(got[values == 0]).any()  # +0 for both zeros, as PyTensor's own C code
+
+
 def test_grads_path_updates_in_place_in_the_default_backend() -> None:
     W = pytensor.shared(np.ones((3, 4), dtype="float32"), name="W")
     g = pt.matrix("g", dtype="float32")
