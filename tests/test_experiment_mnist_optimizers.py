@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import symopt
-from symopt.experiments import mnist_optimizers as mo
 from symopt._io import file_lock
+from symopt.experiments import mnist_optimizers as mo
 from symopt.experiments import run_experiment
 from symopt.seeds import SeedTrainer
 from symopt.train import Trainer
@@ -135,7 +135,6 @@ def test_side_by_side_writers_keep_each_others_runs(tmp_path):
     path = tmp_path / "shared.json"
     protocol = mo._protocol(1, 128, mo.QUICK["n_train"], mo.QUICK["n_test"])
     child = textwrap.dedent(f"""
-        import sys
         from pathlib import Path
         from symopt.experiments import mnist_optimizers as mo
         print("writing", flush=True)
