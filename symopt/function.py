@@ -56,7 +56,7 @@ import pytensor
 from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 
-from . import _elemwise
+from . import _blas, _elemwise
 
 __all__ = ["function", "default_mode", "resolve_mode", "configure_blas", "blas_info", "MODES", "DEFAULT_MODE"]
 
@@ -193,7 +193,10 @@ def _build(name: str) -> Mode:
         name = "NUMBA"
     if name in _C_MODES:
         linker = {"C": "c", "CVM": "cvm", "CVM_NOGC": "cvm_nogc"}[name]
-        return Mode(linker=linker, optimizer=RewriteDatabaseQuery(include=["fast_run", _elemwise.TAG]))
+        return Mode(
+            linker=linker,
+            optimizer=RewriteDatabaseQuery(include=["fast_run", _elemwise.TAG], exclude=[_blas.REPLACED]),
+        )
     return get_mode(name)
 
 

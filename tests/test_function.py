@@ -13,7 +13,7 @@ import pytest
 from pytensor.link.c.basic import CLinker
 from pytensor.link.numba.linker import NumbaLinker
 from pytensor.link.vm import VMLinker
-from pytensor.tensor.blas import Dot22, Gemm, Gemv
+from pytensor.tensor.blas import Dot22, Dot22Scalar, Gemm, Gemv
 from pytensor.tensor.blas_c import CGemv
 
 import symopt
@@ -132,6 +132,17 @@ def test_c_backend_runs_blas_ops_without_the_degraded_warning(mode: str, dtype: 
     assert mm.dtype == dtype and mv.dtype == dtype
 
 
+@needs_c
+@pytest.mark.parametrize("rule", ["AdamW", "Lion"])
+def test_c_backend_computes_each_weight_gradient_once(rule: str) -> None:
+    """PyTensor's own Dot22Scalar rewrite gave every scaled use of a raw gradient its own product."""
+    _, _, step = _train_step("CVM", rule)
+    products = [n for n in step.maker.fgraph.apply_nodes if isinstance(n.op, (Dot22, Dot22Scalar, Gemm))]
+    operands = [tuple(n.inputs[:2]) if not isinstance(n.op, Gemm) else tuple(n.inputs[2:4]) for n in products]
+    assert len(products) == 3 + 3 + 2  # forward, weight gradients, input gradients of the 3-layer MLP
+    assert len(set(operands)) == len(operands)
+
+
 # ---------------------------------------------------------------- equal results, float32
 def _train_step(mode: str, rule: str = "Adam") -> tuple[list[np.ndarray], list[float], Any]:
     rng = np.random.default_rng(0)
@@ -147,7 +158,7 @@ def _train_step(mode: str, rule: str = "Adam") -> tuple[list[np.ndarray], list[f
 
 
 @needs_c
-@pytest.mark.parametrize("rule", ["Adam", "RMSprop"])
+@pytest.mark.parametrize("rule", ["Adam", "RMSprop", "AdamW"])
 def test_backends_agree_on_a_train_step_to_round_off(rule: str) -> None:
     # CVM only: the whole-graph "C" linker compiles one large module per graph (slow
     # cold); its BLAS linking is checked on the small graph above.
