@@ -39,10 +39,18 @@ loaded, ``uptime`` load 3-9, so single numbers are noisy):
   compiledir) 75 s, cached 6.4 s; CVM first 202 s, cached 11.6 s. g++ builds ~40 C
   modules on a cold cache.
 
-Default: ``NUMBA``. CVM's step is faster, but its cold compile is 2.7x Numba's and its
-cached compile 1.8x, and most of symopt's compiled functions (tests, sweeps, short
-runs) are dominated by compiling, not stepping; set ``SYMOPT_MODE=CVM`` for long runs.
-Re-run ``benchmarks/backends.py`` on a quiet machine before changing this.
+Default: ``NUMBA``. On a quiet machine (``benchmarks/step_time.py``, 2026-12-01) CVM's
+step is 0-10 % faster than Numba's for 12 of the 13 rules (Adam 3.09 vs 3.11 ms) and
+much faster with dropout (Numba's uniform draws are slow), and one Adam step compiles
+in about the same time (46 s vs 44 s cold, 2.4 vs 2.6 s cached). The loaded-machine
+runs above had CVM's cold compile at 2.7x Numba's, and the test suite and sweeps
+compile many small distinct graphs, where g++ runs once per new op: that workload has
+not been re-measured quietly, so the default stays; ``SYMOPT_MODE=CVM`` for long runs.
+
+C modes also swap two PyTensor rewrites for symopt's: the flat elementwise loop above
+and ``symopt._blas`` (a scalar is folded into a matrix product only when the product
+has no other consumer; PyTensor's rewrite computed AdamW's and Lion's weight gradients
+once per use).
 """
 
 from __future__ import annotations
