@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytensor
 import pytest
 
 import symopt
 from symopt.nn import MLP
-from symopt.seeds import SeedStack, SeedTrainer, seed_axis_ndim
+from symopt.seeds import SeedStack, SeedTrainer, StackedUniform, seed_axis_ndim
 from symopt.train import Trainer
 
 SIZES = [20, 16, 12, 4]
@@ -38,6 +39,9 @@ CASES = {
     "rmsprop": ("rmsprop", {"learning_rate": 1e-2, "clip_value": 0.5}, None),
     "adam-numba": ("adam", {"learning_rate": 1e-2}, "NUMBA"),
 }
+# The Numba case costs a minute of cold compilation: make test-slow runs it; the fast suite
+# checks the Numba StackedUniform directly (test_stacked_uniform_draws_each_generators_stream).
+SLOW_CASES = {"adam-numba"}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +49,10 @@ def data():
     return _data()
 
 
-@pytest.fixture(scope="module", params=list(CASES))
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(c, marks=pytest.mark.slow) if c in SLOW_CASES else c for c in CASES],
+)
 def runs(request, data):
     """(vectorised histories and final params, separate runs' histories and final params)."""
     name, hyper, mode = CASES[request.param]
@@ -93,6 +100,21 @@ def test_seeds_differ(runs):
     """The copies are independent: different seeds end in different places."""
     _, (_, joint_params), _ = runs
     assert not np.allclose(joint_params[0][0], joint_params[1][0])
+
+
+@pytest.mark.parametrize("mode", ["NUMBA", "CVM"])
+def test_stacked_uniform_draws_each_generators_stream(mode):
+    """Seed s's slice is what that seed's own generator draws, call after call, under both backends."""
+    seeds = [7, 8, 9]
+    rngs = [pytensor.shared(np.random.default_rng(s)) for s in seeds]
+    *next_rngs, draws = StackedUniform("float32")((4, 5), *rngs)
+    fn = symopt.function([], draws, updates=list(zip(rngs, next_rngs)), mode=mode)
+    reference = [np.random.default_rng(s) for s in seeds]
+    for _ in range(3):
+        got = fn()
+        assert got.shape == (3, 4, 5) and got.dtype == np.float32
+        for k, ref in enumerate(reference):
+            np.testing.assert_array_equal(got[k], ref.uniform(0.0, 1.0, (4, 5)).astype(np.float32))
 
 
 def test_stack_starts_at_each_seeds_model():
