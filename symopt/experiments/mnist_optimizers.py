@@ -11,9 +11,9 @@ Resumable: the results file is a JSON document whose ``runs`` are keyed
 finishes and re-running skips finished runs. Several processes may fill one file side
 by side (different optimisers): each write re-reads it under a lock and keeps the
 others' runs. One train and one eval function is compiled per optimiser and reused for
-all its seeds: before each seed the parameters
-and dropout streams are set to those of a fresh ``MLP(seed=seed)`` and the optimiser
-state (slots, step counter) to the state captured right after construction.
+all its seeds: before each seed the parameters and dropout streams are set to those of
+a fresh ``MLP(seed=seed)`` and the optimiser state (slots, step counter) to the state
+captured right after construction.
 """
 
 from __future__ import annotations
