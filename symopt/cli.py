@@ -330,9 +330,10 @@ def _finite(x: float) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import symopt
+
     from . import data as data_mod
     from . import nn
-    import symopt
     from .train import NonFiniteLossError, Trainer
 
     # Every output path first: a run is never lost at the end for want of a writable file.
@@ -404,8 +405,10 @@ def _train(args: argparse.Namespace) -> int:
     try:
         trainer.fit(args.epochs, args.seed, progress=not args.no_progress, callback=report)
     except NonFiniteLossError as exc:
-        write(error=str(exc), diverged={"epoch": exc.epoch, "step": exc.step})
-        print(f"symopt: error: {exc}", file=sys.stderr)
+        message = (f"training diverged: the loss is {exc.loss} at epoch {exc.epoch}, step {exc.step}; lower --lr, "
+                   f"clip gradients (--hp clip_global_norm=1) or skip such steps (--skip-nonfinite)")
+        write(error=message, diverged={"epoch": exc.epoch, "step": exc.step})
+        print(f"symopt: error: {message}", file=sys.stderr)
         return 1
     write()
     return 0
