@@ -3,19 +3,24 @@
 ``symopt train`` trains an MLP on MNIST (or any IDX-layout data set) with any registered
 optimiser; ``symopt optimizers`` lists the rules and their hyperparameters; ``symopt sweep``
 and ``symopt search`` run grids and Optuna searches on Dask (:mod:`symopt.sweep`). Errors in
-flags or data print one line on stderr and exit with status 2, without a traceback.
+flags or data print one line on stderr and exit with status 2, without a traceback; output
+paths are checked before any data is loaded or compiled. A training run whose loss turns NaN
+or infinite stops with one line naming the epoch and step and exit status 1 (unless
+``--skip-nonfinite``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
+import os
+import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_writer
+from ._io import atomic_writer, check_writable, dump_json
 
 __all__ = ["main"]
 
@@ -31,6 +36,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
     return value
 
 
@@ -51,6 +66,10 @@ def _hyperparameter(text: str) -> tuple[str, Any]:
     lowered = raw.strip().lower()
     if lowered in ("true", "false"):
         return name.strip(), lowered == "true"
+    try:  # integers stay integers: options such as accumulate=4 take only integers
+        return name.strip(), int(raw)
+    except ValueError:
+        pass
     try:
         return name.strip(), float(raw)
     except ValueError:
@@ -76,8 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--init", default="he", help="he, xavier, normal, or a standard deviation such as 0.01")
     train.add_argument("--batchnorm", action="store_true", help="batch normalisation after each hidden Dense")
     train.add_argument("--dropout", type=float, default=0.0, help="dropout probability on hidden layers")
-    train.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order and dropout")
+    train.add_argument("--seed", type=_nonnegative_int, default=0, help="seeds initialisation, data order and dropout")
     train.add_argument("--data-dir", type=Path, default=None, help="directory of IDX files (default: MNIST, fetched if missing)")
+    train.add_argument("--classes", type=_positive_int, default=None,
+                       help="number of classes (default: largest training label + 1; labels are checked)")
+    train.add_argument("--skip-nonfinite", action="store_true",
+                       help="skip steps whose loss or gradients are NaN/Inf (counted per epoch) instead of stopping")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--out", type=Path, default=None, help="write config and per-epoch history as JSON")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("experiment", help="reproduce a seed experiment: raw results, figures, stated result")
     exp.add_argument("name", choices=list(EXPERIMENTS))
     exp.add_argument("--quick", action="store_true", help="a seconds-long version (as in the test suite)")
-    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--seed", type=_nonnegative_int, default=0)
     exp.add_argument("--results-dir", type=Path, default=Path("experiments/results"))
     exp.add_argument("--figures-dir", type=Path, default=Path("experiments/figures"))
     exp.add_argument("--plot-only", action="store_true", help="redraw figures from existing results")
@@ -200,67 +223,195 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optimizer_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of the optimiser: every --hp, --lr, --weight-decay, --skip-nonfinite."""
+    hyper = dict(args.hp)
+    flags = [(args.lr, "learning_rate", "--lr"), (args.weight_decay, "weight_decay", "--weight-decay")]
+    if args.skip_nonfinite:
+        flags.append((True, "skip_nonfinite", "--skip-nonfinite"))
+    for value, name, flag in flags:
+        if value is not None:
+            if name in hyper:
+                raise CLIError(f"{name} given twice ({flag} and --hp {name}=...)")
+            hyper[name] = value
+    return hyper
+
+
 def _build_optimizer(args: argparse.Namespace, params: list) -> Any:
     import symopt
 
-    cls = symopt.get(args.optimizer)
-    hyper = dict(args.hp)
-    for flag, name in ((args.lr, "learning_rate"), (args.weight_decay, "weight_decay")):
-        if flag is not None:
-            if name in hyper:
-                raise CLIError(f"{name} given twice (flag and --hp)")
-            hyper[name] = flag
-    return cls(params, **hyper)
+    return symopt.get(args.optimizer)(params, **_optimizer_arguments(args))
 
 
-def _train(args: argparse.Namespace) -> None:
+def _settings_in_force(optimizer: Any) -> dict[str, Any]:
+    """Everything besides the rule's hyperparameters that changes the numbers of a step."""
+    from .optimizer import TRANSFORM_SETTINGS
+
+    settings: dict[str, Any] = {
+        key: float(optimizer.settings[key].get_value()) if key in optimizer.settings else None
+        for key in TRANSFORM_SETTINGS
+    }
+    settings["accumulate"] = optimizer.accumulate
+    settings["skip_nonfinite"] = optimizer.skip_nonfinite
+    return settings
+
+
+def _environment() -> dict[str, Any]:
+    """Backend and versions: the run record's answer to "what computed these numbers"."""
+    import numpy
+    import pytensor
+
+    import symopt
+
+    from .function import backend_name
+
+    versions = {"symopt": symopt.__version__, "pytensor": pytensor.__version__, "numpy": numpy.__version__,
+                "python": platform.python_version()}
+    backend = backend_name()
+    if backend == "NUMBA":
+        try:
+            import numba
+
+            versions["numba"] = numba.__version__
+        except ImportError:
+            pass
+    return {"backend": backend, "versions": versions,
+            "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "platform": platform.platform()}
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def estimate_training_bytes(
+    layers: Sequence[int], dtype: str, slots: int, batch_size: int, eval_batch_size: int = 1000
+) -> tuple[int, int]:
+    """Rough memory of training an MLP: ``(parameter count, bytes)``.
+
+    Each parameter is held as itself, its gradient, its new value and ``slots`` state
+    variables; activations for a train batch (forward and backward) and an eval batch.
+    A lower bound (PyTensor's temporaries come on top), used to refuse hopeless sizes
+    before anything is allocated.
+    """
+    itemsize = 8 if dtype == "float64" else 4
+    n_params = sum(a * b + b for a, b in zip(layers[:-1], layers[1:]))
+    units = sum(layers)
+    values = n_params * (3 + slots) + units * (2 * batch_size + eval_batch_size)
+    return n_params, values * itemsize
+
+
+def _check_memory(layers: list[int], args: argparse.Namespace, cls: type) -> None:
+    available = _available_memory()
+    if available is None:
+        return
+    slots = len(getattr(cls, "slots", {})) + (1 if dict(args.hp).get("accumulate", 1) != 1 else 0)
+    n_params, needed = estimate_training_bytes(layers, args.dtype, slots, args.batch_size)
+    if needed > available:
+        raise CLIError(
+            f"--hidden {','.join(map(str, args.hidden))}: layers {layers} have {n_params:,} parameters; training them "
+            f"with {cls.__name__} needs at least {needed / 2**30:,.1f} GiB, more than the "
+            f"{available / 2**30:,.1f} GiB of memory available"
+        )
+
+
+def _finite(x: float) -> str:
+    return f"{x:.4f}" if math.isfinite(x) else str(x)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import symopt
+
     from . import data as data_mod
     from . import nn
-    from .train import Trainer
+    from .train import NonFiniteLossError, Trainer
 
+    # Every output path first: a run is never lost at the end for want of a writable file.
+    if args.out is not None:
+        check_writable(args.out, "--out")
     if not 0.0 <= args.dropout < 1.0:
         raise CLIError(f"--dropout must be in [0, 1), got {args.dropout}")
     try:
         init: Any = float(args.init)
     except ValueError:
         init = args.init
-    if args.out is not None and args.out.is_dir():
-        raise CLIError(f"--out {args.out} is a directory; give a file path such as run.json")
+    cls = symopt.get(args.optimizer)  # unknown names fail before the data is read
+    _optimizer_arguments(args)
 
-    dataset = data_mod.load_idx_dataset(args.data_dir) if args.data_dir is not None else data_mod.load_mnist()
+    if args.data_dir is not None:
+        dataset = data_mod.load_idx_dataset(args.data_dir, classes=args.classes)
+        names = {"train_name": "train labels", "test_name": "test labels"}
+    else:
+        dataset = data_mod.load_mnist()
+        names = {"train_name": "MNIST train labels", "test_name": "MNIST test labels"}
     n_in = int(dataset.x_train.shape[1])
-    n_out = int(max(dataset.y_train.max(), dataset.y_test.max())) + 1
+    n_out = data_mod.count_classes(dataset.y_train, dataset.y_test, args.classes, **names)
+    layers = [n_in, *args.hidden, n_out]
+    _check_memory(layers, args, cls)
     model = nn.MLP(
-        [n_in, *args.hidden, n_out], activation=args.activation, init=init, batchnorm=args.batchnorm,
+        layers, activation=args.activation, init=init, batchnorm=args.batchnorm,
         dropout=args.dropout, seed=args.seed, dtype=args.dtype,
     )
     optimizer = _build_optimizer(args, model.params)
     config = {
         "optimizer": optimizer.name or type(optimizer).__name__,
         "hyperparameters": optimizer.hyperparameters,
-        "epochs": args.epochs, "batch_size": args.batch_size, "hidden": args.hidden,
-        "activation": args.activation, "init": args.init, "batchnorm": args.batchnorm, "dropout": args.dropout,
-        "seed": args.seed, "dtype": args.dtype,
+        "settings": _settings_in_force(optimizer),
+        "hp": dict(args.hp),
+        "epochs": args.epochs, "batch_size": args.batch_size, "hidden": args.hidden, "layers": layers,
+        "classes": n_out, "activation": args.activation, "init": args.init, "batchnorm": args.batchnorm,
+        "dropout": args.dropout, "seed": args.seed, "dtype": args.dtype,
         "data": str(args.data_dir) if args.data_dir is not None else "mnist",
+        "n_train": len(dataset.x_train), "n_test": len(dataset.x_test),
+        **_environment(),
+        "argv": list(args.argv),
     }
     trainer = Trainer(
         model, optimizer, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, batch_size=args.batch_size
     )
-    print(f"{config['optimizer']} {optimizer.hyperparameters}  layers {[n_in, *args.hidden, n_out]}  "
-          f"{len(dataset.x_train)} train / {len(dataset.x_test)} test samples", flush=True)
+    versions = "  ".join(f"{k} {v}" for k, v in config["versions"].items())
+    print(f"{config['optimizer']} {optimizer.hyperparameters}  {config['settings']}", flush=True)
+    print(f"layers {layers}  {n_out} classes  {len(dataset.x_train)} train / {len(dataset.x_test)} test samples  "
+          f"{args.dtype}  batch {args.batch_size}  seed {args.seed}", flush=True)
+    print(f"backend {config['backend']}  {versions}", flush=True)
+
+    history: list[Any] = []
 
     def report(record: Any) -> None:
+        history.append(record)
+        skipped = f"  skipped {record.skipped} step(s)" if args.skip_nonfinite else ""
         print(
-            f"epoch {record.epoch:3d}  train_loss {record.train_loss:.4f}  test_loss {record.test_loss:.4f}  "
-            f"test_accuracy {record.test_accuracy:.4f}  {record.seconds:.2f}s",
+            f"epoch {record.epoch:3d}  train_loss {_finite(record.train_loss)}  test_loss {_finite(record.test_loss)}  "
+            f"test_accuracy {record.test_accuracy:.4f}  {record.seconds:.2f}s{skipped}",
             flush=True,
         )
 
-    history = trainer.fit(args.epochs, args.seed, progress=not args.no_progress, callback=report)
-    if args.out is not None:
-        with atomic_writer(args.out, "w") as f:
-            json.dump({"config": config, "history": [r.as_dict() for r in history]}, f, indent=2)
-        print(f"wrote {args.out}")
+    def write(**extra: Any) -> None:
+        if args.out is not None:
+            with atomic_writer(args.out, "w") as f:
+                dump_json({"config": config, "history": [r.as_dict() for r in history], **extra}, f, indent=2)
+            print(f"wrote {args.out}")
+
+    try:
+        trainer.fit(args.epochs, args.seed, progress=not args.no_progress, callback=report)
+    except NonFiniteLossError as exc:
+        message = (f"training diverged: the loss is {exc.loss} at epoch {exc.epoch}, step {exc.step}; lower --lr, "
+                   f"clip gradients (--hp clip_global_norm=1) or skip such steps (--skip-nonfinite)")
+        write(error=message, diverged={"epoch": exc.epoch, "step": exc.step})
+        print(f"symopt: error: {message}", file=sys.stderr)
+        return 1
+    write()
+    return 0
 
 
 def _list_optimizers() -> None:
@@ -274,14 +425,18 @@ def _list_optimizers() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``symopt`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if args.command == "train":
-            _train(args)
+            return _train(args)
         elif args.command == "optimizers":
             _list_optimizers()
         elif args.command == "experiment":
             from .experiments import run_experiment
 
+            if not args.plot_only:
+                check_writable(args.results_dir, "--results-dir", directory=True)
+            check_writable(args.figures_dir, "--figures-dir", directory=True)
             results, figures, summary = run_experiment(
                 args.name, quick=args.quick, seed=args.seed, results_dir=args.results_dir,
                 figures_dir=args.figures_dir, plot_only=args.plot_only,
@@ -293,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "bench-mnist":
             from .experiments import get_experiment
 
+            check_writable(args.results, "--results")
+            check_writable(args.figures_dir, "--figures-dir", directory=True)
             get_experiment("mnist-optimizers").bench(
                 optimizers=[name.strip() for name in args.optimizers.split(",") if name.strip()],
                 seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, results=args.results,
@@ -306,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("symopt: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("symopt: error: out of memory; try a smaller model (--hidden) or batch (--batch-size)", file=sys.stderr)
+        return 2
     except (CLIError, ValueError, TypeError, KeyError, ImportError, OSError) as exc:
         print(f"symopt: error: {exc}", file=sys.stderr)
         return 2

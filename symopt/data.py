@@ -65,6 +65,7 @@ __all__ = [
     "IDXFormatError",
     "Split",
     "batches",
+    "count_classes",
     "default_mnist_dir",
     "download_mnist",
     "load_idx_dataset",
@@ -301,6 +302,8 @@ def _images_and_labels(
     images = _parse_idx(images_data, images_path, IMAGES_MAGIC, "images")
     labels = _parse_idx(labels_data, labels_path, LABELS_MAGIC, "labels")
     n, rows, cols = images.shape
+    if n == 0:
+        raise IDXFormatError(f"{images_path}: holds no images (the header declares 0); a data set needs samples")
     if rows == 0 or cols == 0:
         raise IDXFormatError(f"{images_path}: images have zero size ({rows} x {cols} pixels)")
     if len(labels) != n:
@@ -338,7 +341,76 @@ def _load_files(paths: dict[str, Path], digests: dict[str, str] | None) -> Datas
     return Dataset(x_train, y_train, x_test, y_test)
 
 
-def load_idx_dataset(directory: str | os.PathLike[str]) -> Dataset:
+def count_classes(
+    y_train: npt.NDArray[Any],
+    y_test: npt.NDArray[Any],
+    classes: int | None = None,
+    *,
+    train_name: str = "y_train",
+    test_name: str = "y_test",
+) -> int:
+    """The number of classes of a classifier for integer labels, after checking the labels.
+
+    Parameters
+    ----------
+    y_train, y_test : numpy.ndarray
+        Integer labels (non-empty training labels).
+    classes : int, optional
+        The class count; every label must be in ``0 .. classes - 1`` (classes without a
+        sample are fine). By default it is the largest training label plus one, and then
+        every test label must be at most that largest training label, and at least half
+        of ``0 .. max`` must occur in training: one stray label such as 250 among the
+        digits 0-9 would otherwise silently give a model 251 outputs.
+    train_name, test_name : str
+        What to call the label sets in errors (e.g. their files).
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        A negative label, a label ``>= classes``, a test label above every training
+        label, or (without ``classes``) labels that leave most of ``0 .. max`` empty;
+        the message names the label set, the label and its index.
+    """
+
+    def first(y: npt.NDArray[Any], bad: npt.NDArray[np.bool_]) -> str:
+        index = int(np.argmax(bad))
+        return f"label {int(y[index])} at index {index} ({int(bad.sum())} such label(s))"
+
+    if len(y_train) == 0:
+        raise ValueError(f"{train_name}: no training labels")
+    for y, name in ((y_train, train_name), (y_test, test_name)):
+        if not np.issubdtype(np.asarray(y).dtype, np.integer):
+            raise ValueError(f"{name}: labels must be integers, got dtype {np.asarray(y).dtype}")
+        if len(y) and (y < 0).any():
+            raise ValueError(f"{name}: negative {first(y, y < 0)}; class labels are 0, 1, 2, ...")
+    if classes is not None:
+        if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
+            raise ValueError(f"classes must be a positive integer, got {classes!r}")
+        for y, name in ((y_train, train_name), (y_test, test_name)):
+            if len(y) and (y >= classes).any():
+                raise ValueError(f"{name}: {first(y, y >= classes)} is not below the {classes} classes given")
+        return int(classes)
+    top = int(y_train.max())
+    if len(y_test) and (y_test > top).any():
+        raise ValueError(
+            f"{test_name}: {first(y_test, y_test > top)} exceeds every training label (0..{top}); "
+            f"give the class count (classes=N, symopt train --classes N) if that is intended"
+        )
+    present = len(np.unique(y_train))
+    if 2 * present < top + 1:
+        raise ValueError(
+            f"{train_name}: labels run up to {top} ({first(y_train, y_train == top)}) but only {present} of the "
+            f"{top + 1} classes 0..{top} occur; a stray label? Give the class count (classes=N, symopt train "
+            f"--classes N) if that is intended"
+        )
+    return top + 1
+
+
+def load_idx_dataset(directory: str | os.PathLike[str], classes: int | None = None) -> Dataset:
     """Load any dataset stored in MNIST's IDX layout (e.g. Fashion-MNIST, KMNIST).
 
     Parameters
@@ -347,6 +419,9 @@ def load_idx_dataset(directory: str | os.PathLike[str]) -> Dataset:
         Directory holding the four files of :data:`MNIST_FILES` (``train-images-idx3-ubyte``,
         ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``),
         each raw or gzip-compressed with a ``.gz`` suffix (the raw file wins if both exist).
+    classes : int, optional
+        The number of classes; the labels are checked against it (or against the
+        training labels when not given) by :func:`count_classes`.
 
     Returns
     -------
@@ -359,8 +434,8 @@ def load_idx_dataset(directory: str | os.PathLike[str]) -> Dataset:
         ``directory`` is not a directory or lacks some of the four files (all are named).
     IDXFormatError
         A file has the wrong magic number (``0x00000803`` for images, ``0x00000801`` for
-        labels), is truncated or over-long, or image and label counts disagree; the
-        message names the file(s).
+        labels), is truncated or over-long, holds no samples, image and label counts
+        disagree, or the labels fail :func:`count_classes`; the message names the file(s).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -373,7 +448,13 @@ def load_idx_dataset(directory: str | os.PathLike[str]) -> Dataset:
         )
     paths = _complete_set(directory)
     assert paths is not None
-    return _load_files(paths, None)
+    dataset = _load_files(paths, None)
+    try:
+        count_classes(dataset.y_train, dataset.y_test, classes,
+                      train_name=str(paths[MNIST_FILES[1]]), test_name=str(paths[MNIST_FILES[3]]))
+    except ValueError as exc:
+        raise IDXFormatError(str(exc)) from None
+    return dataset
 
 
 # --------------------------------------------------------------------------- MNIST

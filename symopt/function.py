@@ -66,7 +66,7 @@ from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 
 from . import _blas, _elemwise
 
-__all__ = ["function", "default_mode", "resolve_mode", "configure_blas", "blas_info", "MODES", "DEFAULT_MODE"]
+__all__ = ["function", "default_mode", "backend_name", "resolve_mode", "configure_blas", "blas_info", "MODES", "DEFAULT_MODE"]
 
 #: What ``SYMOPT_MODE`` (and ``mode=`` given as a string) may name. The C-family modes
 #: need a C++ compiler and a BLAS; without them symopt falls back to ``NUMBA``.
@@ -231,6 +231,20 @@ def resolve_mode(mode: Any = None) -> Any:
 def default_mode() -> Any:
     """The mode ``symopt.function`` compiles with when none is given."""
     return resolve_mode(None)
+
+
+def backend_name(mode: Any = None) -> str:
+    """The name of the backend :func:`function` compiles with for ``mode`` (as
+    :func:`resolve_mode` reads it): ``"NUMBA"``, ``"CVM"``, ...; a C-family name that
+    falls back to Numba (no compiler or BLAS) reports ``"NUMBA"``. For run records."""
+    if mode is None:
+        mode = os.environ.get("SYMOPT_MODE", "").strip() or DEFAULT_MODE
+    if not isinstance(mode, str):
+        return f"{type(mode).__name__}({type(getattr(mode, 'linker', None)).__name__})"
+    name = mode.strip().upper()
+    if name in _C_MODES and not _c_available():
+        return "NUMBA"
+    return name if name in MODES else mode
 
 
 def function(inputs: Any, outputs: Any = None, *, updates: Any = None, givens: Any = None, mode: Any = None, **kwargs: Any):

@@ -8,6 +8,7 @@ the graph per step (``givens`` slices the shared data inside the compiled functi
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,7 +23,10 @@ from .function import function
 from .nn import cross_entropy
 from .optimizer import Optimizer
 
-__all__ = ["EpochRecord", "Trainer", "fit", "warm_up", "Model"]
+__all__ = ["EpochRecord", "NonFiniteLossError", "Trainer", "fit", "warm_up", "Model"]
+
+#: What :class:`Trainer` does when a training step's loss is NaN or infinite.
+NONFINITE_POLICIES = ("raise", "continue")
 
 
 class Model(Protocol):
@@ -33,15 +37,43 @@ class Model(Protocol):
     def output(self, x: Any, train: bool) -> Any: ...
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A training step returned a NaN or infinite loss: the run diverged.
+
+    Attributes
+    ----------
+    epoch
+        1-based epoch (``None`` when :meth:`Trainer.run_epoch` was called without one).
+    step
+        1-based step within the epoch.
+    loss
+        The loss value (``nan``, ``inf`` or ``-inf``).
+    """
+
+    def __init__(self, epoch: int | None, step: int, loss: float):
+        self.epoch, self.step, self.loss = epoch, step, loss
+        where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
+        super().__init__(
+            f"training diverged: the loss is {loss} at {where}; lower the learning rate, clip gradients "
+            f"(clip_global_norm) or skip such steps (skip_nonfinite=True)"
+        )
+
+
 @dataclass(frozen=True)
 class EpochRecord:
-    """One line of a training history."""
+    """One line of a training history.
+
+    ``skipped`` counts the steps of the epoch that changed nothing because their loss or
+    gradients were not finite (optimisers built with ``skip_nonfinite=True``); their
+    losses are left out of ``train_loss``.
+    """
 
     epoch: int
     train_loss: float
     test_loss: float
     test_accuracy: float
     seconds: float
+    skipped: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -67,6 +99,12 @@ class Trainer:
         ``loss(logits, labels)``; softmax cross-entropy by default.
     mode
         PyTensor compilation mode (``None``: PyTensor's default).
+    on_nonfinite
+        A step whose loss is NaN or infinite: ``"raise"`` (default) stops the run with
+        :class:`NonFiniteLossError` naming the epoch and step; ``"continue"`` records the
+        non-finite loss (a diverged run is then a result, as in a sweep). An optimiser
+        built with ``skip_nonfinite=True`` skips such steps instead: they are counted in
+        :attr:`EpochRecord.skipped` and never raise.
     """
 
     def __init__(
@@ -81,7 +119,13 @@ class Trainer:
         eval_batch_size: int = 1000,
         loss: Callable[[Any, Any], Any] = cross_entropy,
         mode: Any = None,
+        on_nonfinite: str = "raise",
     ):
+        if on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
+        self.on_nonfinite = on_nonfinite
+        #: Steps skipped as non-finite in the last :meth:`run_epoch`.
+        self.last_skipped = 0
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if len(x_train) != len(y_train) or len(x_test) != len(y_test):
@@ -143,18 +187,40 @@ class Trainer:
             total_correct += float(batch_correct)
         return total_loss / self.n_test, total_correct / self.n_test
 
-    def run_epoch(self, rng: np.random.Generator, progress: bool = False, desc: str = "") -> float:
-        """One shuffled pass over the training set; returns the mean train loss."""
+    def run_epoch(
+        self, rng: np.random.Generator, progress: bool = False, desc: str = "", epoch: int | None = None
+    ) -> float:
+        """One shuffled pass over the training set; returns the mean train loss.
+
+        A NaN or infinite step loss raises :class:`NonFiniteLossError` (naming ``epoch``
+        and the step) unless ``on_nonfinite="continue"`` or the optimiser skips
+        non-finite steps; skipped steps are left out of the mean and counted in
+        :attr:`last_skipped`.
+        """
         self.order.set_value(rng.permutation(self.n_train).astype(np.int64), borrow=True)
         steps = range(self.steps_per_epoch)
         if progress:
             from tqdm.auto import tqdm
 
             steps = tqdm(steps, desc=desc, leave=False, unit="step")
-        total = 0.0
+        skipping = bool(getattr(self.optimizer, "skip_nonfinite", False))
+        counter = getattr(self.optimizer, "skipped", None) if skipping else None
+        skipped_before = int(counter.get_value()) if counter is not None else 0
+        total, nonfinite = 0.0, 0
         for i in steps:
-            total += float(self.train_step(i))
-        return total / self.steps_per_epoch
+            loss = float(self.train_step(i))
+            if math.isfinite(loss):
+                total += loss
+            elif skipping:
+                nonfinite += 1
+            elif self.on_nonfinite == "raise":
+                raise NonFiniteLossError(epoch, i + 1, loss)
+            else:
+                total += loss
+        # The optimiser's own count also holds steps with a finite loss but non-finite gradients.
+        self.last_skipped = int(counter.get_value()) - skipped_before if counter is not None else nonfinite
+        counted = self.steps_per_epoch - nonfinite
+        return total / counted if counted else math.nan
 
     def fit(
         self,
@@ -171,10 +237,10 @@ class Trainer:
         history = []
         for epoch in range(1, epochs + 1):
             start = time.perf_counter()
-            train_loss = self.run_epoch(rng, progress, desc=f"epoch {epoch}/{epochs}")
+            train_loss = self.run_epoch(rng, progress, desc=f"epoch {epoch}/{epochs}", epoch=epoch)
             seconds = time.perf_counter() - start
             test_loss, test_accuracy = self.evaluate()
-            record = EpochRecord(epoch, train_loss, test_loss, test_accuracy, seconds)
+            record = EpochRecord(epoch, train_loss, test_loss, test_accuracy, seconds, self.last_skipped)
             history.append(record)
             if callback is not None:
                 callback(record)

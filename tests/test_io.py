@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -31,8 +32,12 @@ def test_atomic_writer_keeps_old_content_on_failure_and_replaces_on_success(tmp_
 
 
 def test_atomic_writer_files_are_readable_by_others(tmp_path: Path) -> None:
-    # mkstemp creates 0600 files; results and state files are meant to be shared
+    # mkstemp creates 0600 files; results and state files are meant to be shared (umask 022)
     dest = tmp_path / "results.json"
-    with atomic_writer(dest, "w") as f:
-        f.write("{}")
+    old = os.umask(0o022)
+    try:
+        with atomic_writer(dest, "w") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
     assert stat.S_IMODE(dest.stat().st_mode) == 0o644

@@ -158,7 +158,7 @@ def test_cli_train_end_to_end(dataset_dir: Path, tmp_path: Path, capsys: pytest.
     assert result["config"]["hyperparameters"]["momentum"] == 0.8
     assert result["config"]["hyperparameters"]["weight_decay"] == 1e-4
     assert [r["epoch"] for r in result["history"]] == [1, 2, 3]
-    assert set(result["history"][0]) == {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds"}
+    assert set(result["history"][0]) == {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "skipped"}
     assert result["history"][-1]["test_accuracy"] > 0.6
 
 

@@ -11,24 +11,19 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_writer
+from .._io import atomic_writer, dump_json
 
 __all__ = ["write_json", "read_json", "machine_info", "figure", "save_png", "mnist_subset"]
 
 
 def write_json(path: Path, payload: Any) -> Path:
-    """Write JSON atomically: a crash never leaves a half-written results file."""
+    """Write JSON atomically: a crash never leaves a half-written results file.
+
+    Always valid JSON: NaN and infinities (a diverged run) are written as ``null``.
+    """
     with atomic_writer(path, "w") as f:
-        json.dump(payload, f, indent=1, default=_to_json)
+        dump_json(payload, f, indent=1)
     return Path(path)
-
-
-def _to_json(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def read_json(path: Path) -> Any:

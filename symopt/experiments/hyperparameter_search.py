@@ -129,6 +129,7 @@ class Search:
         self.trainer = Trainer(
             self.model, self.opt, split.x_train, split.y_train, x_eval, y_eval,
             batch_size=self.batch_size, eval_batch_size=self.n_val,
+            on_nonfinite="continue",  # a diverging learning rate is a result (scored 0), not an error
         )
         self.trainer.warm_up()  # JIT-compile now (restores every variable it touched)
         self.initial_params = [p.get_value(borrow=False) for p in self.model.params]

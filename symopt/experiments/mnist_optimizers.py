@@ -265,7 +265,7 @@ def _bench_optimizer(
     initial_state = opt.state_dict()
     start = time.perf_counter()
     trainer = Trainer(model, opt, data.x_train, data.y_train, data.x_test, data.y_test,
-                      batch_size=protocol["batch_size"])
+                      batch_size=protocol["batch_size"], on_nonfinite="continue")  # as the stacked seeds
     trainer.warm_up()
     compile_seconds = time.perf_counter() - start
     _log(progress, f"{name}: compiled in {compile_seconds:.1f} s; seeds {seeds[0]}..{seeds[-1]}")

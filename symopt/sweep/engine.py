@@ -151,7 +151,7 @@ def _compiled(task: Mapping[str, Any], data: Any) -> tuple[_Compiled, bool]:
     model = mo.build_model(MLP, int(task["seed"]), protocol["model"])
     opt = symopt.get(name)(model.params, **hyper)
     trainer = Trainer(model, opt, data.x_train, data.y_train, data.x_test, data.y_test,
-                      batch_size=protocol["batch_size"])
+                      batch_size=protocol["batch_size"], on_nonfinite="continue")  # diverged runs are results
     trainer.warm_up()
     entry = _Compiled(model, opt, trainer, opt.state_dict(), time.perf_counter() - start)
     _COMPILED[key] = entry
