@@ -161,7 +161,12 @@ def check_integrity(path: Path, what: str) -> None:
     finally:
         conn.close()
     if problems != ["ok"]:
-        raise StoreError(f"{what} {path} is corrupt (quick_check: {problems[0]}); it was left untouched: "
+        # one line: quick_check's rows may hold several newline-separated findings
+        lines = [ln.strip() for row in problems for ln in str(row).splitlines()
+                 if ln.strip() and not ln.startswith("***")]
+        first = lines[0] if lines else "damaged"
+        more = f" and {len(lines) - 1} more finding(s)" if len(lines) > 1 else ""
+        raise StoreError(f"{what} {path} is corrupt (quick_check: {first}{more}); it was left untouched: "
                          f"move it away (its intact runs may still be read with the sqlite3 .recover command) "
                          f"or choose another path")
 
