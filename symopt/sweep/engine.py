@@ -10,7 +10,7 @@ the mnist-optimizers experiment does between seeds
 (:func:`symopt.experiments.mnist_optimizers.reset_run`), so a run's numbers do not depend
 on which worker trains it or what that worker trained before.
 
-Client side: :func:`run_sweep` opens the store (refusing a locked, corrupt or
+Client side: :func:`run_sweep` opens the store (refusing a locked, corrupt, in-use or
 other-protocol database before any work), skips runs already done, submits the rest,
 and writes each result as it arrives, one transaction per run. A worker that dies is
 replaced by its nanny and Dask reruns its tasks elsewhere; a run's future completes once,
