@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RunSpec, SweepConfig, canonical_json, load_config
 from ._worker_setup import DASHBOARD_ENV
+from .config import RunSpec, SweepConfig, canonical_json, load_config
 from .store import ResultStore
 
 __all__ = ["SweepReport", "SchedulerUnreachableError", "check_scheduler_address", "dask_client", "load_data",
@@ -312,7 +312,8 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None,
         env["SYMOPT_DATA"] = os.environ["SYMOPT_DATA"]
     if dashboard:
         env[DASHBOARD_ENV] = "1"
-    settings: dict[str, Any] = {"distributed.worker.preload": ["symopt.sweep._worker_setup"]}
+    preload = [*dask.config.get("distributed.worker.preload", []), "symopt.sweep._worker_setup"]
+    settings: dict[str, Any] = {"distributed.worker.preload": preload}
     if not dashboard:  # nothing to serve even in the moment before the servers are stopped
         settings.update({"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []})
     cluster = None
