@@ -163,6 +163,8 @@ def _add_sweep_parsers(sub: Any) -> None:
     sweep.add_argument("--lock-timeout", type=_positive_float, default=10.0, metavar="SECONDS",
                        help="how long to wait for another process's lock on the database")
     sweep.add_argument("--no-progress", action="store_true")
+    sweep.add_argument("--dashboard", action="store_true",
+                       help="serve Dask's dashboard from the local cluster on 127.0.0.1:8787 (default: no HTTP port)")
 
     search = sub.add_parser("search", help="Optuna search (TPE or random) over Dask workers, resumable")
     search.add_argument("config", type=Path, help="TOML or JSON configuration with a [search] table")
@@ -174,28 +176,40 @@ def _add_sweep_parsers(sub: Any) -> None:
     search.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="SECONDS")
     search.add_argument("--lock-timeout", type=_positive_float, default=10.0, metavar="SECONDS")
     search.add_argument("--no-progress", action="store_true")
+    search.add_argument("--dashboard", action="store_true",
+                        help="serve Dask's dashboard from the local cluster on 127.0.0.1:8787 (default: no HTTP port)")
 
 
 def _sweep(args: argparse.Namespace) -> int:
     from .sweep import ResultStore, load_config, run_sweep
+    from .sweep.engine import check_scheduler_address
+    from .sweep.store import check_writable_dir, check_writable_file
 
     cfg = load_config(args.config, require="optimizers")
     db = args.db if args.db is not None else args.config.with_suffix(".db")
+    figures = args.figures_dir if args.figures_dir is not None else db.parent
+    # Every output is checked before a cluster starts or a run trains.
+    if not args.report_only:
+        check_writable_file(db, "results database (--db)")
+        if args.scheduler is not None:
+            check_scheduler_address(args.scheduler)
+    if not args.no_figures:
+        check_writable_dir(figures, "figures directory (--figures-dir)")
     if not args.report_only:
         try:
             report = run_sweep(cfg, db, scheduler=args.scheduler, n_workers=args.workers,
                                retry_failed=args.retry_failed, progress=not args.no_progress,
-                               connect_timeout=args.connect_timeout, lock_timeout=args.lock_timeout)
+                               connect_timeout=args.connect_timeout, lock_timeout=args.lock_timeout,
+                               dashboard=args.dashboard)
         except KeyboardInterrupt:
-            print(f"symopt: finished runs are recorded in {db}; run the same command again to resume",
+            print(f"symopt: interrupted; finished runs are recorded in {db}; run the same command again to resume",
                   file=sys.stderr)
-            raise
+            return 130
         print(f"{report.done} run(s) finished, {report.failed} failed, {report.skipped} skipped as recorded "
               f"({report.total} in the grid, {report.workers} worker(s), {report.seconds:.1f} s)")
     with ResultStore(db, lock_timeout=args.lock_timeout) as store:
         print(store.summary())
         if not args.no_figures and store.counts()["done"]:
-            figures = args.figures_dir if args.figures_dir is not None else db.parent
             print(f"figure: {store.plot(figures, name=cfg.name)}")
         failed = store.counts()["failed"]
     return 1 if failed and not args.report_only else 0
@@ -203,18 +217,23 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from .sweep import load_config
+    from .sweep.engine import check_scheduler_address
     from .sweep.search import run_search, search_summary
+    from .sweep.store import check_writable_file
 
     cfg = load_config(args.config, require="search")
     storage = args.storage if args.storage is not None else args.config.with_suffix(".optuna.db")
+    check_writable_file(storage, "Optuna storage (--storage)")
+    if args.scheduler is not None:
+        check_scheduler_address(args.scheduler)
     try:
         report = run_search(cfg, storage, scheduler=args.scheduler, n_workers=args.workers, n_trials=args.trials,
                             progress=not args.no_progress, connect_timeout=args.connect_timeout,
-                            lock_timeout=args.lock_timeout)
+                            lock_timeout=args.lock_timeout, dashboard=args.dashboard)
     except KeyboardInterrupt:
-        print(f"symopt: finished trials are stored in {storage}; run the same command again to resume",
+        print(f"symopt: interrupted; finished trials are stored in {storage}; run the same command again to resume",
               file=sys.stderr)
-        raise
+        return 130
     except RuntimeError as exc:  # too many failed trials
         raise CLIError(str(exc)) from None
     print(f"{report.new_complete} trial(s) completed, {report.new_failed} failed in {report.seconds:.1f} s; "

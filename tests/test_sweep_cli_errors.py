@@ -120,3 +120,79 @@ def test_search_bad_config_and_corrupt_storage(tmp_path: Path, capsys) -> None:
     assert main(["search", str(config), "--no-progress"]) == 2
     _one_line_error(capsys, "Optuna storage", "is not an SQLite database")
     assert _snapshot(tmp_path) == before
+
+
+def test_damaged_page_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    """A real database in rollback-journal mode with one b-tree page overwritten: one line, exit 2, untouched."""
+    from symopt.sweep import ResultStore, load_config
+
+    config = tmp_path / "s.toml"
+    config.write_text(GOOD.replace("seeds = 2", "seeds = 200"))
+    cfg = load_config(config)
+    db = tmp_path / "s.db"
+    history = [{"epoch": 1, "train_loss": 0.5, "test_loss": 0.6, "test_accuracy": 0.8, "seconds": 0.1}]
+    with ResultStore(db, cfg.protocol) as store:
+        for spec in cfg.runs()[:150]:  # the other 50 are still to do: a sweep would start training
+            store.record(spec, result={"history": history, "worker": "w", "pid": 1})
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA journal_mode = DELETE")
+    page = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'epochs'").fetchone()[0]
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    raw = bytearray(db.read_bytes())
+    raw[(page - 1) * page_size:page * page_size] = b"\xa5" * page_size
+    db.write_bytes(bytes(raw))
+    before = _snapshot(tmp_path)
+    assert main(["sweep", str(config), "--no-progress"]) == 2
+    _one_line_error(capsys, "s.db is corrupt (quick_check: ", "it was left untouched")
+    assert _snapshot(tmp_path) == before
+    assert main(["sweep", str(config), "--report-only", "--no-figures"]) == 2
+    _one_line_error(capsys, "s.db is corrupt")
+    assert _snapshot(tmp_path) == before
+
+
+def test_malformed_scheduler_address_is_one_line(tmp_path: Path) -> None:
+    """`--scheduler notaurl` in a real process: one line and exit 2; no Client finaliser traceback at exit."""
+    config = tmp_path / "s.toml"
+    config.write_text(GOOD)
+    for command in ("sweep", "search"):
+        if command == "search":
+            pytest.importorskip("optuna")
+            config.write_text(GOOD + '[search]\noptimizer = "sgd"\n[search.space.learning_rate]\nlow = 0.01\nhigh = 0.1\n')
+        done = subprocess.run([sys.executable, "-m", "symopt.cli", command, str(config), "--scheduler", "notaurl",
+                               "--no-progress"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines() == [
+            "symopt: error: scheduler address 'notaurl' is not a Dask address (missing port number in address "
+            "'notaurl'); expected e.g. tcp://HOST:8786; nothing was run"], done.stderr
+        assert [p.name for p in tmp_path.iterdir()] == ["s.toml"]
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--db", "{blocker}/sub/s.db"], "results database (--db) {blocker}/sub/s.db: {blocker} is a file"),
+        (["--figures-dir", "{blocker}/figs"], "figures directory (--figures-dir) {blocker}/figs: {blocker} is a file"),
+        (["--figures-dir", "{blocker}"], "figures directory (--figures-dir) {blocker} is a file, not a directory"),
+    ],
+)
+def test_unwritable_output_is_refused_before_any_work(tmp_path: Path, capsys, flags: list, fragment: str) -> None:
+    """Without the check the figure path failed only after every run had trained."""
+    config = tmp_path / "s.toml"
+    config.write_text(GOOD)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a directory is needed")
+    flags = [f.format(blocker=blocker) for f in flags]
+    assert main(["sweep", str(config), "--no-progress", *flags]) == 2
+    _one_line_error(capsys, fragment.format(blocker=blocker))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "s.toml"]  # no database, nothing trained
+
+
+def test_unwritable_search_storage_is_refused(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "s.toml"
+    config.write_text(GOOD + '[search]\noptimizer = "sgd"\n[search.space.learning_rate]\nlow = 0.01\nhigh = 0.1\n')
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    assert main(["search", str(config), "--storage", str(blocker / "s.optuna.db"), "--no-progress"]) == 2
+    _one_line_error(capsys, f"Optuna storage (--storage) {blocker}/s.optuna.db: {blocker} is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "s.toml"]

@@ -133,3 +133,55 @@ def test_search_table() -> None:
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config({"epochs": 1, "search": {**raw["search"], **bad}})
+
+
+@pytest.mark.parametrize(
+    "choices, message",
+    [
+        ([0.1, "a", -5], r"search.space.learning_rate.choices\[1\]: must be a finite number, got 'a'"),
+        ([0.1, 0.2, -5], r"search.space.learning_rate.choices\[2\]: SGD: hyperparameter 'learning_rate' must lie"),
+        ([0.1, True], r"search.space.learning_rate.choices\[1\]: must be a finite number, got True"),
+        ([0.1, float("nan")], r"search.space.learning_rate.choices\[1\]: must be a finite number, got nan"),
+        ([0.1, 0.1], r"search.space.learning_rate.choices: lists a value twice"),
+    ],
+)
+def test_every_search_choice_is_validated(choices: list, message: str) -> None:
+    raw = {"epochs": 1, "search": {"optimizer": "sgd", "space": {"learning_rate": {"choices": choices}}}}
+    with pytest.raises(ConfigError, match=r"^config \(dict\): " + message):
+        load_config(raw)
+    # boolean options take booleans only, each of them checked
+    raw = {"epochs": 1, "search": {"optimizer": "adam", "space": {"amsgrad": {"choices": [False, 1]}}}}
+    with pytest.raises(ConfigError, match=r"search.space.amsgrad.choices\[1\]: must be true or false, got 1"):
+        load_config(raw)
+    good = {"epochs": 1, "search": {"optimizer": "sgd", "space": {"learning_rate": {"choices": [0.1, 3, 0.01]}}}}
+    assert load_config(good).search.space == {"learning_rate": {"choices": [0.1, 3, 0.01]}}
+
+
+@pytest.mark.parametrize(
+    "data, batch_size, message",
+    [
+        ({"n_train": 100}, 128, r"batch_size: 128 exceeds the 100 training images a run has \(data.n_train = 100\)"),
+        ({"n_train": 200, "validation": 0.5}, 128,
+         r"batch_size: 128 exceeds the 100 training images a run has \(data.n_train = 200 less data.validation"),
+        ({}, 60_001, r"batch_size: 60001 exceeds the 60000 training images a run has \(all of MNIST\)"),
+    ],
+)
+def test_batch_larger_than_the_training_set_is_refused(data: dict, batch_size: int, message: str) -> None:
+    raw = {"epochs": 1, "batch_size": batch_size, "data": data, "optimizers": ["sgd"]}
+    with pytest.raises(ConfigError, match=r"^config \(dict\): " + message):
+        load_config(raw)
+
+
+def test_batch_equal_to_the_training_set_is_accepted() -> None:
+    # the boundary, with the split done as symopt.data.train_val_split does it: round(200 * 0.3) = 60 held out
+    import numpy as np
+
+    from symopt.data import train_val_split
+
+    split = train_val_split(np.zeros((200, 1)), np.zeros(200), 0.3, seed=0)
+    n = len(split.x_train)
+    cfg = load_config({"epochs": 1, "batch_size": n, "data": {"n_train": 200, "validation": 0.3}, "optimizers": ["sgd"]})
+    assert cfg.protocol["batch_size"] == n == 140
+    with pytest.raises(ConfigError, match=f"batch_size: {n + 1} exceeds the {n} training images"):
+        load_config({"epochs": 1, "batch_size": n + 1, "data": {"n_train": 200, "validation": 0.3},
+                     "optimizers": ["sgd"]})

@@ -181,12 +181,18 @@ def test_placement_keeps_each_compiled_function_on_few_workers() -> None:
     assert sorted(list(placement.values()).count(w) for w in ("tcp://a", "tcp://b")) == [6, 6]
 
 
-def _run_cli_until(db: Path, args: list[str], data_dir: Path, log: Path, want: int, deadline_s: float):
-    """Start the CLI; return (process, recorded runs) once ``want`` runs are recorded."""
+def _run_cli_until(db: Path, args: list[str], data_dir: Path, log: Path, want: int, deadline_s: float,
+                   own_group: bool = False):
+    """Start the CLI; return (process, recorded runs) once ``want`` runs are recorded.
+
+    ``own_group``: in a new session, so that a signal can go to its whole process group
+    (client and local-cluster workers) as a terminal's Ctrl-C does.
+    """
     # A process started in the background (`make test &`, nohup, some CI runners) inherits SIGINT
     # ignored, and so would the CLI: give it the disposition a terminal's Ctrl-C meets.
     proc = subprocess.Popen(_cli(args), env=_env(data_dir), stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            start_new_session=own_group)
     deadline = time.monotonic() + deadline_s
     rows: list = []
     while time.monotonic() < deadline and proc.poll() is None:
@@ -224,7 +230,8 @@ def test_client_interrupted_then_resumed(reference, cluster, real_mnist_dir, tmp
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
-    assert "symopt: interrupted" in log.read_text()
+    assert log.read_text().splitlines() == [
+        f"symopt: interrupted; finished runs are recorded in {db}; run the same command again to resume"]
     partial = _recorded(db)
     assert 1 <= len(partial) < total and all(n == EPOCHS for _, n in partial)  # no half-recorded run
     # the client took its cluster down with it: its worker is gone
@@ -274,3 +281,118 @@ def test_worker_killed_mid_sweep(reference, cluster, real_mnist_dir, tmp_path) -
     assert len(after) == 16 and all(n == EPOCHS for _, n in after)  # every run exactly once, complete
     assert _comparable(db) == _comparable(reference)
     assert "16 run(s) finished, 0 failed" in log.read_text()
+
+
+def test_ctrl_c_to_the_process_group_is_one_line(real_mnist_dir, tmp_path) -> None:
+    """SIGINT to the whole process group (client and its workers), as a terminal's Ctrl-C sends it.
+
+    Before, each worker printed its KeyboardInterrupt traceback (~70 lines for 2 workers).
+    """
+    config = tmp_path / "sweep.json"
+    config.write_text(json.dumps(_config(real_mnist_dir, seeds=4 * SEEDS)))
+    db, log = tmp_path / "group.db", tmp_path / "group.log"
+    args = ["sweep", str(config), "--db", str(db), "--workers", "2", "--no-progress", "--no-figures"]
+    proc, _ = _run_cli_until(db, args, real_mnist_dir, log, want=1, deadline_s=120, own_group=True)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 130, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert log.read_text().splitlines() == [
+        f"symopt: interrupted; finished runs are recorded in {db}; run the same command again to resume"]
+    partial = _recorded(db)
+    assert 1 <= len(partial) < 2 * 4 * SEEDS and all(n == EPOCHS for _, n in partial)  # no half-recorded run
+
+
+def test_second_sweep_on_the_same_database_is_refused(reference, real_mnist_dir, tmp_path) -> None:
+    """Two real `symopt sweep` processes, one database: the second refuses in one line and trains nothing.
+
+    The first is stopped (SIGSTOP) once it has recorded a run, so it certainly holds the
+    database when the second starts; resumed, it completes the grid with every run once.
+    """
+    config = tmp_path / "sweep.json"
+    config.write_text(json.dumps(_config(real_mnist_dir)))
+    db, log = tmp_path / "shared.db", tmp_path / "first.log"
+    args = ["sweep", str(config), "--db", str(db), "--workers", "1", "--no-progress", "--no-figures"]
+    first, _ = _run_cli_until(db, args, real_mnist_dir, log, want=1, deadline_s=120)
+    try:
+        first.send_signal(signal.SIGSTOP)
+        second = subprocess.run(_cli(args), env=_env(real_mnist_dir), capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert second.stderr.strip().splitlines() == [
+            f"symopt: error: results database {db} is in use by another sweep (one sweep per database at a time, "
+            f"so that no run is trained twice); nothing was changed: wait for it to finish, then run again to add "
+            f"what is missing"]
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=180) == 0, log.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            first.kill()
+            first.wait(timeout=30)
+    assert "16 run(s) finished, 0 failed, 0 skipped" in log.read_text()
+    assert len({pid for pid, _ in _recorded(db)}) == 1  # all trained by the first sweep's one worker
+    assert _comparable(db) == _comparable(reference)  # every run once, with the reference's numbers
+
+
+_CLUSTER_SCRIPT = """
+import os, sys
+from symopt.sweep.engine import dask_client
+if __name__ == "__main__":
+    with dask_client(None, 2, dashboard=sys.argv[1] == "dashboard"):
+        print("up", flush=True)
+        sys.stdin.readline()
+"""
+
+
+def _listening(pid: int) -> list[int]:
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return sorted({c.laddr.port for p in procs for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN})
+
+
+def _answers_http(port: int) -> bool:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/health")
+        conn.getresponse()
+        return True
+    except (http.client.HTTPException, OSError):
+        return False  # a Dask comm port: not HTTP
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("mode", ["default", "dashboard"])
+def test_local_cluster_opens_no_http_port_unless_asked(tmp_path, mode: str) -> None:
+    """Every port the client and its workers listen on is probed with an HTTP request.
+
+    Dask starts an HTTP server in the scheduler (port 8787) and in each worker even
+    with ``dashboard_address=None``; by default none may be left. ``--dashboard`` is the
+    positive control: then the scheduler answers HTTP.
+    """
+    script = tmp_path / "cluster.py"
+    script.write_text(_CLUSTER_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "up", proc.stderr.read()
+        ports = _listening(proc.pid)
+        http = [p for p in ports if _answers_http(p)]
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert len(ports) >= 4  # scheduler, 2 nannies, 2 workers (comm ports)
+    if mode == "default":
+        assert http == [] and 8787 not in ports
+    else:
+        assert len(http) >= 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import sqlite3
 import subprocess
 import sys
@@ -144,3 +146,111 @@ def test_a_database_locked_by_another_process_is_refused(tmp_path: Path, cfg) ->
         holder.wait(timeout=10)
     with ResultStore(path) as store:
         assert store.status() == {spec.key: "done"}
+
+
+def _journal_database(path: Path, cfg) -> list[tuple[str, int]]:
+    """A real sweep database with enough runs for multi-level b-trees, switched to a rollback journal."""
+    big = load_config({**CONFIG, "seeds": 60})
+    with ResultStore(path, big.protocol) as store:
+        for i, spec in enumerate(big.runs()):
+            store.record(spec, result=_result(spec.key, scale=1.0 + i, epochs=20))
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0] == "delete"
+    roots = conn.execute("SELECT name, rootpage FROM sqlite_master WHERE type = 'table'").fetchall()
+    conn.close()
+    return roots
+
+
+@pytest.mark.parametrize("table", ["runs", "epochs"])
+def test_damaged_interior_page_is_found_before_any_work(tmp_path: Path, cfg, table: str) -> None:
+    """One b-tree page overwritten: refused at open with one message, the file byte-identical.
+
+    Without the integrity check the open succeeds (header and meta table are intact) and the
+    damage surfaces as a sqlite3.DatabaseError at the first query reaching the page: for
+    ``epochs`` that is only when a finished run is written or the report is drawn.
+    """
+    path = tmp_path / "s.db"
+    roots = dict(_journal_database(path, cfg))
+    page_size = 4096
+    raw = bytearray(path.read_bytes())
+    assert len(raw) % page_size == 0 and len(raw) // page_size > 20
+    page = roots[table]
+    # the table's root is an interior page (type 0x05) over several leaves
+    assert raw[(page - 1) * page_size] == 0x05
+    garbage = bytes((i * 151 + 7) % 256 for i in range(page_size))
+    raw[(page - 1) * page_size:page * page_size] = garbage
+    path.write_bytes(bytes(raw))
+    before = _files(tmp_path)
+    with pytest.raises(StoreError, match=r"s.db is corrupt \(quick_check: .*\); it was left untouched"):
+        ResultStore(path, load_config({**CONFIG, "seeds": 60}).protocol)
+    with pytest.raises(StoreError, match=r"s.db is corrupt"):
+        ResultStore(path)  # the read-only report path too
+    assert _files(tmp_path) == before
+
+
+def _holder(path: Path, protocol: dict) -> subprocess.Popen:
+    """Another process with the database open for writing, as a running sweep has it."""
+    code = ("import json, sys, time\nfrom symopt.sweep import ResultStore\n"
+            "store = ResultStore(sys.argv[1], json.loads(sys.argv[2]))\nprint('open', flush=True)\ntime.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), json.dumps(protocol)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "open"
+    return proc
+
+
+def test_one_writer_per_database_and_a_dead_writer_leaves_no_claim(tmp_path: Path, cfg) -> None:
+    path = tmp_path / "s.db"
+    spec = cfg.runs()[0]
+    with ResultStore(path, cfg.protocol) as store:
+        # a second writer, even in this process, is refused at once; readers are not
+        with pytest.raises(StoreError, match="s.db is in use by another sweep .*nothing was changed"):
+            ResultStore(path, cfg.protocol)
+        store.record(spec, result=_result(spec.key))
+        with ResultStore(path) as reader:
+            assert reader.status() == {spec.key: "done"}
+    holder = _holder(path, cfg.protocol)
+    try:
+        before = _files(tmp_path)
+        with pytest.raises(StoreError, match="s.db is in use by another sweep"):
+            ResultStore(path, cfg.protocol)
+        assert _files(tmp_path) == before
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs in the holder
+        holder.wait(timeout=10)
+    with ResultStore(path, cfg.protocol) as store:  # the kernel released the dead process's lock
+        assert store.status() == {spec.key: "done"}
+        assert store.record(cfg.runs()[1], result=_result(cfg.runs()[1].key))
+
+
+def test_unwritable_output_paths_are_refused(tmp_path: Path) -> None:
+    from symopt.sweep.store import check_writable_dir, check_writable_file
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match=r"--db .*a-file is a file, not a directory"):
+        check_writable_file(blocker / "sub" / "s.db", "--db")
+    with pytest.raises(StoreError, match=r"--figures-dir .*a-file/figs: .*a-file is a file"):
+        check_writable_dir(blocker / "figs", "--figures-dir")
+    with pytest.raises(StoreError, match="is a file, not a directory"):
+        check_writable_dir(blocker, "--figures-dir")
+    with pytest.raises(StoreError, match="is a directory"):
+        check_writable_file(tmp_path, "--db")
+    check_writable_file(tmp_path / "new" / "deeper" / "s.db", "--db")  # creatable: fine, and nothing created
+    check_writable_dir(tmp_path / "figs", "--figures-dir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes in read-only directories")
+def test_read_only_directory_is_refused(tmp_path: Path) -> None:
+    from symopt.sweep.store import check_writable_dir, check_writable_file
+
+    locked = tmp_path / "ro"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(StoreError, match="cannot write in .*ro"):
+            check_writable_file(locked / "s.db", "--db")
+        with pytest.raises(StoreError, match="cannot write in .*ro"):
+            check_writable_dir(locked / "figs", "--figures-dir")
+    finally:
+        locked.chmod(0o700)

@@ -219,6 +219,10 @@ def _validate(raw: dict[str, Any], where: str) -> SweepConfig:
     seeds = _seeds(where, raw.get("seeds", 1), raw.get("first_seed", 0))
     model = _model(where, raw.get("model", {}))
     data, data_dir = _data(where, raw.get("data", {}))
+    n_train = _training_size(data)
+    if batch_size > n_train:
+        raise _fail(where, "batch_size", f"{batch_size} exceeds the {n_train} training images a run has "
+                                         f"({_training_source(data)}); every run would fail")
     protocol = {"epochs": epochs, "batch_size": batch_size, "model": model, "data": data}
     grid = _grid(where, raw["optimizers"]) if "optimizers" in raw else {}
     search = _search(where, raw["search"]) if "search" in raw else None
@@ -298,6 +302,21 @@ def _data(where: str, value: Any) -> tuple[dict[str, Any], str | None]:
             "subset_seed": subset_seed if (n_train is not None or n_test is not None) else None,
             "validation": validation}
     return data, directory
+
+
+def _training_size(data: Mapping[str, Any]) -> int:
+    """Training images a run sees: the subset (or all 60,000) less the held-out validation part."""
+    n = data["n_train"] if data.get("n_train") is not None else 60_000
+    if data.get("validation") is not None:
+        n -= round(n * float(data["validation"]))  # as symopt.data.train_val_split
+    return n
+
+
+def _training_source(data: Mapping[str, Any]) -> str:
+    text = f"data.n_train = {data['n_train']}" if data.get("n_train") is not None else "all of MNIST"
+    if data.get("validation") is not None:
+        text += f" less data.validation = {data['validation']}"
+    return text
 
 
 def _check_hyperparameters(where: str, prefix: str, name: str, hyper: dict[str, Any]) -> None:
@@ -417,6 +436,15 @@ def _search(where: str, value: Any) -> SearchSpec:
             choices = dist["choices"]
             if not isinstance(choices, list) or not choices:
                 raise _fail(where, field_name + ".choices", f"must be a non-empty list, got {choices!r}")
+            want_bool = isinstance(defaults.get(key), bool)
+            for i, choice in enumerate(choices):
+                ok = isinstance(choice, bool) if want_bool else (
+                    isinstance(choice, (int, float)) and not isinstance(choice, bool) and math.isfinite(choice))
+                if not ok:
+                    want = "true or false" if want_bool else "a finite number"
+                    raise _fail(where, f"{field_name}.choices[{i}]", f"must be {want}, got {choice!r}")
+            if len(set(map(repr, choices))) != len(choices):
+                raise _fail(where, field_name + ".choices", f"lists a value twice: {choices}")
             space[key] = {"choices": list(choices)}
             continue
         _unknown(where, field_name + ".", dist, {"low", "high", "log"})
@@ -431,13 +459,18 @@ def _search(where: str, value: Any) -> SearchSpec:
         if log and low <= 0:
             raise _fail(where, f"{field_name}.low", f"a log scale needs low > 0, got {low}")
         space[key] = {"low": float(low), "high": float(high), "log": log}
-    # The corners of the space must be legal values (e.g. no negative learning rate).
+    # The corners of the space and every choice must be legal values (e.g. no negative learning rate).
     base = {**defaults, **fixed}
     for corner in ("low", "high"):
         trial = dict(base)
         for key, dist in space.items():
             trial[key] = dist["choices"][0] if "choices" in dist else dist[corner]
         _check_hyperparameters(where, "search.", name, trial)
+    for key, dist in space.items():
+        for i, choice in enumerate(dist.get("choices", [])[1:], start=1):
+            trial = {**base, **{k: d["choices"][0] if "choices" in d else d["low"] for k, d in space.items()},
+                     key: choice}
+            _check_hyperparameters(where, f"search.space.{key}.choices[{i}].", name, trial)
     study = value.get("study", f"{name}-{sampler}")
     if not isinstance(study, str) or not study:
         raise _fail(where, "search.study", f"must be a non-empty string, got {study!r}")

@@ -10,7 +10,7 @@ the mnist-optimizers experiment does between seeds
 (:func:`symopt.experiments.mnist_optimizers.reset_run`), so a run's numbers do not depend
 on which worker trains it or what that worker trained before.
 
-Client side: :func:`run_sweep` opens the store (refusing a locked, corrupt or
+Client side: :func:`run_sweep` opens the store (refusing a locked, corrupt, in-use or
 other-protocol database before any work), skips runs already done, submits the rest,
 and writes each result as it arrives, one transaction per run. A worker that dies is
 replaced by its nanny and Dask reruns its tasks elsewhere; a run's future completes once,
@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import traceback
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -32,11 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._worker_setup import DASHBOARD_ENV
 from .config import RunSpec, SweepConfig, canonical_json, load_config
 from .store import ResultStore
 
-__all__ = ["SweepReport", "SchedulerUnreachableError", "dask_client", "load_data", "run_sweep", "train_run",
-           "WORKER_ENV"]
+__all__ = ["SweepReport", "SchedulerUnreachableError", "check_scheduler_address", "dask_client", "load_data",
+           "run_sweep", "train_run", "WORKER_ENV"]
 
 #: Set in worker processes before they start: one BLAS thread (measured fastest here for
 #: batch-128 matmuls; several threads per worker would also oversubscribe the cores).
@@ -219,23 +223,77 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def check_scheduler_address(scheduler: str) -> None:
+    """Refuse a scheduler address Dask cannot parse (``notaurl``), before anything is started.
+
+    ``distributed.Client`` raises on it only after starting its event loop, and its
+    finaliser then hangs for its close timeout and prints a traceback at exit.
+    """
+    from distributed.comm.addressing import get_address_host_port, parse_address
+
+    try:
+        parse_address(scheduler)
+        host, _ = get_address_host_port(scheduler)
+    except ValueError as exc:
+        if "don't know how to extract host and port" in str(exc):
+            return  # a transport without host:port (e.g. inproc://); Client checks it itself
+        raise ValueError(f"scheduler address {scheduler!r} is not a Dask address ({exc}); "
+                         f"expected e.g. tcp://HOST:8786; nothing was run") from None
+    if not host:
+        raise ValueError(f"scheduler address {scheduler!r} names no host; expected e.g. tcp://HOST:8786; "
+                         f"nothing was run")
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while the local cluster starts; a Ctrl-C is delivered afterwards.
+
+    Threads started meanwhile (Dask's event loop, the nannies' process watchers) and the
+    worker processes they spawn inherit the blocked signal, so a Ctrl-C sent to the whole
+    process group reaches only the client. (The worker preload also ignores SIGINT, for
+    workers started otherwise.)
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _stop_http(server: Any) -> None:
+    http = getattr(server, "http_server", None)
+    if http is not None:
+        http.stop()
+
+
 @contextmanager
 def dask_client(scheduler: str | None = None, n_workers: int | None = None,
-                connect_timeout: float = 10.0) -> Iterator[Any]:
+                connect_timeout: float = 10.0, dashboard: bool = False) -> Iterator[Any]:
     """A ``distributed.Client``: on ``scheduler`` if given, else on an embedded ``LocalCluster``.
 
     The local cluster has ``n_workers`` process workers (default: one per core) of one
-    thread each, listening on 127.0.0.1 only, without a dashboard. Cluster and client are
-    closed on exit, also on an exception or Ctrl-C.
+    thread each, listening on 127.0.0.1 only. Without ``dashboard`` no HTTP server is left
+    listening (Dask starts one per scheduler and worker, the scheduler's on port 8787: they
+    are stopped once up); with it the scheduler serves Dask's dashboard on 127.0.0.1:8787
+    (another free port if that one is taken), printed on stderr. The workers ignore SIGINT
+    (the client handles Ctrl-C). Cluster and client are closed on exit, also on an
+    exception or Ctrl-C.
 
     Raises
     ------
+    ValueError
+        ``scheduler`` is not a Dask address.
     SchedulerUnreachableError
         Nothing answered at ``scheduler`` within ``connect_timeout`` seconds.
     """
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
+        check_scheduler_address(scheduler)
         try:
             client = Client(scheduler, timeout=connect_timeout, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
@@ -252,17 +310,39 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None,
     env = dict(WORKER_ENV)
     if os.environ.get("SYMOPT_DATA"):
         env["SYMOPT_DATA"] = os.environ["SYMOPT_DATA"]
-    with _environment(env):
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.CRITICAL, env=env)
+    if dashboard:
+        env[DASHBOARD_ENV] = "1"
+    preload = [*dask.config.get("distributed.worker.preload", []), "symopt.sweep._worker_setup"]
+    settings: dict[str, Any] = {"distributed.worker.preload": preload}
+    if not dashboard:  # nothing to serve even in the moment before the servers are stopped
+        settings.update({"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []})
+    cluster = None
     try:
+        with _sigint_blocked(), _environment(env), dask.config.set(settings), warnings.catch_warnings():
+            # "Port 8787 is already in use ... on port N instead": the dashboard moves, as said above
+            warnings.filterwarnings("ignore", message="Port 8787 is already in use")
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                   dashboard_address="127.0.0.1:8787" if dashboard else "127.0.0.1:0",
+                                   silence_logs=logging.CRITICAL, env=env)
+            if dashboard:
+                _log(f"Dask dashboard: {cluster.dashboard_link}")
+            else:
+                cluster.sync(_async(_stop_http), cluster.scheduler)
         client = Client(cluster, set_as_default=False)
         try:
             yield client
         finally:
             client.close()
     finally:
-        cluster.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _async(fn: Any) -> Any:
+    async def run(*args: Any) -> Any:  # runs on the cluster's event loop, where its servers live
+        return fn(*args)
+
+    return run
 
 
 def _error_text(exc: BaseException) -> str:
@@ -285,6 +365,7 @@ def run_sweep(
     connect_timeout: float = 10.0,
     lock_timeout: float = 10.0,
     timeout: float | None = None,
+    dashboard: bool = False,
 ) -> SweepReport:
     """Run every run of ``config``'s grid not yet done in ``db_path``, on Dask.
 
@@ -308,18 +389,29 @@ def run_sweep(
     timeout
         Give up (``TimeoutError``) if the sweep has not finished after this many seconds;
         finished runs stay recorded.
+    dashboard
+        Serve Dask's dashboard from the local cluster (see :func:`dask_client`); off by
+        default, when no HTTP port is opened.
 
     Returns
     -------
     SweepReport
+
+    Raises
+    ------
+    StoreError
+        The database is corrupt, foreign, locked, of another protocol, or in use by
+        another sweep (one sweep per database at a time); raised before any work.
     """
     start = time.perf_counter()
     cfg = load_config(config, require="optimizers")
     specs = cfg.runs()
+    if scheduler is not None:
+        check_scheduler_address(scheduler)
     created = not Path(db_path).exists()
     try:
         return _run(cfg, specs, db_path, scheduler, n_workers, retry_failed, progress, connect_timeout,
-                    lock_timeout, timeout, start)
+                    lock_timeout, timeout, start, dashboard)
     except SchedulerUnreachableError:
         if created:  # leave no empty database behind for a sweep that never started
             for suffix in ("", "-wal", "-shm"):
@@ -329,7 +421,7 @@ def run_sweep(
 
 def _run(cfg: SweepConfig, specs: list[RunSpec], db_path: str | Path, scheduler: str | None, n_workers: int | None,
          retry_failed: bool, progress: bool, connect_timeout: float, lock_timeout: float, timeout: float | None,
-         start: float) -> SweepReport:
+         start: float, dashboard: bool) -> SweepReport:
     with ResultStore(db_path, cfg.protocol, lock_timeout=lock_timeout) as store:
         status = store.status()
         todo = [s for s in specs if status.get(s.key) is None or (retry_failed and status[s.key] == "failed")]
@@ -341,7 +433,8 @@ def _run(cfg: SweepConfig, specs: list[RunSpec], db_path: str | Path, scheduler:
                     if failed_before and not retry_failed else ""))
         done = failed = workers = 0
         if todo:
-            with dask_client(scheduler, n_workers or min(os.cpu_count() or 1, len(todo)), connect_timeout) as client:
+            with dask_client(scheduler, n_workers or min(os.cpu_count() or 1, len(todo)), connect_timeout,
+                             dashboard) as client:
                 workers = len(client.scheduler_info().get("workers", {}))
                 if scheduler is not None and workers == 0:
                     _log(f"{scheduler} has no workers yet; the runs wait for `dask worker {scheduler}`")

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import RunSpec, SweepConfig, canonical_json, load_config
-from .engine import dask_client, train_run
-from .store import check_sqlite_file
+from .engine import check_scheduler_address, dask_client, train_run
+from .store import check_integrity, check_sqlite_file
 
 __all__ = ["SearchReport", "run_search", "search_summary", "storage_url"]
 
@@ -82,6 +82,7 @@ def _distributions(optuna: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[
 def _open_study(optuna: Any, cfg: SweepConfig, path: Path, lock_timeout: float) -> Any:
     spec = cfg.search
     check_sqlite_file(path, "Optuna storage")
+    check_integrity(path, "Optuna storage")
     path.parent.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(storage_url(path), engine_kwargs={"connect_args": {"timeout": lock_timeout}})
     probe = optuna.create_study(study_name=spec.study, storage=storage, direction=spec.direction,
@@ -115,6 +116,7 @@ def run_search(
     connect_timeout: float = 10.0,
     lock_timeout: float = 10.0,
     timeout: float | None = None,
+    dashboard: bool = False,
 ) -> SearchReport:
     """Run ``config``'s ``[search]`` until its study has ``n_trials`` complete trials.
 
@@ -124,7 +126,7 @@ def run_search(
         A TOML/JSON path or dict with a ``[search]`` table (see :mod:`symopt.sweep.config`).
     storage
         Optuna's SQLite file (created if missing); the study inside is resumed.
-    scheduler, n_workers, connect_timeout, timeout
+    scheduler, n_workers, connect_timeout, timeout, dashboard
         As for :func:`~symopt.sweep.engine.run_sweep`.
     n_trials
         Overrides ``search.n_trials``.
@@ -143,6 +145,8 @@ def run_search(
     if target < 1:
         raise ValueError(f"n_trials must be a positive integer, got {target}")
     optuna = _optuna()
+    if scheduler is not None:
+        check_scheduler_address(scheduler)
     path = Path(storage)
     study = _open_study(optuna, cfg, path, lock_timeout)
     complete_state = optuna.trial.TrialState.COMPLETE
@@ -161,7 +165,7 @@ def run_search(
         defaults = dict(symopt.get(spec.optimizer).hyperparameters)
         distributions = _distributions(optuna, spec.space)
         workers = n_workers or min(os.cpu_count() or 1, target - before)
-        with dask_client(scheduler, workers, connect_timeout) as client:
+        with dask_client(scheduler, workers, connect_timeout, dashboard) as client:
             parallel = max(1, len(client.scheduler_info().get("workers", {})) or workers)
             bar = tqdm(total=target, initial=before, unit="trial", desc=f"search {spec.study}",
                        disable=not progress, file=sys.stderr, dynamic_ncols=True)

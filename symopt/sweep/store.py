@@ -14,7 +14,12 @@ The columns ``run_id``, ``worker``, ``pid``, ``compile_seconds``, ``train_second
 ``finished`` and ``epochs.seconds`` (:data:`TIMING_COLUMNS`) describe where and how fast a
 run went; every other column is a deterministic function of the run.
 
-Only the client process writes. The database is in WAL mode (readers, e.g. a progress
+Only the client process writes, and one client per database at a time: a writer holds an
+advisory lock (``flock``) on the file while it is open, and a second ``symopt sweep`` on the
+same database is refused at once (the kernel drops the lock of a process that dies, so a
+killed sweep never leaves a stale claim behind). Before anything is changed, an existing
+file is checked with ``PRAGMA quick_check``: a corrupt database is refused, untouched, before
+any run trains. The database is in WAL mode (readers, e.g. a progress
 query or a plot, never block the writer) with ``synchronous=FULL``; a run's rows are
 written in one transaction, with SIGINT held back until it ends, so a run is either
 fully recorded or not at all. A database holds the runs of one protocol (model, data,
@@ -25,8 +30,10 @@ NaN as NULL: a diverged run reads back with NaN metrics.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +43,13 @@ from typing import Any
 
 from .config import RunSpec, canonical_json
 
-__all__ = ["ResultStore", "StoreError", "SCHEMA_VERSION", "TIMING_COLUMNS", "check_sqlite_file"]
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one sweep per database is then the user's job
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["ResultStore", "StoreError", "SCHEMA_VERSION", "TIMING_COLUMNS", "check_integrity", "check_sqlite_file",
+           "check_writable_dir", "check_writable_file"]
 
 SCHEMA_VERSION = 1
 KIND = "symopt-sweep"
@@ -124,6 +137,78 @@ def check_sqlite_file(path: Path, what: str) -> None:
         )
 
 
+def check_integrity(path: Path, what: str) -> None:
+    """Refuse an SQLite file whose pages are damaged (``PRAGMA quick_check``), reading it read-only.
+
+    The header check above only sees the first 16 bytes; a damaged b-tree page elsewhere
+    would otherwise surface as a ``sqlite3.DatabaseError`` at the first query that reaches
+    it, possibly only when a finished run is written.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{what} {path} cannot be opened ({exc}); it was left untouched") from None
+    try:
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if not any(word in text for word in ("malformed", "not a database", "corrupt")):
+            return  # locked, or unreadable read-only: the open that follows reports it
+        problems = [text]
+    finally:
+        conn.close()
+    if problems != ["ok"]:
+        # one line: quick_check's rows may hold several newline-separated findings
+        lines = [ln.strip() for row in problems for ln in str(row).splitlines()
+                 if ln.strip() and not ln.startswith("***")]
+        first = lines[0] if lines else "damaged"
+        more = f" and {len(lines) - 1} more finding(s)" if len(lines) > 1 else ""
+        raise StoreError(f"{what} {path} is corrupt (quick_check: {first}{more}); it was left untouched: "
+                         f"move it away (its intact runs may still be read with the sqlite3 .recover command) "
+                         f"or choose another path")
+
+
+def _probe_dir(directory: Path, what: str) -> None:
+    """Refuse unless a file can be created in ``directory`` or, if it is missing, in its nearest existing parent."""
+    existing = directory
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise StoreError(f"{what}: {existing} is a file, not a directory, so {directory} cannot be created")
+    try:
+        # O_TMPFILE where supported: nothing visible is created.
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise StoreError(f"{what}: cannot write in {existing} ({exc.strerror or exc})") from None
+
+
+def check_writable_file(path: str | Path, what: str) -> None:
+    """Refuse a file path symopt could not create or update, before any work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise StoreError(f"{what} {path} is a directory; give a file path such as sweep.db")
+    _probe_dir(path.parent, f"{what} {path}")
+    if path.exists():
+        try:
+            os.close(os.open(path, os.O_RDWR))
+        except OSError as exc:
+            raise StoreError(f"{what} {path} cannot be written ({exc.strerror or exc})") from None
+
+
+def check_writable_dir(path: str | Path, what: str) -> None:
+    """Refuse a directory symopt could not create or write a file in, before any work is done."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"{what} {path} is a file, not a directory")
+    _probe_dir(path, f"{what} {path}")
+
+
 def _nan(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
@@ -146,13 +231,16 @@ class ResultStore:
     ------
     StoreError
         The file is not a sweep database (corrupt, another application's), is locked by
-        another process, or holds another protocol. The file is left as it was.
+        another process, is held by another writer (another sweep), or holds another
+        protocol. The file is left as it was.
     """
 
     def __init__(self, path: str | Path, protocol: dict[str, Any] | None = None, *, lock_timeout: float = 10.0):
         self.path = Path(path)
         self.readonly = protocol is None
+        self._lock_fd: int | None = None
         self._check_header()
+        check_integrity(self.path, "results database")
         if self.readonly:
             if not self.path.exists():
                 raise StoreError(f"no results database {self.path}; run the sweep first")
@@ -160,17 +248,52 @@ class ResultStore:
             self.protocol = self._read_meta()["protocol"]
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = self._connect(str(self.path), lock_timeout)
+        self._lock_fd = self._claim()
+        try:
+            self._conn = self._connect(str(self.path), lock_timeout)
+        except BaseException:
+            self._release()
+            raise
         try:
             self._init(protocol)
         except BaseException:
-            self._conn.close()
+            self.close()
             raise
         self.protocol = protocol
 
     # ------------------------------------------------------------------ opening
     def _check_header(self) -> None:
         check_sqlite_file(self.path, "results database")
+
+    def _claim(self) -> int | None:
+        """Take the one-writer lock on the database file; refuse if another process (or store) holds it.
+
+        ``flock`` on the file itself: no lock file is left behind, the kernel releases it when
+        the holder dies (also on SIGKILL), and it is independent of SQLite's own POSIX
+        byte-range locks. The descriptor stays open until the connection is closed: closing
+        any descriptor of the file would drop SQLite's POSIX locks of this process.
+        """
+        if fcntl is None:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise StoreError(f"results database {self.path} cannot be opened ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"results database {self.path} is in use by another sweep (one sweep per database at a time, "
+                f"so that no run is trained twice); nothing was changed: wait for it to finish, then run again "
+                f"to add what is missing"
+            ) from None
+        return fd
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def _connect(self, target: str, lock_timeout: float, uri: bool = False) -> sqlite3.Connection:
         try:
@@ -339,7 +462,10 @@ class ResultStore:
         return True
 
     def close(self) -> None:
-        self._conn.close()
+        try:
+            self._conn.close()
+        finally:
+            self._release()  # after the connection: see _claim
 
     def __enter__(self) -> ResultStore:
         return self
