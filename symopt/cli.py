@@ -183,18 +183,17 @@ def _add_sweep_parsers(sub: Any) -> None:
 def _sweep(args: argparse.Namespace) -> int:
     from .sweep import ResultStore, load_config, run_sweep
     from .sweep.engine import check_scheduler_address
-    from .sweep.store import check_writable_dir, check_writable_file
 
     cfg = load_config(args.config, require="optimizers")
     db = args.db if args.db is not None else args.config.with_suffix(".db")
     figures = args.figures_dir if args.figures_dir is not None else db.parent
     # Every output is checked before a cluster starts or a run trains.
     if not args.report_only:
-        check_writable_file(db, "results database (--db)")
+        check_writable(db, "--db")
         if args.scheduler is not None:
             check_scheduler_address(args.scheduler)
     if not args.no_figures:
-        check_writable_dir(figures, "figures directory (--figures-dir)")
+        check_writable(figures, "--figures-dir", directory=True)
     if not args.report_only:
         try:
             report = run_sweep(cfg, db, scheduler=args.scheduler, n_workers=args.workers,
@@ -219,11 +218,10 @@ def _search(args: argparse.Namespace) -> int:
     from .sweep import load_config
     from .sweep.engine import check_scheduler_address
     from .sweep.search import run_search, search_summary
-    from .sweep.store import check_writable_file
 
     cfg = load_config(args.config, require="search")
     storage = args.storage if args.storage is not None else args.config.with_suffix(".optuna.db")
-    check_writable_file(storage, "Optuna storage (--storage)")
+    check_writable(storage, "--storage")
     if args.scheduler is not None:
         check_scheduler_address(args.scheduler)
     try:

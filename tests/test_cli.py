@@ -105,6 +105,13 @@ def test_check_writable_creates_nothing(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # the probe file is gone, no folder was made
     with pytest.raises(IsADirectoryError, match="--out"):
         check_writable(tmp_path, "--out")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"--db .*a-file/sub/s.db: .*a-file is not a directory"):
+        check_writable(blocker / "sub" / "s.db", "--db")
+    with pytest.raises(NotADirectoryError, match=r"--figures-dir .*a-file is not a directory"):
+        check_writable(blocker, "--figures-dir", directory=True)
+    assert list(tmp_path.iterdir()) == [blocker]
 
 
 @pytest.mark.parametrize("argv", [

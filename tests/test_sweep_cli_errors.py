@@ -171,9 +171,9 @@ def test_malformed_scheduler_address_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "flags, fragment",
     [
-        (["--db", "{blocker}/sub/s.db"], "results database (--db) {blocker}/sub/s.db: {blocker} is a file"),
-        (["--figures-dir", "{blocker}/figs"], "figures directory (--figures-dir) {blocker}/figs: {blocker} is a file"),
-        (["--figures-dir", "{blocker}"], "figures directory (--figures-dir) {blocker} is a file, not a directory"),
+        (["--db", "{blocker}/sub/s.db"], "--db {blocker}/sub/s.db: {blocker} is not a directory"),
+        (["--figures-dir", "{blocker}/figs"], "--figures-dir {blocker}/figs: {blocker} is not a directory"),
+        (["--figures-dir", "{blocker}"], "--figures-dir {blocker}: {blocker} is not a directory"),
     ],
 )
 def test_unwritable_output_is_refused_before_any_work(tmp_path: Path, capsys, flags: list, fragment: str) -> None:
@@ -194,5 +194,5 @@ def test_unwritable_search_storage_is_refused(tmp_path: Path, capsys) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
     assert main(["search", str(config), "--storage", str(blocker / "s.optuna.db"), "--no-progress"]) == 2
-    _one_line_error(capsys, f"Optuna storage (--storage) {blocker}/s.optuna.db: {blocker} is a file")
+    _one_line_error(capsys, f"--storage {blocker}/s.optuna.db: {blocker} is not a directory")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "s.toml"]

@@ -220,37 +220,3 @@ def test_one_writer_per_database_and_a_dead_writer_leaves_no_claim(tmp_path: Pat
     with ResultStore(path, cfg.protocol) as store:  # the kernel released the dead process's lock
         assert store.status() == {spec.key: "done"}
         assert store.record(cfg.runs()[1], result=_result(cfg.runs()[1].key))
-
-
-def test_unwritable_output_paths_are_refused(tmp_path: Path) -> None:
-    from symopt.sweep.store import check_writable_dir, check_writable_file
-
-    blocker = tmp_path / "a-file"
-    blocker.write_text("x")
-    with pytest.raises(StoreError, match=r"--db .*a-file is a file, not a directory"):
-        check_writable_file(blocker / "sub" / "s.db", "--db")
-    with pytest.raises(StoreError, match=r"--figures-dir .*a-file/figs: .*a-file is a file"):
-        check_writable_dir(blocker / "figs", "--figures-dir")
-    with pytest.raises(StoreError, match="is a file, not a directory"):
-        check_writable_dir(blocker, "--figures-dir")
-    with pytest.raises(StoreError, match="is a directory"):
-        check_writable_file(tmp_path, "--db")
-    check_writable_file(tmp_path / "new" / "deeper" / "s.db", "--db")  # creatable: fine, and nothing created
-    check_writable_dir(tmp_path / "figs", "--figures-dir")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
-
-
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes in read-only directories")
-def test_read_only_directory_is_refused(tmp_path: Path) -> None:
-    from symopt.sweep.store import check_writable_dir, check_writable_file
-
-    locked = tmp_path / "ro"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        with pytest.raises(StoreError, match="cannot write in .*ro"):
-            check_writable_file(locked / "s.db", "--db")
-        with pytest.raises(StoreError, match="cannot write in .*ro"):
-            check_writable_dir(locked / "figs", "--figures-dir")
-    finally:
-        locked.chmod(0o700)

@@ -33,7 +33,6 @@ import json
 import os
 import signal
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -48,8 +47,7 @@ try:
 except ImportError:  # Windows: no advisory locks; one sweep per database is then the user's job
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ResultStore", "StoreError", "SCHEMA_VERSION", "TIMING_COLUMNS", "check_integrity", "check_sqlite_file",
-           "check_writable_dir", "check_writable_file"]
+__all__ = ["ResultStore", "StoreError", "SCHEMA_VERSION", "TIMING_COLUMNS", "check_integrity", "check_sqlite_file"]
 
 SCHEMA_VERSION = 1
 KIND = "symopt-sweep"
@@ -169,44 +167,6 @@ def check_integrity(path: Path, what: str) -> None:
         raise StoreError(f"{what} {path} is corrupt (quick_check: {first}{more}); it was left untouched: "
                          f"move it away (its intact runs may still be read with the sqlite3 .recover command) "
                          f"or choose another path")
-
-
-def _probe_dir(directory: Path, what: str) -> None:
-    """Refuse unless a file can be created in ``directory`` or, if it is missing, in its nearest existing parent."""
-    existing = directory
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise StoreError(f"{what}: {existing} is a file, not a directory, so {directory} cannot be created")
-    try:
-        # O_TMPFILE where supported: nothing visible is created.
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise StoreError(f"{what}: cannot write in {existing} ({exc.strerror or exc})") from None
-
-
-def check_writable_file(path: str | Path, what: str) -> None:
-    """Refuse a file path symopt could not create or update, before any work is done."""
-    path = Path(path)
-    if path.is_dir():
-        raise StoreError(f"{what} {path} is a directory; give a file path such as sweep.db")
-    _probe_dir(path.parent, f"{what} {path}")
-    if path.exists():
-        try:
-            os.close(os.open(path, os.O_RDWR))
-        except OSError as exc:
-            raise StoreError(f"{what} {path} cannot be written ({exc.strerror or exc})") from None
-
-
-def check_writable_dir(path: str | Path, what: str) -> None:
-    """Refuse a directory symopt could not create or write a file in, before any work is done."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise StoreError(f"{what} {path} is a file, not a directory")
-    _probe_dir(path, f"{what} {path}")
 
 
 def _nan(value: Any) -> float:
