@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--out", type=Path, default=None, help="write config and per-epoch history as JSON")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--checkpoint", type=Path, default=None, metavar="PATH",
+                       help="write the run's whole state to PATH after every epoch (and on Ctrl-C)")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
+                       help="with --checkpoint: also write it every N steps")
+    train.add_argument("--resume", type=Path, default=None, metavar="PATH",
+                       help="continue the run checkpointed in PATH (same flags; --epochs may grow); "
+                            "keeps checkpointing to PATH unless --checkpoint is given")
 
     sub.add_parser("optimizers", help="list registered optimisers and their defaults")
 
@@ -227,6 +234,8 @@ def _train(args: argparse.Namespace) -> None:
     if args.out is not None and args.out.is_dir():
         raise CLIError(f"--out {args.out} is a directory; give a file path such as run.json")
 
+    checkpoint = _checkpoint_paths(args)
+
     dataset = data_mod.load_idx_dataset(args.data_dir) if args.data_dir is not None else data_mod.load_mnist()
     n_in = int(dataset.x_train.shape[1])
     n_out = int(max(dataset.y_train.max(), dataset.y_test.max())) + 1
@@ -243,6 +252,10 @@ def _train(args: argparse.Namespace) -> None:
         "seed": args.seed, "dtype": args.dtype,
         "data": str(args.data_dir) if args.data_dir is not None else "mnist",
     }
+    # What must match on resume: every setting but the number of epochs (a run may be extended).
+    run_config = {k: v for k, v in config.items() if k != "epochs"}
+    if args.resume is not None:
+        print(_resume_check(args.resume, run_config), flush=True)  # before the compilation
     trainer = Trainer(
         model, optimizer, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, batch_size=args.batch_size
     )
@@ -256,11 +269,52 @@ def _train(args: argparse.Namespace) -> None:
             flush=True,
         )
 
-    history = trainer.fit(args.epochs, args.seed, progress=not args.no_progress, callback=report)
+    from .checkpoint import TrainingInterrupted
+
+    try:
+        history = trainer.fit(args.epochs, args.seed, progress=not args.no_progress, callback=report,
+                              checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
+                              resume=args.resume if args.resume is not None else False, config=run_config)
+    except TrainingInterrupted as stop:  # Ctrl-C: the step finished, the checkpoint is written
+        if args.out is not None:
+            with atomic_writer(args.out, "w") as f:
+                json.dump({"config": config, "history": [r.as_dict() for r in stop.history],
+                           "interrupted": {"epoch": stop.epoch, "step": stop.step,
+                                           "checkpoint": None if checkpoint is None else str(checkpoint)}}, f, indent=2)
+            print(f"wrote {args.out} (history so far)", file=sys.stderr)
+        if checkpoint is not None:
+            print(f"symopt: {stop}; continue with the same flags and --resume {checkpoint}", file=sys.stderr)
+        raise
     if args.out is not None:
         with atomic_writer(args.out, "w") as f:
             json.dump({"config": config, "history": [r.as_dict() for r in history]}, f, indent=2)
         print(f"wrote {args.out}")
+
+
+def _checkpoint_paths(args: argparse.Namespace) -> Path | None:
+    """Check --checkpoint, --checkpoint-every and --resume before any data is loaded;
+    returns the checkpoint to write (--resume's file unless --checkpoint is given)."""
+    if args.resume is not None and not args.resume.is_file():
+        raise CLIError(f"--resume {args.resume}: no such checkpoint file")
+    checkpoint = args.checkpoint if args.checkpoint is not None else args.resume
+    if args.checkpoint_every is not None and checkpoint is None:
+        raise CLIError("--checkpoint-every needs --checkpoint PATH (or --resume PATH)")
+    if checkpoint is not None and checkpoint.is_dir():
+        raise CLIError(f"--checkpoint {checkpoint} is a directory; give a file path such as run.ckpt")
+    return checkpoint
+
+
+def _resume_check(path: Path, run_config: dict[str, Any]) -> str:
+    """Refuse a checkpoint of other settings (from its header, before compiling); says where it resumes."""
+    from .checkpoint import read_header
+
+    try:
+        header = read_header(path, config=json.loads(json.dumps(run_config)))
+    except ValueError as exc:
+        raise CLIError(f"--resume: {exc}") from None
+    position = header["position"]
+    step = f", {position['step']} step(s) into epoch {position['epoch'] + 1}" if position["step"] else ""
+    return f"resuming from {path}: {position['epoch']} epoch(s) done{step}"
 
 
 def _list_optimizers() -> None:

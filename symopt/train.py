@@ -8,8 +8,8 @@ the graph per step (``givens`` slices the shared data inside the compiled functi
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -18,6 +18,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 
+from .checkpoint import run_training
 from .function import function
 from .nn import cross_entropy
 from .optimizer import Optimizer
@@ -143,17 +144,34 @@ class Trainer:
             total_correct += float(batch_correct)
         return total_loss / self.n_test, total_correct / self.n_test
 
-    def run_epoch(self, rng: np.random.Generator, progress: bool = False, desc: str = "") -> float:
-        """One shuffled pass over the training set; returns the mean train loss."""
+    def run_epoch(
+        self,
+        rng: np.random.Generator,
+        progress: bool = False,
+        desc: str = "",
+        *,
+        start: int = 0,
+        total: float = 0.0,
+        after_step: Callable[[int, float], None] | None = None,
+    ) -> float:
+        """One shuffled pass over the training set; returns the mean train loss.
+
+        ``start``, ``total``: resume the epoch at step ``start`` (the order is drawn from
+        ``rng`` as always, so ``rng`` must be in its state at the epoch's start), with
+        ``total`` the sum of the losses of the steps before. ``after_step(steps_done,
+        loss_sum)`` runs after every step (checkpoints, Ctrl-C).
+        """
         self.order.set_value(rng.permutation(self.n_train).astype(np.int64), borrow=True)
-        steps = range(self.steps_per_epoch)
+        steps: Any = range(int(start), self.steps_per_epoch)
         if progress:
             from tqdm.auto import tqdm
 
-            steps = tqdm(steps, desc=desc, leave=False, unit="step")
-        total = 0.0
+            steps = tqdm(steps, desc=desc, leave=False, unit="step", initial=int(start), total=self.steps_per_epoch)
+        total = float(np.asarray(total, dtype=np.float64).reshape(-1)[0])
         for i in steps:
             total += float(self.train_step(i))
+            if after_step is not None:
+                after_step(i + 1, total)
         return total / self.steps_per_epoch
 
     def fit(
@@ -162,23 +180,52 @@ class Trainer:
         seed: int,
         progress: bool = True,
         callback: Callable[[EpochRecord], None] | None = None,
+        *,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool | str | os.PathLike[str] = False,
+        config: Mapping[str, Any] | None = None,
     ) -> list[EpochRecord]:
-        """Train ``epochs`` epochs with data order from ``seed``; returns the history."""
-        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        """Train ``epochs`` epochs with data order from ``seed``; returns the history.
+
+        Parameters
+        ----------
+        checkpoint
+            File to write the run's whole state to (atomically) after every epoch: model
+            parameters and buffers, optimiser state, dropout and data-order generators,
+            position and history (:mod:`symopt.checkpoint`).
+        checkpoint_every
+            Also write it after every N-th step.
+        resume
+            ``True``: continue from ``checkpoint``; a path: continue from that file. The
+            run then ends exactly (bit for bit) as the uninterrupted run would, and the
+            returned history includes the epochs before the interruption. A checkpoint of
+            another model, optimiser, data set, batch size, seed or ``config`` is refused
+            (ValueError naming the difference) before anything changes.
+        config
+            JSON-able settings recorded in the checkpoint that must match on resume.
+
+        In the main thread, Ctrl-C lets the current step finish, writes the checkpoint
+        (if any) and raises :class:`~symopt.checkpoint.TrainingInterrupted` (a
+        ``KeyboardInterrupt``) holding the history so far.
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-        rng = np.random.default_rng(seed)
-        self.warm_up()
-        history = []
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            train_loss = self.run_epoch(rng, progress, desc=f"epoch {epoch}/{epochs}")
-            seconds = time.perf_counter() - start
-            test_loss, test_accuracy = self.evaluate()
-            record = EpochRecord(epoch, train_loss, test_loss, test_accuracy, seconds)
-            history.append(record)
+
+        def records(history: np.ndarray) -> list[EpochRecord]:
+            return [EpochRecord(e + 1, *(float(v) for v in row[0])) for e, row in enumerate(history)]
+
+        def on_epoch(epoch: int, row: np.ndarray) -> None:
             if callback is not None:
-                callback(record)
-        return history
+                callback(EpochRecord(epoch, *(float(v) for v in row[0])))
+
+        history = run_training(
+            self, model=self.model, optimizer=self.optimizer, epochs=int(epochs), data_seeds=[int(seed)],
+            run_epoch=lambda rngs, progress, desc, **kw: self.run_epoch(rngs[0], progress, desc, **kw),
+            evaluate=self.evaluate, progress=progress, seconds_divisor=1, on_epoch=on_epoch, to_history=records,
+            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, config=config,
+        )
+        return records(history)
 
 
 def warm_up(train_step: Any, eval_step: Any) -> None:
@@ -202,13 +249,19 @@ def fit(
     progress: bool = True,
     callback: Callable[[EpochRecord], None] | None = None,
     mode: Any = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool | str | os.PathLike[str] = False,
 ) -> list[EpochRecord]:
     """Train ``model`` with ``optimizer`` on ``data`` (``x_train``, ``y_train``, ``x_test``, ``y_test``).
 
     Returns one :class:`EpochRecord` per epoch (train loss, test loss, test accuracy,
     seconds of training). The same seed, model and optimiser state give the same history.
+    ``checkpoint="run.ckpt"`` writes the run's state after every epoch (and every
+    ``checkpoint_every`` steps); ``resume=True`` continues from it (see :meth:`Trainer.fit`).
     """
     trainer = Trainer(
         model, optimizer, data.x_train, data.y_train, data.x_test, data.y_test, batch_size=batch_size, mode=mode
     )
-    return trainer.fit(epochs, seed, progress=progress, callback=callback)
+    return trainer.fit(epochs, seed, progress=progress, callback=callback, checkpoint=checkpoint,
+                       checkpoint_every=checkpoint_every, resume=resume)
