@@ -255,7 +255,7 @@ def _train(args: argparse.Namespace) -> None:
     # What must match on resume: every setting but the number of epochs (a run may be extended).
     run_config = {k: v for k, v in config.items() if k != "epochs"}
     if args.resume is not None:
-        print(_resume_check(args.resume, run_config), flush=True)  # before the compilation
+        print(_resume_check(args.resume, run_config, args.epochs), flush=True)  # before the compilation
     trainer = Trainer(
         model, optimizer, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, batch_size=args.batch_size
     )
@@ -304,7 +304,7 @@ def _checkpoint_paths(args: argparse.Namespace) -> Path | None:
     return checkpoint
 
 
-def _resume_check(path: Path, run_config: dict[str, Any]) -> str:
+def _resume_check(path: Path, run_config: dict[str, Any], epochs: int) -> str:
     """Refuse a checkpoint of other settings (from its header, before compiling); says where it resumes."""
     from .checkpoint import read_header
 
@@ -313,6 +313,9 @@ def _resume_check(path: Path, run_config: dict[str, Any]) -> str:
     except ValueError as exc:
         raise CLIError(f"--resume: {exc}") from None
     position = header["position"]
+    done = position.get("epoch") if isinstance(position.get("epoch"), int) else 0
+    if done > epochs or (done == epochs and position.get("step")):
+        raise CLIError(f"--resume: checkpoint {str(path)!r} has trained {done} epochs, more than --epochs {epochs}")
     step = f", {position['step']} step(s) into epoch {position['epoch'] + 1}" if position["step"] else ""
     return f"resuming from {path}: {position['epoch']} epoch(s) done{step}"
 
