@@ -252,8 +252,9 @@ def _train(args: argparse.Namespace) -> None:
         "seed": args.seed, "dtype": args.dtype,
         "data": str(args.data_dir) if args.data_dir is not None else "mnist",
     }
-    # What must match on resume: every setting but the number of epochs (a run may be extended).
-    run_config = {k: v for k, v in config.items() if k != "epochs"}
+    # What must match on resume: every setting but the number of epochs (a run may be extended)
+    # and the data path (the checkpoint holds a digest of the data itself).
+    run_config = {k: v for k, v in config.items() if k not in ("epochs", "data")}  # data: by digest
     if args.resume is not None:
         print(_resume_check(args.resume, run_config, args.epochs), flush=True)  # before the compilation
     trainer = Trainer(

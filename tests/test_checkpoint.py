@@ -180,6 +180,42 @@ def test_crash_after_a_periodic_checkpoint_resumes_identically(
     assert symopt.checkpoint.read_header(path)["position"]["epoch"] == EPOCHS
 
 
+class LookaheadWithEMA:
+    """Lookahead around Adam, with an EMA of the parameters, as one Trainer optimiser."""
+
+    def __init__(self, params: list[Any]):
+        self.lookahead = symopt.Lookahead(symopt.Adam(params, learning_rate=1e-2), k=3)
+        self.ema = symopt.EMA(params, decay=0.9)
+        self.params = params
+
+    def updates(self, loss: Any) -> Any:
+        return self.ema.updates(self.lookahead.updates(loss))
+
+    def state(self) -> list[Any]:
+        inner = self.lookahead.inner
+        slots = [var for per_param in inner.state for var in per_param.values()]
+        return _state([*self.params, *self.ema.averages, *self.lookahead.slow, self.lookahead.counter,
+                       inner.iterations, *slots])
+
+
+def test_ema_and_lookahead_state_is_restored(dataset: symopt.data.Dataset, tmp_path: Path) -> None:
+    def make() -> Trainer:
+        model = nn.MLP([SIDE * SIDE, 8, 3], seed=4)
+        return Trainer(model, LookaheadWithEMA(model.params), dataset.x_train, dataset.y_train, dataset.x_test,
+                       dataset.y_test, batch_size=BATCH)
+
+    reference = make()
+    expected = reference.fit(2, SEED, progress=False)
+    trainer, path = make(), tmp_path / "run.ckpt"
+    trainer.train_step = Steps(trainer.train_step, at=1 + 11, action="crash")  # during step 11
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(2, SEED, progress=False, checkpoint=path, checkpoint_every=4)
+    # the memory is at step 10, the file at step 8 (mid-epoch 2, Lookahead counter 8 % 3 != 0)
+    history = _unwrapped(trainer).fit(2, SEED, progress=False, checkpoint=path, resume=True)
+    assert _numbers(history) == _numbers(expected)
+    _assert_identical(trainer.optimizer.state(), reference.optimizer.state())
+
+
 # ---------------------------------------------------------------------- refusals
 MISMATCHES = {
     "optimizer": (dict(optimizer=symopt.SGD, lr=0.1), r"optimizer\.type is 'Adam' there, 'SGD' here"),
