@@ -36,6 +36,8 @@ from .function import function  # noqa: E402
 from .gradcheck import check_grad  # noqa: E402
 from .wrappers import EMA, Lookahead  # noqa: E402
 from .train import EpochRecord, Trainer, fit  # noqa: E402
+from . import checkpoint  # noqa: E402
+from .checkpoint import TrainingInterrupted  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -74,5 +76,7 @@ __all__ = [
     "check_grad",
     "Trainer",
     "EpochRecord",
+    "checkpoint",
+    "TrainingInterrupted",
     "__version__",
 ]

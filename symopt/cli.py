@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_writer, check_writable, dump_json
+from ._io import atomic_writer, check_writable, dump_json, json_ready
 
 __all__ = ["main"]
 
@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--out", type=Path, default=None, help="write config and per-epoch history as JSON")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--checkpoint", type=Path, default=None, metavar="PATH",
+                       help="write the run's whole state to PATH after every epoch (and on Ctrl-C)")
+    train.add_argument("--checkpoint-every", type=_positive_int, default=None, metavar="N",
+                       help="with --checkpoint: also write it every N steps")
+    train.add_argument("--resume", type=Path, default=None, metavar="PATH",
+                       help="continue the run checkpointed in PATH (same flags; --epochs may grow); "
+                            "keeps checkpointing to PATH unless --checkpoint is given")
 
     sub.add_parser("optimizers", help="list registered optimisers and their defaults")
 
@@ -365,6 +372,8 @@ def _train(args: argparse.Namespace) -> int:
     cls = symopt.get(args.optimizer)  # unknown names fail before the data is read
     _optimizer_arguments(args)
 
+    checkpoint = _checkpoint_paths(args)
+
     if args.data_dir is not None:
         dataset = data_mod.load_idx_dataset(args.data_dir, classes=args.classes)
         names = {"train_name": "train labels", "test_name": "test labels"}
@@ -380,6 +389,7 @@ def _train(args: argparse.Namespace) -> int:
         dropout=args.dropout, seed=args.seed, dtype=args.dtype,
     )
     optimizer = _build_optimizer(args, model.params)
+    environment = _environment()
     config = {
         "optimizer": optimizer.name or type(optimizer).__name__,
         "hyperparameters": optimizer.hyperparameters,
@@ -390,9 +400,16 @@ def _train(args: argparse.Namespace) -> int:
         "dropout": args.dropout, "seed": args.seed, "dtype": args.dtype,
         "data": str(args.data_dir) if args.data_dir is not None else "mnist",
         "n_train": len(dataset.x_train), "n_test": len(dataset.x_test),
-        **_environment(),
+        **environment,
         "argv": list(args.argv),
     }
+    # What must match on resume: every setting that changes the numbers, but not the number of
+    # epochs (a run may be extended), the data path (the checkpoint holds a digest of the data),
+    # the command line or the environment (versions, backend: recorded, not enforced).
+    unchecked = {"epochs", "data", "argv", *environment}
+    run_config = {k: v for k, v in config.items() if k not in unchecked}
+    if args.resume is not None:
+        print(_resume_check(args.resume, run_config, args.epochs), flush=True)  # before the compilation
     trainer = Trainer(
         model, optimizer, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, batch_size=args.batch_size
     )
@@ -402,10 +419,7 @@ def _train(args: argparse.Namespace) -> int:
           f"{args.dtype}  batch {args.batch_size}  seed {args.seed}", flush=True)
     print(f"backend {config['backend']}  {versions}", flush=True)
 
-    history: list[Any] = []
-
     def report(record: Any) -> None:
-        history.append(record)
         skipped = f"  skipped {record.skipped} step(s)" if args.skip_nonfinite else ""
         print(
             f"epoch {record.epoch:3d}  train_loss {_finite(record.train_loss)}  test_loss {_finite(record.test_loss)}  "
@@ -413,22 +427,61 @@ def _train(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    def write(**extra: Any) -> None:
+    def write(records: list[Any], **extra: Any) -> None:
         if args.out is not None:
             with atomic_writer(args.out, "w") as f:
-                dump_json({"config": config, "history": [r.as_dict() for r in history], **extra}, f, indent=2)
-            print(f"wrote {args.out}")
+                dump_json({"config": config, "history": [r.as_dict() for r in records], **extra}, f, indent=2)
+            print(f"wrote {args.out}", flush=True)
+
+    from .checkpoint import TrainingInterrupted
 
     try:
-        trainer.fit(args.epochs, args.seed, progress=not args.no_progress, callback=report)
+        history = trainer.fit(args.epochs, args.seed, progress=not args.no_progress, callback=report,
+                              checkpoint=checkpoint, checkpoint_every=args.checkpoint_every,
+                              resume=args.resume if args.resume is not None else False, config=run_config)
     except NonFiniteLossError as exc:
         message = (f"training diverged: the loss is {exc.loss} at epoch {exc.epoch}, step {exc.step}; lower --lr, "
                    f"clip gradients (--hp clip_global_norm=1) or skip such steps (--skip-nonfinite)")
-        write(error=message, diverged={"epoch": exc.epoch, "step": exc.step})
+        write(exc.history, error=message, diverged={"epoch": exc.epoch, "step": exc.step})
         print(f"symopt: error: {message}", file=sys.stderr)
         return 1
-    write()
+    except TrainingInterrupted as stop:  # Ctrl-C: the step finished, the checkpoint is written
+        write(stop.history, interrupted={"epoch": stop.epoch, "step": stop.step,
+                                         "checkpoint": None if checkpoint is None else str(checkpoint)})
+        if checkpoint is not None:
+            print(f"symopt: {stop}; continue with the same flags and --resume {checkpoint}", file=sys.stderr)
+        raise
+    write(history)
     return 0
+
+
+def _checkpoint_paths(args: argparse.Namespace) -> Path | None:
+    """Check --checkpoint, --checkpoint-every and --resume before any data is loaded;
+    returns the checkpoint to write (--resume's file unless --checkpoint is given)."""
+    if args.resume is not None and not args.resume.is_file():
+        raise CLIError(f"--resume {args.resume}: no such checkpoint file")
+    checkpoint = args.checkpoint if args.checkpoint is not None else args.resume
+    if args.checkpoint_every is not None and checkpoint is None:
+        raise CLIError("--checkpoint-every needs --checkpoint PATH (or --resume PATH)")
+    if checkpoint is not None:
+        check_writable(checkpoint, "--checkpoint" if args.checkpoint is not None else "--resume")
+    return checkpoint
+
+
+def _resume_check(path: Path, run_config: dict[str, Any], epochs: int) -> str:
+    """Refuse a checkpoint of other settings (from its header, before compiling); says where it resumes."""
+    from .checkpoint import read_header
+
+    try:
+        header = read_header(path, config=json_ready(run_config))
+    except ValueError as exc:
+        raise CLIError(f"--resume: {exc}") from None
+    position = header["position"]
+    done = position.get("epoch") if isinstance(position.get("epoch"), int) else 0
+    if done > epochs or (done == epochs and position.get("step")):
+        raise CLIError(f"--resume: checkpoint {str(path)!r} has trained {done} epochs, more than --epochs {epochs}")
+    step = f", {position['step']} step(s) into epoch {position['epoch'] + 1}" if position["step"] else ""
+    return f"resuming from {path}: {position['epoch']} epoch(s) done{step}"
 
 
 def _list_optimizers() -> None:

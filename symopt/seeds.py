@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,7 @@ from pytensor.tensor.random.op import custom_rng_deepcopy
 from pytensor.tensor.type import TensorType
 from pytensor.tensor.variable import TensorVariable
 
+from .checkpoint import TALLY_WIDTH, new_tally, run_training, tally_means
 from .function import function
 from .nn import Activation, Dense, Dropout, Layer, Sequential, _const, cross_entropy
 from .optimizer import Optimizer
@@ -330,19 +330,52 @@ class SeedTrainer:
             total_correct += batch_correct
         return total_loss / self.n_test, total_correct / self.n_test
 
-    def run_epoch(self, rngs: Sequence[np.random.Generator], progress: bool = False, desc: str = "") -> np.ndarray:
-        """One pass; seed ``s`` follows ``rngs[s].permutation``. Returns per-seed mean train losses."""
+    def run_epoch(
+        self,
+        rngs: Sequence[np.random.Generator],
+        progress: bool = False,
+        desc: str = "",
+        *,
+        epoch: int | None = None,
+        start: int = 0,
+        tally: np.ndarray | None = None,
+        after_step: Callable[[int, np.ndarray], None] | None = None,
+    ) -> np.ndarray:
+        """One pass; seed ``s`` follows ``rngs[s].permutation``. Returns per-seed mean train losses.
+
+        The arguments are :meth:`epoch_tally`'s.
+        """
+        return tally_means(self.epoch_tally(rngs, progress, desc, epoch=epoch, start=start, tally=tally,
+                                            after_step=after_step))
+
+    def epoch_tally(
+        self,
+        rngs: Sequence[np.random.Generator],
+        progress: bool = False,
+        desc: str = "",
+        *,
+        epoch: int | None = None,
+        start: int = 0,
+        tally: np.ndarray | None = None,
+        after_step: Callable[[int, np.ndarray], None] | None = None,
+    ) -> np.ndarray:
+        """One pass, as :meth:`~symopt.train.Trainer.epoch_tally` with one tally row per seed
+        (no step is skipped: ``skip_nonfinite`` is refused for stacks)."""
         order = np.stack([rng.permutation(self.n_train) for rng in rngs]).astype(np.int64)
         self.order.set_value(order, borrow=True)
-        steps = range(self.steps_per_epoch)
+        steps: Any = range(int(start), self.steps_per_epoch)
         if progress:
             from tqdm.auto import tqdm
 
-            steps = tqdm(steps, desc=desc, leave=False, unit="step")
-        total = np.zeros(self.stack.n_seeds)
+            steps = tqdm(steps, desc=desc, leave=False, unit="step", initial=int(start), total=self.steps_per_epoch)
+        S = self.stack.n_seeds
+        tally = new_tally(S) if tally is None else np.array(tally, dtype=np.float64).reshape(S, TALLY_WIDTH)
         for i in steps:
-            total += self.train_step(i)
-        return total / self.steps_per_epoch
+            tally[:, 0] += self.train_step(i)
+            tally[:, 1] += 1
+            if after_step is not None:
+                after_step(i + 1, tally)
+        return tally
 
     def fit(
         self,
@@ -350,31 +383,40 @@ class SeedTrainer:
         data_seeds: Sequence[int] | None = None,
         progress: bool = True,
         callback: Callable[[int, list[EpochRecord]], None] | None = None,
+        *,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool | str | os.PathLike[str] = False,
+        config: Mapping[str, Any] | None = None,
     ) -> list[list[EpochRecord]]:
         """Train ``epochs`` epochs; returns one history per seed (as :meth:`Trainer.fit` would).
 
         ``data_seeds`` gives each seed's data-order seed (default: the model seeds).
         ``seconds`` of an epoch is the wall time of the joint epoch divided by S.
+        ``checkpoint``, ``checkpoint_every``, ``resume``, ``config`` and Ctrl-C: as for
+        :meth:`Trainer.fit` (one checkpoint holds every seed's state).
         """
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
         data_seeds = list(self.stack.seeds if data_seeds is None else data_seeds)
         if len(data_seeds) != self.stack.n_seeds:
             raise ValueError(f"got {len(data_seeds)} data seeds for {self.stack.n_seeds} models")
-        rngs = [np.random.default_rng(int(s)) for s in data_seeds]
-        self.warm_up()
-        histories: list[list[EpochRecord]] = [[] for _ in data_seeds]
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            train_loss = self.run_epoch(rngs, progress, desc=f"epoch {epoch}/{epochs}")
-            seconds = (time.perf_counter() - start) / self.stack.n_seeds
-            test_loss, test_accuracy = self.evaluate()
-            records = [
-                EpochRecord(epoch, float(train_loss[s]), float(test_loss[s]), float(test_accuracy[s]), seconds)
-                for s in range(self.stack.n_seeds)
-            ]
-            for history, record in zip(histories, records):
-                history.append(record)
+        S = self.stack.n_seeds
+
+        def row_records(epoch: int, row: np.ndarray) -> list[EpochRecord]:
+            return [EpochRecord.from_row(epoch, row[s]) for s in range(S)]
+
+        def histories(history: np.ndarray) -> list[list[EpochRecord]]:
+            per_epoch = [row_records(e + 1, row) for e, row in enumerate(history)]
+            return [[records[s] for records in per_epoch] for s in range(S)]
+
+        def on_epoch(epoch: int, row: np.ndarray) -> None:
             if callback is not None:
-                callback(epoch, records)
-        return histories
+                callback(epoch, row_records(epoch, row))
+
+        history = run_training(
+            self, model=self.stack, optimizer=self.optimizer, epochs=int(epochs), data_seeds=[int(s) for s in data_seeds],
+            run_epoch=self.epoch_tally, evaluate=self.evaluate, progress=progress, seconds_divisor=S, on_epoch=on_epoch,
+            to_history=histories, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, config=config,
+        )
+        return histories(history)

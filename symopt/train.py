@@ -9,8 +9,8 @@ the graph per step (``givens`` slices the shared data inside the compiled functi
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -19,6 +19,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 
+from .checkpoint import TALLY_WIDTH, new_tally, run_training, tally_means
 from .function import function
 from .nn import cross_entropy
 from .optimizer import Optimizer
@@ -52,6 +53,8 @@ class NonFiniteLossError(FloatingPointError):
 
     def __init__(self, epoch: int | None, step: int, loss: float):
         self.epoch, self.step, self.loss = epoch, step, loss
+        #: The epochs completed before, as ``fit`` returns them (set by ``fit``).
+        self.history: Any = []
         where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step}"
         super().__init__(
             f"training diverged: the loss is {loss} at {where}; lower the learning rate, clip gradients "
@@ -77,6 +80,12 @@ class EpochRecord:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+    @classmethod
+    def from_row(cls, epoch: int, row: np.ndarray) -> EpochRecord:
+        """From one stream's row of a :func:`~symopt.checkpoint.run_training` history."""
+        train_loss, test_loss, test_accuracy, seconds, skipped = (float(v) for v in row)
+        return cls(epoch, train_loss, test_loss, test_accuracy, seconds, int(skipped))
 
 
 class Trainer:
@@ -188,39 +197,71 @@ class Trainer:
         return total_loss / self.n_test, total_correct / self.n_test
 
     def run_epoch(
-        self, rng: np.random.Generator, progress: bool = False, desc: str = "", epoch: int | None = None
+        self,
+        rng: np.random.Generator,
+        progress: bool = False,
+        desc: str = "",
+        *,
+        epoch: int | None = None,
+        start: int = 0,
+        tally: np.ndarray | None = None,
+        after_step: Callable[[int, np.ndarray], None] | None = None,
     ) -> float:
         """One shuffled pass over the training set; returns the mean train loss.
 
+        The arguments are :meth:`epoch_tally`'s.
+        """
+        return float(tally_means(self.epoch_tally(rng, progress, desc, epoch=epoch, start=start, tally=tally,
+                                                  after_step=after_step))[0])
+
+    def epoch_tally(
+        self,
+        rng: np.random.Generator,
+        progress: bool = False,
+        desc: str = "",
+        *,
+        epoch: int | None = None,
+        start: int = 0,
+        tally: np.ndarray | None = None,
+        after_step: Callable[[int, np.ndarray], None] | None = None,
+    ) -> np.ndarray:
+        """One shuffled pass over the training set; returns its tally, shape ``(1, 3)``:
+        the sum and count of the finite train losses, and the steps the optimiser skipped.
+
         A NaN or infinite step loss raises :class:`NonFiniteLossError` (naming ``epoch``
         and the step) unless ``on_nonfinite="continue"`` or the optimiser skips
-        non-finite steps; skipped steps are left out of the mean and counted in
-        :attr:`last_skipped`.
+        non-finite steps; such losses are left out of the mean, and the steps the
+        optimiser skipped are counted in :attr:`last_skipped`.
+
+        ``start``, ``tally``: resume the epoch at step ``start`` (the order is drawn from
+        ``rng`` as always, so ``rng`` must be in its state at the epoch's start), with
+        ``tally`` the epoch's running :func:`~symopt.checkpoint.new_tally` at that step.
+        ``after_step(steps_done, tally)`` runs after every step (checkpoints, Ctrl-C).
         """
         self.order.set_value(rng.permutation(self.n_train).astype(np.int64), borrow=True)
-        steps = range(self.steps_per_epoch)
+        steps: Any = range(int(start), self.steps_per_epoch)
         if progress:
             from tqdm.auto import tqdm
 
-            steps = tqdm(steps, desc=desc, leave=False, unit="step")
+            steps = tqdm(steps, desc=desc, leave=False, unit="step", initial=int(start), total=self.steps_per_epoch)
+        tally = new_tally(1) if tally is None else np.array(tally, dtype=np.float64).reshape(1, TALLY_WIDTH)
         skipping = bool(getattr(self.optimizer, "skip_nonfinite", False))
         counter = getattr(self.optimizer, "skipped", None) if skipping else None
-        skipped_before = int(counter.get_value()) if counter is not None else 0
-        total, nonfinite = 0.0, 0
+        # The optimiser's own count also holds steps with a finite loss but non-finite gradients.
+        skipped_base = int(counter.get_value()) - int(tally[0, 2]) if counter is not None else 0
         for i in steps:
             loss = float(self.train_step(i))
-            if math.isfinite(loss):
-                total += loss
-            elif skipping:
-                nonfinite += 1
-            elif self.on_nonfinite == "raise":
-                raise NonFiniteLossError(epoch, i + 1, loss)
-            else:
-                total += loss
-        # The optimiser's own count also holds steps with a finite loss but non-finite gradients.
-        self.last_skipped = int(counter.get_value()) - skipped_before if counter is not None else nonfinite
-        counted = self.steps_per_epoch - nonfinite
-        return total / counted if counted else math.nan
+            if math.isfinite(loss) or not skipping:
+                if not math.isfinite(loss) and self.on_nonfinite == "raise":
+                    raise NonFiniteLossError(epoch, i + 1, loss)
+                tally[0, 0] += loss
+                tally[0, 1] += 1
+            if counter is not None:
+                tally[0, 2] = int(counter.get_value()) - skipped_base
+            if after_step is not None:
+                after_step(i + 1, tally)
+        self.last_skipped = int(tally[0, 2])
+        return tally
 
     def fit(
         self,
@@ -228,23 +269,52 @@ class Trainer:
         seed: int,
         progress: bool = True,
         callback: Callable[[EpochRecord], None] | None = None,
+        *,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int | None = None,
+        resume: bool | str | os.PathLike[str] = False,
+        config: Mapping[str, Any] | None = None,
     ) -> list[EpochRecord]:
-        """Train ``epochs`` epochs with data order from ``seed``; returns the history."""
-        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        """Train ``epochs`` epochs with data order from ``seed``; returns the history.
+
+        Parameters
+        ----------
+        checkpoint
+            File to write the run's whole state to (atomically) after every epoch: model
+            parameters and buffers, optimiser state, dropout and data-order generators,
+            position and history (:mod:`symopt.checkpoint`).
+        checkpoint_every
+            Also write it after every N-th step.
+        resume
+            ``True``: continue from ``checkpoint``; a path: continue from that file. The
+            run then ends exactly (bit for bit) as the uninterrupted run would, and the
+            returned history includes the epochs before the interruption. A checkpoint of
+            another model, optimiser, data set, batch size, seed or ``config`` is refused
+            (ValueError naming the difference) before anything changes.
+        config
+            JSON-able settings recorded in the checkpoint that must match on resume.
+
+        In the main thread, Ctrl-C lets the current step finish, writes the checkpoint
+        (if any) and raises :class:`~symopt.checkpoint.TrainingInterrupted` (a
+        ``KeyboardInterrupt``) holding the history so far.
+        """
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-        rng = np.random.default_rng(seed)
-        self.warm_up()
-        history = []
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            train_loss = self.run_epoch(rng, progress, desc=f"epoch {epoch}/{epochs}", epoch=epoch)
-            seconds = time.perf_counter() - start
-            test_loss, test_accuracy = self.evaluate()
-            record = EpochRecord(epoch, train_loss, test_loss, test_accuracy, seconds, self.last_skipped)
-            history.append(record)
+
+        def records(history: np.ndarray) -> list[EpochRecord]:
+            return [EpochRecord.from_row(e + 1, row[0]) for e, row in enumerate(history)]
+
+        def on_epoch(epoch: int, row: np.ndarray) -> None:
             if callback is not None:
-                callback(record)
-        return history
+                callback(EpochRecord.from_row(epoch, row[0]))
+
+        history = run_training(
+            self, model=self.model, optimizer=self.optimizer, epochs=int(epochs), data_seeds=[int(seed)],
+            run_epoch=lambda rngs, progress, desc, **kw: self.epoch_tally(rngs[0], progress, desc, **kw),
+            evaluate=self.evaluate, progress=progress, seconds_divisor=1, on_epoch=on_epoch, to_history=records,
+            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, config=config,
+        )
+        return records(history)
 
 
 def warm_up(train_step: Any, eval_step: Any) -> None:
@@ -268,13 +338,19 @@ def fit(
     progress: bool = True,
     callback: Callable[[EpochRecord], None] | None = None,
     mode: Any = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool | str | os.PathLike[str] = False,
 ) -> list[EpochRecord]:
     """Train ``model`` with ``optimizer`` on ``data`` (``x_train``, ``y_train``, ``x_test``, ``y_test``).
 
     Returns one :class:`EpochRecord` per epoch (train loss, test loss, test accuracy,
     seconds of training). The same seed, model and optimiser state give the same history.
+    ``checkpoint="run.ckpt"`` writes the run's state after every epoch (and every
+    ``checkpoint_every`` steps); ``resume=True`` continues from it (see :meth:`Trainer.fit`).
     """
     trainer = Trainer(
         model, optimizer, data.x_train, data.y_train, data.x_test, data.y_test, batch_size=batch_size, mode=mode
     )
-    return trainer.fit(epochs, seed, progress=progress, callback=callback)
+    return trainer.fit(epochs, seed, progress=progress, callback=callback, checkpoint=checkpoint,
+                       checkpoint_every=checkpoint_every, resume=resume)
