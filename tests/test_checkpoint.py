@@ -81,7 +81,7 @@ def _assert_identical(a: list[Any], b: list[Any]) -> None:
 
 def _numbers(history: list[Any]) -> list[tuple[Any, ...]]:
     """A history without the seconds field."""
-    return [(r.epoch, r.train_loss, r.test_loss, r.test_accuracy) for r in history]
+    return [(r.epoch, r.train_loss, r.test_loss, r.test_accuracy, r.skipped) for r in history]
 
 
 class Steps:
@@ -214,6 +214,35 @@ def test_ema_and_lookahead_state_is_restored(dataset: symopt.data.Dataset, tmp_p
     history = _unwrapped(trainer).fit(2, SEED, progress=False, checkpoint=path, resume=True)
     assert _numbers(history) == _numbers(expected)
     _assert_identical(trainer.optimizer.state(), reference.optimizer.state())
+
+
+def test_skipped_steps_survive_a_resume(dataset: symopt.data.Dataset, tmp_path: Path) -> None:
+    """skip_nonfinite: the epoch's mean over finite losses and its count of skipped steps
+    continue across a mid-epoch resume."""
+    poisoned = [0, 5, 17, 100]
+    x = dataset.x_train.copy()
+    x[poisoned] = np.inf  # every batch holding one of these rows has a NaN loss and is skipped
+
+    def make() -> Trainer:
+        model = nn.MLP([SIDE * SIDE, 8, 3], seed=4)
+        opt = symopt.Adam(model.params, learning_rate=1e-2, skip_nonfinite=True)
+        return Trainer(model, opt, x, dataset.y_train, dataset.x_test, dataset.y_test, batch_size=BATCH)
+
+    reference = make()
+    expected = reference.fit(2, SEED, progress=False)
+    rng, spe = np.random.default_rng(SEED), reference.steps_per_epoch
+    counts = [int(np.isin(rng.permutation(len(x))[: spe * BATCH].reshape(spe, BATCH), poisoned).any(axis=1).sum())
+              for _ in range(2)]
+    assert [r.skipped for r in expected] == counts and 0 < counts[1] < spe
+    assert all(np.isfinite(r.train_loss) for r in expected)
+
+    trainer, path = make(), tmp_path / "run.ckpt"
+    trainer.train_step = Steps(trainer.train_step, at=1 + spe + 6, action="crash")  # during step 6 of epoch 2
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(2, SEED, progress=False, checkpoint=path, checkpoint_every=spe + 4)  # file at step 4 of epoch 2
+    history = _unwrapped(trainer).fit(2, SEED, progress=False, checkpoint=path, resume=True)
+    assert _numbers(history) == _numbers(expected)
+    assert int(trainer.optimizer.skipped.get_value()) == sum(counts)
 
 
 # ---------------------------------------------------------------------- refusals
