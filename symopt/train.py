@@ -164,7 +164,14 @@ class Trainer:
 
         train_loss = loss(model.output(x, train=True), y)
         updates = optimizer.updates(train_loss)
-        updates.update(getattr(model, "extra_updates", {}))  # batch-norm statistics, dropout RNGs
+        extra = dict(getattr(model, "extra_updates", {}))  # batch-norm statistics, dropout RNGs
+        if getattr(optimizer, "skip_nonfinite", False):
+            # A skipped step changes nothing: nor the batch-norm statistics of a non-finite
+            # forward pass (dropout generators still advance, like the data order).
+            finite = pt.isfinite(train_loss)
+            extra = {var: pt.switch(finite, new, var) if isinstance(var.type, pt.TensorType) else new
+                     for var, new in extra.items()}
+        updates.update(extra)
         rows = self.order[i * self.batch_size : (i + 1) * self.batch_size]
         self.train_step = function(
             [i], train_loss, updates=updates, givens={x: self.x_train[rows], y: self.y_train[rows]}, mode=mode

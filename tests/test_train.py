@@ -127,6 +127,26 @@ def test_batchnorm_statistics_are_updated_inside_the_train_step(dataset: symopt.
     assert not any(np.array_equal(s, b.get_value()) for s, b in zip(start, bn.buffers))
 
 
+def test_a_skipped_step_leaves_batchnorm_statistics_alone(dataset: symopt.data.Dataset) -> None:
+    model = nn.MLP([SIDE * SIDE, 16, 3], seed=4, batchnorm=True)
+    optimizer = symopt.Adam(model.params, learning_rate=1e-2, skip_nonfinite=True)
+    x = dataset.x_train.copy()
+    x[:32] = np.inf  # the first batch of the initial order: a NaN forward pass
+    trainer = Trainer(model, optimizer, x, dataset.y_train, dataset.x_test, dataset.y_test, batch_size=32)
+    bn = next(layer for layer in model.layers if isinstance(layer, nn.BatchNorm))
+
+    def state() -> list[np.ndarray]:
+        return [v.get_value().copy() for v in (*model.params, *bn.buffers)]
+
+    before = state()
+    assert not np.isfinite(trainer.train_step(0))
+    assert all(np.array_equal(a, b) for a, b in zip(before, state()))
+    assert int(optimizer.skipped.get_value()) == 1
+    assert np.isfinite(trainer.train_step(1))
+    assert not any(np.array_equal(a, b) for a, b in zip(before[-len(bn.buffers):], state()[-len(bn.buffers):]))
+    assert all(np.isfinite(b.get_value()).all() for b in bn.buffers)
+
+
 def test_trainer_rejects_bad_arguments(dataset: symopt.data.Dataset) -> None:
     model = nn.MLP([SIDE * SIDE, 4, 3], seed=0)
     opt = symopt.SGD(model.params)
