@@ -64,7 +64,7 @@ import pytensor
 from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 
-from . import _blas, _elemwise
+from . import _blas, _elemwise, _jax
 
 __all__ = ["function", "default_mode", "backend_name", "resolve_mode", "configure_blas", "blas_info", "MODES", "DEFAULT_MODE"]
 
@@ -205,6 +205,8 @@ def _build(name: str) -> Mode:
             linker=linker,
             optimizer=RewriteDatabaseQuery(include=["fast_run", _elemwise.TAG], exclude=[_blas.REPLACED]),
         )
+    if name == "JAX":
+        return get_mode("JAX").including(_jax.TAG)
     return get_mode(name)
 
 
