@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import warnings
 from typing import Any
 
@@ -185,6 +186,53 @@ def test_float32_train_step_stays_float32(mode: str | None) -> None:
         if out.type.dtype == "float64" and out.type.ndim > 0 and not all(out.type.broadcastable)
     ]
     assert wide == []  # float64 only for per-step scalars (bias corrections, hyperparameters)
+
+
+# ---------------------------------------------------------------- the JAX backend
+needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed (pip install -e '.[bench]')")
+
+
+@needs_jax
+def test_jax_reduction_with_a_wide_accumulator_returns_the_output_dtype() -> None:
+    # PyTensor sums float32 with a float64 accumulator; its JAX dispatch returned the
+    # accumulator's dtype (float64) unless symopt's rewrite casts the result back.
+    x = pt.matrix("x", dtype="float32")
+    total = pt.sum(x, axis=1)
+    assert total.owner.op.acc_dtype == "float64" and total.dtype == "float32"
+    data = np.random.default_rng(0).normal(size=(64, 4096)).astype("float32")
+    got = np.asarray(function([x], total, mode="JAX")(data))
+    assert got.dtype == np.float32
+    exact = data.astype("float64").sum(axis=1)
+    # Summation in float32 (JAX's order): error <= n * eps * sum |x| (Higham 4.2).
+    bound = data.shape[1] * np.finfo(np.float32).eps * np.abs(data.astype("float64")).sum(axis=1)
+    assert np.all(np.abs(got - exact) <= bound)
+
+
+def _jax_ready_train_step(mode: str, steps: int = 5) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Adam on a small float32 MLP; the class count is static (JAX traces ``arange`` of it)."""
+    rng = np.random.default_rng(0)
+    x_data = rng.normal(size=(8 * steps, 6)).astype("float32")
+    y_data = rng.integers(0, 3, 8 * steps).astype("int64")
+    model = symopt.nn.MLP([6, 5, 4, 3], activation="relu", init="he", seed=0)
+    opt = symopt.get("Adam")(model.params, learning_rate=1e-2)
+    x, y = pt.matrix("x", dtype="float32"), pt.vector("y", dtype="int64")
+    loss = symopt.nn.cross_entropy(pt.specify_shape(model.output(x, train=True), (None, 3)), y)
+    step = function([x, y], loss, updates=opt.updates(loss), mode=mode)
+    losses = [np.asarray(step(x_data[i : i + 8], y_data[i : i + 8])) for i in range(0, 8 * steps, 8)]
+    state = [np.asarray(s.get_value()) for slots in opt.state for s in slots.values()]
+    return [np.asarray(p.get_value()) for p in model.params] + state, losses
+
+
+@needs_jax
+def test_jax_backend_matches_the_default_backend_and_stays_float32() -> None:
+    reference, ref_losses = _jax_ready_train_step("NUMBA")
+    params, losses = _jax_ready_train_step("JAX")
+    assert all(loss.dtype == np.float32 for loss in losses)
+    np.testing.assert_allclose(np.array(losses), np.array(ref_losses), rtol=1e-5)
+    assert len(params) == len(reference) == 6 * 3  # W, b of 3 layers, each with Adam's two slots
+    for got, want in zip(params, reference, strict=True):
+        assert got.dtype == np.float32  # was float64 after the first JAX step
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- the flat-loop rewrite
