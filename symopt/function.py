@@ -57,7 +57,9 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytensor
@@ -249,9 +251,85 @@ def backend_name(mode: Any = None) -> str:
     return name if name in MODES else mode
 
 
+#: Set to 1 to hide the one-line notice before the first compilation on a machine.
+QUIET_ENV = "SYMOPT_QUIET_FIRST_COMPILE"
+_MARKER = "symopt-cache-warm-{family}"
+_noticed: set[str] = set()  # families this process has already handled
+
+
+def _cache_family(mode: Any) -> str | None:
+    """``"numba"`` or ``"c"``: which persistent PyTensor cache ``mode`` fills; else None."""
+    from pytensor.link.c.basic import CLinker
+    from pytensor.link.numba.linker import NumbaLinker
+    from pytensor.link.vm import VMLinker
+
+    linker = getattr(get_mode(mode), "linker", None)
+    if isinstance(linker, NumbaLinker):
+        return "numba"
+    if isinstance(linker, CLinker) or (isinstance(linker, VMLinker) and linker.c_thunks is not False):
+        return "c"
+    return None
+
+
+def _cache_paths(family: str) -> tuple[Path, Path]:
+    """(marker file, cache directory) of ``family`` in PyTensor's compile directory."""
+    compiledir = Path(pytensor.config.compiledir)
+    cache = Path(pytensor.config.base_compiledir) / "numba" if family == "numba" else compiledir
+    return compiledir / _MARKER.format(family=family), cache
+
+
+def _cache_is_cold(marker: Path, cache: Path) -> bool:
+    """No marker and nothing cached yet (a cache filled before symopt wrote markers is warm)."""
+    if marker.exists():
+        return False
+    try:
+        entries = [e for e in os.scandir(cache) if e.name != "__init__.py" and not e.name.startswith("symopt-")]
+    except OSError:  # not created yet: PyTensor makes it on first use
+        return True
+    return not entries
+
+
+def _first_compile_notice(mode: Any) -> Path | None:
+    """Print one line to stderr before the first compilation on a machine whose PyTensor
+    cache for ``mode``'s backend is cold; return the marker to write once it succeeded.
+
+    Cheap: once per backend family and process, a stat and at most one directory scan.
+    Hidden with ``SYMOPT_QUIET_FIRST_COMPILE=1``.
+    """
+    try:
+        family = _cache_family(mode)
+    except Exception:  # a mode PyTensor cannot resolve fails in pytensor.function with its own error
+        return None
+    if family is None or family in _noticed:
+        return None
+    _noticed.add(family)
+    marker, cache = _cache_paths(family)
+    if _cache_is_cold(marker, cache) and os.environ.get(QUIET_ENV, "").strip() not in ("1", "true", "yes"):
+        print(
+            f"symopt: first {'Numba' if family == 'numba' else 'C'} compilation on this machine: filling "
+            f"PyTensor's cache in {cache} (about a minute, once; {QUIET_ENV}=1 hides this)",
+            file=sys.stderr,
+            flush=True,
+        )
+    return None if marker.exists() else marker
+
+
 def function(inputs: Any, outputs: Any = None, *, updates: Any = None, givens: Any = None, mode: Any = None, **kwargs: Any):
-    """Compile like :func:`pytensor.function`; ``mode=None`` means :func:`default_mode`."""
-    return pytensor.function(inputs, outputs, updates=updates, givens=givens, mode=resolve_mode(mode), **kwargs)
+    """Compile like :func:`pytensor.function`; ``mode=None`` means :func:`default_mode`.
+
+    Before the first compilation on a machine whose PyTensor cache is cold (no symopt
+    marker in ``pytensor.config.compiledir`` and an empty cache), prints one line to
+    stderr saying so, instead of a silent wait of about a minute; never once warm.
+    """
+    resolved = resolve_mode(mode)
+    marker = _first_compile_notice(resolved)
+    compiled = pytensor.function(inputs, outputs, updates=updates, givens=givens, mode=resolved, **kwargs)
+    if marker is not None:
+        try:
+            marker.touch()
+        except OSError:  # a read-only compiledir: the notice may show again, nothing worse
+            pass
+    return compiled
 
 
 configure_blas()

@@ -5,7 +5,11 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -290,3 +294,74 @@ def test_grads_path_updates_in_place_in_the_default_backend() -> None:
     fn = function([g], [], updates=symopt.Adam([W]).updates(grads=[g]), mode="NUMBA")
     update = max((n for n in fn.maker.fgraph.apply_nodes if "Composite" in str(n.op)), key=lambda n: len(n.inputs))
     assert sorted(update.op.destroy_map) == [0, 1, 2]  # parameter, exp_avg, exp_avg_sq
+
+
+# ---------------------------------------------------------------- the first-compilation notice
+NOTICE = "symopt: first Numba compilation on this machine"
+_TWO_COMPILES = """
+import numpy as np, pytensor, pytensor.tensor as pt, symopt
+x = pt.vector("x", dtype="float32")
+w = pytensor.shared(np.ones(3, dtype="float32"))
+symopt.function([x], (x * w).sum(), updates={w: w - np.float32(0.1) * x}, mode="NUMBA")
+symopt.function([x], x.sum(), mode="NUMBA")
+print("compiled")
+"""
+
+
+def test_first_compilation_on_a_cold_cache_says_so_once_and_never_again(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (function_module.QUIET_ENV, "SYMOPT_MODE")}
+    env["PYTENSOR_FLAGS"] = f"base_compiledir={tmp_path / 'pytensor'}"
+    runs = [subprocess.run([sys.executable, "-c", _TWO_COMPILES], env=env, capture_output=True, text=True, timeout=600)
+            for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0 and run.stdout.strip() == "compiled", run.stderr
+    first, second = ([line for line in run.stderr.splitlines() if line.startswith("symopt: first")] for run in runs)
+    assert len(first) == 1 and first[0].startswith(NOTICE) and str(tmp_path / "pytensor") in first[0]
+    assert second == []
+
+
+@pytest.fixture
+def fresh_notice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path]:
+    """symopt's cache paths pointed at an empty temporary cache; nothing noticed yet."""
+    marker, cache = tmp_path / "symopt-cache-warm-numba", tmp_path / "numba"
+    cache.mkdir()
+    monkeypatch.setattr(function_module, "_cache_paths", lambda family: (marker, cache))
+    monkeypatch.setattr(function_module, "_noticed", set())
+    monkeypatch.delenv(function_module.QUIET_ENV, raising=False)
+    return marker, cache
+
+
+def _compile_tiny(mode: str = "NUMBA") -> None:
+    x = pt.vector("x", dtype="float32")
+    function([x], x * 2, mode=mode)
+
+
+def test_first_compilation_notice_can_be_hidden(
+    fresh_notice: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(function_module.QUIET_ENV, "1")
+    _compile_tiny()
+    assert capsys.readouterr().err == ""
+    assert fresh_notice[0].exists()  # marked warm all the same
+
+
+def test_a_cache_filled_before_markers_existed_is_warm(
+    fresh_notice: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker, cache = fresh_notice
+    (cache / "string.elemwise-0.nbi").write_bytes(b"")
+    _compile_tiny()
+    assert capsys.readouterr().err == ""
+    assert marker.exists()
+
+
+def test_a_cold_cache_notice_is_one_line_per_process(
+    fresh_notice: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _compile_tiny("FAST_COMPILE")  # Python thunks: no persistent cache, no notice
+    assert capsys.readouterr().err == ""
+    _compile_tiny()
+    _compile_tiny()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(NOTICE) and str(fresh_notice[1]) in err
+    assert fresh_notice[0].exists()
