@@ -24,6 +24,11 @@ one process:
     programs are equal is call overhead (PyTensor's ``Function`` checks and copies the
     NumPy batch, passes ~40 arguments, NumPy scalars are transferred each call).
 
+Shared data (``--data-rows``, default 60000: MNIST's training set, 188 MB float32): a
+function that reads a 128-row batch of a shared 60000x784 array by an index vector, in
+the stock mode and in symopt's, median of ``--steps`` calls. The stock mode copies the
+whole NumPy array to the device at every call; symopt's puts it there once.
+
 Each contender runs ``--warmup`` steps, then ``--rounds`` rounds of ``--steps`` timed
 steps, the order rotated every round; the figure is the median over all timed steps,
 and every ratio is to ``jax-optax`` from the same run. Also printed: the dtype of the
@@ -73,8 +78,10 @@ def xla_only(step_fn: Any, args: list[Any]) -> Callable[[int], Any]:
     return step
 
 
-def contenders(optimizer: str, problem: st.Problem) -> dict[str, Callable[[int], Any]]:
-    """Every contender's ``step(i)``, built and compiled."""
+def contenders(
+    optimizer: str, problem: st.Problem
+) -> tuple[dict[str, Callable[[int], Any]], dict[str, Callable[[], list[Any]]]]:
+    """Every contender's ``step(i)``, built and compiled; each full step's ``params()``."""
     import jax
     import jax.numpy as jnp
     from pytensor.compile.mode import get_mode
@@ -89,24 +96,48 @@ def contenders(optimizer: str, problem: st.Problem) -> dict[str, Callable[[int],
     for c in built.values():
         c.step(0)
     # The symopt[JAX] function's jitted program (PyTensor's JIT linker keeps it on its
-    # thunk as ``jit_fn``), on device copies of its current inputs and batch 0.
+    # thunk as ``jit_fn``; symopt's linker wraps it, ``jitted``), on device copies of
+    # its current inputs and batch 0.
     fn = built["symopt[JAX]"].info["function"]
     args = [None if s[0] is None else jax.device_put(s[0]) for s in fn.vm.inputs]
     args[0], args[1] = jax.device_put(problem.xs[0]), jax.device_put(problem.ys[0])
-    steps["xla:symopt[JAX]"] = xla_only(fn.vm.jit_fn, args)
+    steps["xla:symopt[JAX]"] = xla_only(getattr(fn.vm.jit_fn, "jitted", fn.vm.jit_fn), args)
     tx, _ = st.optax_transform(optimizer, st.hyperparameters(optimizer))
     params = [jnp.asarray(p) for p in problem.init]
     jo_args = [params, tx.init(params), args[0], args[1]]
     steps["xla:jax-optax"] = xla_only(jax.jit(st._jax_train_step(tx)), jo_args)
-    steps["_params"] = {name: c.params for name, c in built.items()}  # type: ignore[assignment]
-    return steps
+    return steps, {name: c.params for name, c in built.items()}
+
+
+def shared_data_call_ms(rows: int, calls: int) -> dict[str, float]:
+    """Median ms per call of a batch read from a shared ``rows`` x 784 float32 array."""
+    import pytensor
+    import pytensor.tensor as pt
+    from pytensor.compile.mode import get_mode
+
+    import symopt
+
+    rng = np.random.default_rng(0)
+    data = pytensor.shared(rng.random((rows, 784), dtype=np.float32), name="data")
+    idx = pt.vector("idx", dtype="int64")
+    out: dict[str, float] = {}
+    for name, mode in (("pytensor[JAX]", get_mode("JAX")), ("symopt[JAX]", "JAX")):
+        fn = symopt.function([idx], data[idx].sum(), mode=mode)
+        batches = [rng.integers(0, rows, 128) for _ in range(calls)]
+        np.asarray(fn(batches[0]))
+        times = []
+        for b in batches:
+            t0 = time.perf_counter()
+            np.asarray(fn(b))
+            times.append(time.perf_counter() - t0)
+        out[name] = round(1e3 * statistics.median(times), 4)
+    return out
 
 
 def run(optimizer: str, rounds: int, steps: int, warmup: int) -> dict[str, Any]:
     """Build, warm up and time every contender interleaved; medians in ms."""
     problem = st.make_problem()
-    fns = contenders(optimizer, problem)
-    params = fns.pop("_params")
+    fns, params = contenders(optimizer, problem)
     for fn in fns.values():
         for i in range(warmup):
             fn(i)
@@ -147,12 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--data-rows", type=int, default=60000)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     result = run(args.optimizer, args.rounds, args.steps, args.warmup)
+    result["shared_data_call_ms"] = shared_data_call_ms(args.data_rows, args.steps)
+    result["shared_data_rows"] = args.data_rows
     for name, ms in result["median_ms"].items():
         print(f"{name:18s} {ms:8.3f} ms   / jax-optax {result['over_jax_optax'][name]:.2f}")
     print("parameter dtypes after the run:", result["param_dtypes_after"])
+    print(f"batch from a shared {args.data_rows}x784 float32 array, ms per call:", result["shared_data_call_ms"])
     print("load average before / after:", result["load_before"], result["load_after"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""Keep float32 float32 in PyTensor's JAX backend.
+"""symopt's ``JAX`` mode: PyTensor's JAX backend with float32 kept float32 and shared data on the device.
 
 PyTensor (3.0.x) sums a float32 tensor with a float64 accumulator (``Sum{acc=float64}``,
 output float32: what its C and Numba backends compute). Its JAX dispatch of ``CAReduce``
@@ -20,12 +20,16 @@ backends' float64 accumulation.
 
 from __future__ import annotations
 
+import numpy as np
 from pytensor.compile import optdb
+from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.rewriting.basic import dfs_rewriter, node_rewriter
+from pytensor.link.jax.linker import JAXLinker
 from pytensor.tensor.basic import cast
 from pytensor.tensor.elemwise import CAReduce
+from pytensor.tensor.type import TensorType
 
-__all__ = ["TAG", "local_careduce_explicit_cast"]
+__all__ = ["TAG", "local_careduce_explicit_cast", "DeviceSharedJAXLinker"]
 
 #: The optdb tag symopt's JAX mode includes.
 TAG = "symopt_jax"
@@ -49,3 +53,46 @@ optdb.register(
     TAG,
     position=99,  # after fusion (49), so no later rewrite folds the cast back into the sum
 )
+
+
+class DeviceSharedJAXLinker(JAXLinker):
+    """PyTensor's JAX linker, with shared tensors kept on the device.
+
+    PyTensor stores shared values as NumPy arrays and hands them to the jitted function
+    as they are, so JAX copies every one to the device on every call: a training set
+    held in a shared variable (188 MB for MNIST: 200 ms a call on this CPU, a PCIe
+    transfer on a GPU), every hyperparameter. Updated variables become device arrays
+    after the first call anyway (PyTensor stores the function's outputs). This linker
+    does the same for the others: a NumPy value found in a shared variable's container
+    at call time is put on the device once and stored back, so ``get_value()`` returns
+    a ``jax.Array`` (NumPy reads it with ``np.asarray``) and a later ``set_value`` is
+    picked up by the next call, transferred once. As for updated variables already, a
+    function compiled with another backend on the same shared variables then receives
+    ``jax.Array`` values.
+    """
+
+    def create_thunk_inputs(self, storage_map):
+        thunk_inputs = super().create_thunk_inputs(storage_map)
+        self._shared_storage = tuple(
+            (index, storage)
+            for index, (var, storage) in enumerate(zip(self.fgraph.inputs, thunk_inputs, strict=True))
+            if isinstance(var, SharedVariable) and isinstance(var.type, TensorType) and index not in self.scalar_shape_inputs
+        )
+        return thunk_inputs
+
+    def jit_compile(self, fn):
+        import jax
+
+        jit_fn = super().jit_compile(fn)
+        shared = getattr(self, "_shared_storage", ())  # a PyTensor that skips create_thunk_inputs: plain JAXLinker
+
+        def call(*args):
+            if any(type(args[i]) is np.ndarray for i, _ in shared):
+                args = list(args)
+                for i, storage in shared:
+                    if type(args[i]) is np.ndarray:
+                        storage[0] = args[i] = jax.device_put(args[i])
+            return jit_fn(*args)
+
+        call.jitted = jit_fn  # the jax.jit function itself (lower(), compile())
+        return call

@@ -47,6 +47,19 @@ runs above had CVM's cold compile at 2.7x Numba's, and the test suite and sweeps
 compile many small distinct graphs, where g++ runs once per new op: that workload has
 not been re-measured quietly, so the default stays; ``SYMOPT_MODE=CVM`` for long runs.
 
+``JAX`` is PyTensor's JAX mode with two fixes from ``symopt._jax``: a rewrite (PyTensor's
+JAX reductions returned float64 for float32 sums, which made every float32 train step
+float64 from its second call on, 2.8x slower than the same step in hand-written JAX) and
+a linker that keeps shared tensors on the device (PyTensor's copied every NumPy shared
+value, a whole training set included, to the device at every call). Measured in
+``benchmarks/jax_backend.py``.
+
+First compilation: before the first compilation on a machine whose PyTensor cache for
+the backend (Numba's, or the C modules') is empty, :func:`function` prints one line to
+stderr, since that compilation takes about a minute; a marker file in
+``pytensor.config.compiledir`` records that the cache is warm. ``SYMOPT_QUIET_FIRST_COMPILE=1``
+hides the line.
+
 C modes also swap two PyTensor rewrites for symopt's: the flat elementwise loop above
 and ``symopt._blas`` (a scalar is folded into a matrix product only when the product
 has no other consumer; PyTensor's rewrite computed AdamW's and Lion's weight gradients
@@ -208,7 +221,7 @@ def _build(name: str) -> Mode:
             optimizer=RewriteDatabaseQuery(include=["fast_run", _elemwise.TAG], exclude=[_blas.REPLACED]),
         )
     if name == "JAX":
-        return get_mode("JAX").including(_jax.TAG)
+        return Mode(linker=_jax.DeviceSharedJAXLinker(), optimizer=get_mode("JAX").provided_optimizer.including(_jax.TAG))
     return get_mode(name)
 
 

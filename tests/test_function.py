@@ -296,6 +296,38 @@ def test_grads_path_updates_in_place_in_the_default_backend() -> None:
     assert sorted(update.op.destroy_map) == [0, 1, 2]  # parameter, exp_avg, exp_avg_sq
 
 
+@needs_jax
+def test_jax_mode_keeps_shared_data_on_the_device_and_sees_set_value() -> None:
+    import jax
+
+    # The data set is a shared variable, rows picked by an index input (PyTensor's JAX
+    # backend cannot trace a slice with symbolic bounds, so not Trainer's slice).
+    rng = np.random.default_rng(0)
+    data = pytensor.shared(rng.normal(size=(40, 3)).astype("float32"), name="data")
+    w = pytensor.shared(np.ones(3, dtype="float32"), name="w")
+    scale = pytensor.shared(np.float32(0.5), name="scale")  # read, never updated
+    idx = pt.vector("idx", dtype="int64")
+    batch = data[idx]
+    step = function([idx], (batch @ w).sum(), updates={w: w - scale * batch.sum(axis=0)}, mode="JAX")
+
+    def stored(var: Any) -> Any:
+        return var.get_value(borrow=True, return_internal_type=True)
+
+    want_w = np.ones(3, dtype="float32")
+    for k in range(3):
+        rows = np.asarray(stored(data))[k * 8 : (k + 1) * 8]
+        np.testing.assert_allclose(step(np.arange(k * 8, (k + 1) * 8)), (rows @ want_w).sum(), rtol=1e-6)
+        want_w = want_w - np.float32(0.5) * rows.sum(axis=0)
+        # Put on the device once and kept there, not copied from NumPy at every call.
+        assert isinstance(stored(data), jax.Array) and isinstance(stored(scale), jax.Array)
+    np.testing.assert_allclose(np.asarray(w.get_value()), want_w, rtol=1e-6)
+    fresh = rng.normal(size=(40, 3)).astype("float32")
+    data.set_value(fresh)  # NumPy again: used by the next call, then kept on the device
+    np.testing.assert_allclose(step(np.arange(8)), (fresh[:8] @ want_w).sum(), rtol=1e-6)
+    assert isinstance(stored(data), jax.Array)
+    np.testing.assert_array_equal(np.asarray(data.get_value()), fresh)
+
+
 # ---------------------------------------------------------------- the first-compilation notice
 NOTICE = "symopt: first Numba compilation on this machine"
 _TWO_COMPILES = """
