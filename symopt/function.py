@@ -49,7 +49,7 @@ not been re-measured quietly, so the default stays; ``SYMOPT_MODE=CVM`` for long
 
 ``JAX`` is PyTensor's JAX mode with two fixes from ``symopt._jax``: a rewrite (PyTensor's
 JAX reductions returned float64 for float32 sums, which made every float32 train step
-float64 from its second call on, 2.8x slower than the same step in hand-written JAX) and
+float64 from its second call on, 2.5-2.8x slower than the same step in hand-written JAX) and
 a linker that keeps shared tensors on the device (PyTensor's copied every NumPy shared
 value, a whole training set included, to the device at every call). Measured in
 ``benchmarks/jax_backend.py``.
