@@ -267,7 +267,8 @@ def backend_name(mode: Any = None) -> str:
 #: Set to 1 to hide the one-line notice before the first compilation on a machine.
 QUIET_ENV = "SYMOPT_QUIET_FIRST_COMPILE"
 _MARKER = "symopt-cache-warm-{family}"
-_noticed: set[str] = set()  # families this process has already handled
+_noticed: set[str] = set()  # families this process has checked (and told about, if cold)
+_marked: set[str] = set()  # families whose marker this process has seen or written
 
 
 def _cache_family(mode: Any) -> str | None:
@@ -302,29 +303,33 @@ def _cache_is_cold(marker: Path, cache: Path) -> bool:
     return not entries
 
 
-def _first_compile_notice(mode: Any) -> Path | None:
+def _first_compile_notice(mode: Any) -> tuple[str, Path] | None:
     """Print one line to stderr before the first compilation on a machine whose PyTensor
-    cache for ``mode``'s backend is cold; return the marker to write once it succeeded.
+    cache for ``mode``'s backend is cold; return (family, marker) to write once it succeeded.
 
-    Cheap: once per backend family and process, a stat and at most one directory scan.
-    Hidden with ``SYMOPT_QUIET_FIRST_COMPILE=1``.
+    Cheap: a stat per compilation until the marker exists, one directory scan per
+    backend family and process. Hidden with ``SYMOPT_QUIET_FIRST_COMPILE=1``.
     """
     try:
         family = _cache_family(mode)
     except Exception:  # a mode PyTensor cannot resolve fails in pytensor.function with its own error
         return None
-    if family is None or family in _noticed:
+    if family is None or family in _marked:
         return None
-    _noticed.add(family)
     marker, cache = _cache_paths(family)
-    if _cache_is_cold(marker, cache) and os.environ.get(QUIET_ENV, "").strip() not in ("1", "true", "yes"):
-        print(
-            f"symopt: first {'Numba' if family == 'numba' else 'C'} compilation on this machine: filling "
-            f"PyTensor's cache in {cache} (about a minute, once; {QUIET_ENV}=1 hides this)",
-            file=sys.stderr,
-            flush=True,
-        )
-    return None if marker.exists() else marker
+    if family not in _noticed:
+        _noticed.add(family)
+        if _cache_is_cold(marker, cache) and os.environ.get(QUIET_ENV, "").strip() not in ("1", "true", "yes"):
+            print(
+                f"symopt: first {'Numba' if family == 'numba' else 'C'} compilation on this machine: filling "
+                f"PyTensor's cache in {cache} (about a minute, once; {QUIET_ENV}=1 hides this)",
+                file=sys.stderr,
+                flush=True,
+            )
+    if marker.exists():
+        _marked.add(family)
+        return None
+    return family, marker
 
 
 def function(inputs: Any, outputs: Any = None, *, updates: Any = None, givens: Any = None, mode: Any = None, **kwargs: Any):
@@ -335,11 +340,13 @@ def function(inputs: Any, outputs: Any = None, *, updates: Any = None, givens: A
     stderr saying so, instead of a silent wait of about a minute; never once warm.
     """
     resolved = resolve_mode(mode)
-    marker = _first_compile_notice(resolved)
+    pending = _first_compile_notice(resolved)
     compiled = pytensor.function(inputs, outputs, updates=updates, givens=givens, mode=resolved, **kwargs)
-    if marker is not None:
+    if pending is not None:  # the marker is written only once a compilation succeeded
+        family, marker = pending
         try:
             marker.touch()
+            _marked.add(family)
         except OSError:  # a read-only compiledir: the notice may show again, nothing worse
             pass
     return compiled

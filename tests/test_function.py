@@ -359,6 +359,7 @@ def fresh_notice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path,
     cache.mkdir()
     monkeypatch.setattr(function_module, "_cache_paths", lambda family: (marker, cache))
     monkeypatch.setattr(function_module, "_noticed", set())
+    monkeypatch.setattr(function_module, "_marked", set())
     monkeypatch.delenv(function_module.QUIET_ENV, raising=False)
     return marker, cache
 
