@@ -288,7 +288,8 @@ def symopt_contender(optimizer: str, problem: Problem, mode: str | None) -> Cont
 
     label = "default" if mode is None else mode
     note = resolved_default_mode() if mode is None else f"mode={mode!r}"
-    return Contender(f"symopt[{label}]", step, lambda: [v.get_value() for v in model.params], note)
+    return Contender(f"symopt[{label}]", step, lambda: [v.get_value() for v in model.params], note,
+                     {"function": train})
 
 
 # ============================================================================ NumPy

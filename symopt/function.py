@@ -47,6 +47,19 @@ runs above had CVM's cold compile at 2.7x Numba's, and the test suite and sweeps
 compile many small distinct graphs, where g++ runs once per new op: that workload has
 not been re-measured quietly, so the default stays; ``SYMOPT_MODE=CVM`` for long runs.
 
+``JAX`` is PyTensor's JAX mode with two fixes from ``symopt._jax``: a rewrite (PyTensor's
+JAX reductions returned float64 for float32 sums, which made every float32 train step
+float64 from its second call on, 2.5-2.8x slower than the same step in hand-written JAX) and
+a linker that keeps shared tensors on the device (PyTensor's copied every NumPy shared
+value, a whole training set included, to the device at every call). Measured in
+``benchmarks/jax_backend.py``.
+
+First compilation: before the first compilation on a machine whose PyTensor cache for
+the backend (Numba's, or the C modules') is empty, :func:`function` prints one line to
+stderr, since that compilation takes about a minute; a marker file in
+``pytensor.config.compiledir`` records that the cache is warm. ``SYMOPT_QUIET_FIRST_COMPILE=1``
+hides the line.
+
 C modes also swap two PyTensor rewrites for symopt's: the flat elementwise loop above
 and ``symopt._blas`` (a scalar is folded into a matrix product only when the product
 has no other consumer; PyTensor's rewrite computed AdamW's and Lion's weight gradients
@@ -57,14 +70,16 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytensor
 from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 
-from . import _blas, _elemwise
+from . import _blas, _elemwise, _jax
 
 __all__ = ["function", "default_mode", "backend_name", "resolve_mode", "configure_blas", "blas_info", "MODES", "DEFAULT_MODE"]
 
@@ -205,6 +220,8 @@ def _build(name: str) -> Mode:
             linker=linker,
             optimizer=RewriteDatabaseQuery(include=["fast_run", _elemwise.TAG], exclude=[_blas.REPLACED]),
         )
+    if name == "JAX":
+        return Mode(linker=_jax.DeviceSharedJAXLinker(), optimizer=get_mode("JAX").provided_optimizer.including(_jax.TAG))
     return get_mode(name)
 
 
@@ -247,9 +264,92 @@ def backend_name(mode: Any = None) -> str:
     return name if name in MODES else mode
 
 
+#: Set to 1 to hide the one-line notice before the first compilation on a machine.
+QUIET_ENV = "SYMOPT_QUIET_FIRST_COMPILE"
+_MARKER = "symopt-cache-warm-{family}"
+_noticed: set[str] = set()  # families this process has checked (and told about, if cold)
+_marked: set[str] = set()  # families whose marker this process has seen or written
+
+
+def _cache_family(mode: Any) -> str | None:
+    """``"numba"`` or ``"c"``: which persistent PyTensor cache ``mode`` fills; else None."""
+    from pytensor.link.c.basic import CLinker
+    from pytensor.link.numba.linker import NumbaLinker
+    from pytensor.link.vm import VMLinker
+
+    linker = getattr(get_mode(mode), "linker", None)
+    if isinstance(linker, NumbaLinker):
+        return "numba"
+    if isinstance(linker, CLinker) or (isinstance(linker, VMLinker) and linker.c_thunks is not False):
+        return "c"
+    return None
+
+
+def _cache_paths(family: str) -> tuple[Path, Path]:
+    """(marker file, cache directory) of ``family`` in PyTensor's compile directory."""
+    compiledir = Path(pytensor.config.compiledir)
+    cache = Path(pytensor.config.base_compiledir) / "numba" if family == "numba" else compiledir
+    return compiledir / _MARKER.format(family=family), cache
+
+
+def _cache_is_cold(marker: Path, cache: Path) -> bool:
+    """No marker and nothing cached yet (a cache filled before symopt wrote markers is warm)."""
+    if marker.exists():
+        return False
+    try:
+        entries = [e for e in os.scandir(cache) if e.name != "__init__.py" and not e.name.startswith("symopt-")]
+    except OSError:  # not created yet: PyTensor makes it on first use
+        return True
+    return not entries
+
+
+def _first_compile_notice(mode: Any) -> tuple[str, Path] | None:
+    """Print one line to stderr before the first compilation on a machine whose PyTensor
+    cache for ``mode``'s backend is cold; return (family, marker) to write once it succeeded.
+
+    Cheap: a stat per compilation until the marker exists, one directory scan per
+    backend family and process. Hidden with ``SYMOPT_QUIET_FIRST_COMPILE=1``.
+    """
+    try:
+        family = _cache_family(mode)
+    except Exception:  # a mode PyTensor cannot resolve fails in pytensor.function with its own error
+        return None
+    if family is None or family in _marked:
+        return None
+    marker, cache = _cache_paths(family)
+    if family not in _noticed:
+        _noticed.add(family)
+        if _cache_is_cold(marker, cache) and os.environ.get(QUIET_ENV, "").strip() not in ("1", "true", "yes"):
+            print(
+                f"symopt: first {'Numba' if family == 'numba' else 'C'} compilation on this machine: filling "
+                f"PyTensor's cache in {cache} (about a minute, once; {QUIET_ENV}=1 hides this)",
+                file=sys.stderr,
+                flush=True,
+            )
+    if marker.exists():
+        _marked.add(family)
+        return None
+    return family, marker
+
+
 def function(inputs: Any, outputs: Any = None, *, updates: Any = None, givens: Any = None, mode: Any = None, **kwargs: Any):
-    """Compile like :func:`pytensor.function`; ``mode=None`` means :func:`default_mode`."""
-    return pytensor.function(inputs, outputs, updates=updates, givens=givens, mode=resolve_mode(mode), **kwargs)
+    """Compile like :func:`pytensor.function`; ``mode=None`` means :func:`default_mode`.
+
+    Before the first compilation on a machine whose PyTensor cache is cold (no symopt
+    marker in ``pytensor.config.compiledir`` and an empty cache), prints one line to
+    stderr saying so, instead of a silent wait of about a minute; never once warm.
+    """
+    resolved = resolve_mode(mode)
+    pending = _first_compile_notice(resolved)
+    compiled = pytensor.function(inputs, outputs, updates=updates, givens=givens, mode=resolved, **kwargs)
+    if pending is not None:  # the marker is written only once a compilation succeeded
+        family, marker = pending
+        try:
+            marker.touch()
+            _marked.add(family)
+        except OSError:  # a read-only compiledir: the notice may show again, nothing worse
+            pass
+    return compiled
 
 
 configure_blas()

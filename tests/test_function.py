@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -187,6 +192,53 @@ def test_float32_train_step_stays_float32(mode: str | None) -> None:
     assert wide == []  # float64 only for per-step scalars (bias corrections, hyperparameters)
 
 
+# ---------------------------------------------------------------- the JAX backend
+needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax not installed (pip install -e '.[bench]')")
+
+
+@needs_jax
+def test_jax_reduction_with_a_wide_accumulator_returns_the_output_dtype() -> None:
+    # PyTensor sums float32 with a float64 accumulator; its JAX dispatch returned the
+    # accumulator's dtype (float64) unless symopt's rewrite casts the result back.
+    x = pt.matrix("x", dtype="float32")
+    total = pt.sum(x, axis=1)
+    assert total.owner.op.acc_dtype == "float64" and total.dtype == "float32"
+    data = np.random.default_rng(0).normal(size=(64, 4096)).astype("float32")
+    got = np.asarray(function([x], total, mode="JAX")(data))
+    assert got.dtype == np.float32
+    exact = data.astype("float64").sum(axis=1)
+    # Summation in float32 (JAX's order): error <= n * eps * sum |x| (Higham 4.2).
+    bound = data.shape[1] * np.finfo(np.float32).eps * np.abs(data.astype("float64")).sum(axis=1)
+    assert np.all(np.abs(got - exact) <= bound)
+
+
+def _jax_ready_train_step(mode: str, steps: int = 5) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Adam on a small float32 MLP; the class count is static (JAX traces ``arange`` of it)."""
+    rng = np.random.default_rng(0)
+    x_data = rng.normal(size=(8 * steps, 6)).astype("float32")
+    y_data = rng.integers(0, 3, 8 * steps).astype("int64")
+    model = symopt.nn.MLP([6, 5, 4, 3], activation="relu", init="he", seed=0)
+    opt = symopt.get("Adam")(model.params, learning_rate=1e-2)
+    x, y = pt.matrix("x", dtype="float32"), pt.vector("y", dtype="int64")
+    loss = symopt.nn.cross_entropy(pt.specify_shape(model.output(x, train=True), (None, 3)), y)
+    step = function([x, y], loss, updates=opt.updates(loss), mode=mode)
+    losses = [np.asarray(step(x_data[i : i + 8], y_data[i : i + 8])) for i in range(0, 8 * steps, 8)]
+    state = [np.asarray(s.get_value()) for slots in opt.state for s in slots.values()]
+    return [np.asarray(p.get_value()) for p in model.params] + state, losses
+
+
+@needs_jax
+def test_jax_backend_matches_the_default_backend_and_stays_float32() -> None:
+    reference, ref_losses = _jax_ready_train_step("NUMBA")
+    params, losses = _jax_ready_train_step("JAX")
+    assert all(loss.dtype == np.float32 for loss in losses)
+    np.testing.assert_allclose(np.array(losses), np.array(ref_losses), rtol=1e-5)
+    assert len(params) == len(reference) == 6 * 3  # W, b of 3 layers, each with Adam's two slots
+    for got, want in zip(params, reference, strict=True):
+        assert got.dtype == np.float32  # was float64 after the first JAX step
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- the flat-loop rewrite
 @needs_c
 def test_flat_loop_rewrite_applies_in_place_and_matches_the_generic_loop() -> None:
@@ -242,3 +294,107 @@ def test_grads_path_updates_in_place_in_the_default_backend() -> None:
     fn = function([g], [], updates=symopt.Adam([W]).updates(grads=[g]), mode="NUMBA")
     update = max((n for n in fn.maker.fgraph.apply_nodes if "Composite" in str(n.op)), key=lambda n: len(n.inputs))
     assert sorted(update.op.destroy_map) == [0, 1, 2]  # parameter, exp_avg, exp_avg_sq
+
+
+@needs_jax
+def test_jax_mode_keeps_shared_data_on_the_device_and_sees_set_value() -> None:
+    import jax
+
+    # The data set is a shared variable, rows picked by an index input (PyTensor's JAX
+    # backend cannot trace a slice with symbolic bounds, so not Trainer's slice).
+    rng = np.random.default_rng(0)
+    data = pytensor.shared(rng.normal(size=(40, 3)).astype("float32"), name="data")
+    w = pytensor.shared(np.ones(3, dtype="float32"), name="w")
+    scale = pytensor.shared(np.float32(0.5), name="scale")  # read, never updated
+    idx = pt.vector("idx", dtype="int64")
+    batch = data[idx]
+    step = function([idx], (batch @ w).sum(), updates={w: w - scale * batch.sum(axis=0)}, mode="JAX")
+
+    def stored(var: Any) -> Any:
+        return var.get_value(borrow=True, return_internal_type=True)
+
+    want_w = np.ones(3, dtype="float32")
+    for k in range(3):
+        rows = np.asarray(stored(data))[k * 8 : (k + 1) * 8]
+        np.testing.assert_allclose(step(np.arange(k * 8, (k + 1) * 8)), (rows @ want_w).sum(), rtol=1e-6)
+        want_w = want_w - np.float32(0.5) * rows.sum(axis=0)
+        # Put on the device once and kept there, not copied from NumPy at every call.
+        assert isinstance(stored(data), jax.Array) and isinstance(stored(scale), jax.Array)
+    np.testing.assert_allclose(np.asarray(w.get_value()), want_w, rtol=1e-6)
+    fresh = rng.normal(size=(40, 3)).astype("float32")
+    data.set_value(fresh)  # NumPy again: used by the next call, then kept on the device
+    np.testing.assert_allclose(step(np.arange(8)), (fresh[:8] @ want_w).sum(), rtol=1e-6)
+    assert isinstance(stored(data), jax.Array)
+    np.testing.assert_array_equal(np.asarray(data.get_value()), fresh)
+
+
+# ---------------------------------------------------------------- the first-compilation notice
+NOTICE = "symopt: first Numba compilation on this machine"
+_TWO_COMPILES = """
+import numpy as np, pytensor, pytensor.tensor as pt, symopt
+x = pt.vector("x", dtype="float32")
+w = pytensor.shared(np.ones(3, dtype="float32"))
+symopt.function([x], (x * w).sum(), updates={w: w - np.float32(0.1) * x}, mode="NUMBA")
+symopt.function([x], x.sum(), mode="NUMBA")
+print("compiled")
+"""
+
+
+def test_first_compilation_on_a_cold_cache_says_so_once_and_never_again(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in (function_module.QUIET_ENV, "SYMOPT_MODE")}
+    env["PYTENSOR_FLAGS"] = f"base_compiledir={tmp_path / 'pytensor'}"
+    runs = [subprocess.run([sys.executable, "-c", _TWO_COMPILES], env=env, capture_output=True, text=True, timeout=600)
+            for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0 and run.stdout.strip() == "compiled", run.stderr
+    first, second = ([line for line in run.stderr.splitlines() if line.startswith("symopt: first")] for run in runs)
+    assert len(first) == 1 and first[0].startswith(NOTICE) and str(tmp_path / "pytensor") in first[0]
+    assert second == []
+
+
+@pytest.fixture
+def fresh_notice(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path]:
+    """symopt's cache paths pointed at an empty temporary cache; nothing noticed yet."""
+    marker, cache = tmp_path / "symopt-cache-warm-numba", tmp_path / "numba"
+    cache.mkdir()
+    monkeypatch.setattr(function_module, "_cache_paths", lambda family: (marker, cache))
+    monkeypatch.setattr(function_module, "_noticed", set())
+    monkeypatch.setattr(function_module, "_marked", set())
+    monkeypatch.delenv(function_module.QUIET_ENV, raising=False)
+    return marker, cache
+
+
+def _compile_tiny(mode: str = "NUMBA") -> None:
+    x = pt.vector("x", dtype="float32")
+    function([x], x * 2, mode=mode)
+
+
+def test_first_compilation_notice_can_be_hidden(
+    fresh_notice: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(function_module.QUIET_ENV, "1")
+    _compile_tiny()
+    assert capsys.readouterr().err == ""
+    assert fresh_notice[0].exists()  # marked warm all the same
+
+
+def test_a_cache_filled_before_markers_existed_is_warm(
+    fresh_notice: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker, cache = fresh_notice
+    (cache / "string.elemwise-0.nbi").write_bytes(b"")
+    _compile_tiny()
+    assert capsys.readouterr().err == ""
+    assert marker.exists()
+
+
+def test_a_cold_cache_notice_is_one_line_per_process(
+    fresh_notice: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _compile_tiny("FAST_COMPILE")  # Python thunks: no persistent cache, no notice
+    assert capsys.readouterr().err == ""
+    _compile_tiny()
+    _compile_tiny()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(NOTICE) and str(fresh_notice[1]) in err
+    assert fresh_notice[0].exists()
