@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -12,6 +13,11 @@ import pytest
 from pytensor.compile.maker import FunctionMaker
 
 from symopt.data import download_mnist
+
+# Many tests assert a command's exact stderr lines; on a machine whose PyTensor cache is cold the
+# first compilation would add symopt's one-line notice to them (inherited by subprocesses too).
+# The notice has its own tests (tests/test_function.py), which clear this variable.
+os.environ.setdefault("SYMOPT_QUIET_FIRST_COMPILE", "1")
 
 
 @pytest.fixture(scope="session")
