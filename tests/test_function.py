@@ -15,7 +15,11 @@ from pytensor.link.c.basic import CLinker
 from pytensor.link.numba.linker import NumbaLinker
 from pytensor.link.vm import VMLinker
 from pytensor.tensor.blas import Dot22, Dot22Scalar, Gemm, Gemv
-from pytensor.tensor.blas_c import CGemv
+
+try:  # PyTensor 3.3: pytensor.tensor.blas is a package
+    from pytensor.tensor.blas.blas_c import CGemv
+except ImportError:  # PyTensor 3.0
+    from pytensor.tensor.blas_c import CGemv
 
 import symopt
 from symopt import _elemwise
