@@ -1,5 +1,14 @@
 # The README's two commands: `make demo` and `make test`. Each creates .venv on first use.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The newest tested Python that runs and can make a venv (3.13, 3.12, then 3.11); pyenv's
+# shims exist for versions that are installed but not selected, so each is tried, and
+# pyenv's own installations are looked at too. Any other: make test PYTHON=/path/to/python.
+TESTED_PYTHONS := 3.13 3.12 3.11
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell for v in $(TESTED_PYTHONS); do \
+	for p in python$$v $$(ls -d "$${PYENV_ROOT:-$$HOME/.pyenv}"/versions/$$v.*/bin/python$$v 2>/dev/null | sort -rV); do \
+	  $$p -c 'import venv, ensurepip' >/dev/null 2>&1 && { $$p -c 'import sys; print(sys.executable)'; exit 0; }; \
+	done; done; echo python3)
+endif
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed

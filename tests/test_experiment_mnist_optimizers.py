@@ -51,8 +51,11 @@ def test_stacked_seeds_equal_sequential_runs(quick, sequential):
     assert set(stacked) == set(sequential)
     for key, run in stacked.items():
         assert run["stacked_seeds"] == mo.QUICK["seeds"] and "stacked_seeds" not in sequential[key]
-        for metric in ("train_loss", "test_loss", "test_accuracy"):
+        for metric in ("train_loss", "test_loss"):
             np.testing.assert_allclose(run[metric], sequential[key][metric], rtol=1e-5, err_msg=f"{key} {metric}")
+        # Batched and single float32 matmuls round differently; that may flip one near-tie argmax.
+        np.testing.assert_allclose(run["test_accuracy"], sequential[key]["test_accuracy"], rtol=0,
+                                   atol=1.01 / QUICK_DATA["n_test"], err_msg=f"{key} test_accuracy")
 
 
 def test_quick_results_structure_and_figure(quick, tmp_path):

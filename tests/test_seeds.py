@@ -88,12 +88,15 @@ def test_final_params_equal_separate_runs(runs):
             np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"{name} seed {SEEDS[s]}")
 
 
-def test_histories_equal_separate_runs(runs):
+def test_histories_equal_separate_runs(runs, data):
     name, (joint_histories, _), separate = runs
     for s, (history, _) in enumerate(separate):
         got = np.array([[r.train_loss, r.test_loss, r.test_accuracy] for r in joint_histories[s]])
         want = np.array([[r.train_loss, r.test_loss, r.test_accuracy] for r in history])
-        np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=f"{name} seed {SEEDS[s]}")
+        np.testing.assert_allclose(got[:, :2], want[:, :2], rtol=1e-5, err_msg=f"{name} seed {SEEDS[s]}")
+        # An accuracy is a count of argmaxes: float32 round-off may flip a near-tie, one example.
+        n_test = len(data[3])
+        np.testing.assert_allclose(got[:, 2], want[:, 2], rtol=0, atol=1.01 / n_test, err_msg=f"{name} seed {SEEDS[s]}")
 
 
 def test_seeds_differ(runs):
