@@ -331,22 +331,10 @@ class SeedTrainer:
         return total_loss / self.n_test, total_correct / self.n_test
 
     def run_epoch(
-        self,
-        rngs: Sequence[np.random.Generator],
-        progress: bool = False,
-        desc: str = "",
-        *,
-        epoch: int | None = None,
-        start: int = 0,
-        tally: np.ndarray | None = None,
-        after_step: Callable[[int, np.ndarray], None] | None = None,
+        self, rngs: Sequence[np.random.Generator], progress: bool = False, desc: str = "", *, epoch: int | None = None
     ) -> np.ndarray:
-        """One pass; seed ``s`` follows ``rngs[s].permutation``. Returns per-seed mean train losses.
-
-        The arguments are :meth:`epoch_tally`'s.
-        """
-        return tally_means(self.epoch_tally(rngs, progress, desc, epoch=epoch, start=start, tally=tally,
-                                            after_step=after_step))
+        """One pass; seed ``s`` follows ``rngs[s].permutation``. Returns per-seed mean train losses."""
+        return tally_means(self.epoch_tally(rngs, progress, desc, epoch=epoch))
 
     def epoch_tally(
         self,

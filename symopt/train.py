@@ -204,22 +204,10 @@ class Trainer:
         return total_loss / self.n_test, total_correct / self.n_test
 
     def run_epoch(
-        self,
-        rng: np.random.Generator,
-        progress: bool = False,
-        desc: str = "",
-        *,
-        epoch: int | None = None,
-        start: int = 0,
-        tally: np.ndarray | None = None,
-        after_step: Callable[[int, np.ndarray], None] | None = None,
+        self, rng: np.random.Generator, progress: bool = False, desc: str = "", *, epoch: int | None = None
     ) -> float:
-        """One shuffled pass over the training set; returns the mean train loss.
-
-        The arguments are :meth:`epoch_tally`'s.
-        """
-        return float(tally_means(self.epoch_tally(rng, progress, desc, epoch=epoch, start=start, tally=tally,
-                                                  after_step=after_step))[0])
+        """One shuffled pass over the training set; returns the mean train loss (see :meth:`epoch_tally`)."""
+        return float(tally_means(self.epoch_tally(rng, progress, desc, epoch=epoch))[0])
 
     def epoch_tally(
         self,
