@@ -57,7 +57,6 @@ VERSION = 1
 #: Upper bound on the JSON header (characters), checked before it is read.
 MAX_HEADER_CHARS = 1 << 22
 _BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
-_FIELDS = ("train_loss", "test_loss", "test_accuracy", "seconds")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
