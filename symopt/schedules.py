@@ -9,6 +9,15 @@ A schedule is a value as a function of :math:`s`, the number of updates applied 
 The optimiser evaluates it on its own step counter in the graph, so no Python runs per
 step. ``lr(s)`` evaluates it in NumPy (plotting, testing). Its parameters are shared
 scalars: ``lr.set("peak", 5e-4)`` changes compiled functions without recompiling.
+
+torch's schedulers count the same way when stepped once per optimiser step: the value at
+``s`` is the learning rate a ``torch.optim.lr_scheduler`` gives after ``s`` calls of
+``scheduler.step()`` (its ``last_epoch``). :func:`cosine_restarts`, :func:`cyclic`,
+:func:`polynomial` and :func:`join` equal ``CosineAnnealingWarmRestarts``, ``CyclicLR``,
+``PolynomialLR`` and ``SequentialLR`` step for step (``benchmarks/validate_schedules.py``).
+A torch schedule stepped once per *epoch* counts epochs instead: give symopt its
+periods in steps (``period=10 * steps_per_epoch``); symopt then moves within the epoch
+where torch holds the value for the whole epoch.
 """
 
 from __future__ import annotations
@@ -33,13 +42,17 @@ __all__ = [
     "warmup_cosine",
     "piecewise_constant",
     "one_cycle",
+    "cosine_restarts",
+    "cyclic",
+    "polynomial",
+    "join",
 ]
 
 
 class _NumpyOps:
     """The few operations a schedule formula needs, on NumPy values."""
 
-    cos, exp, floor, minimum, maximum = np.cos, np.exp, np.floor, np.minimum, np.maximum
+    cos, exp, log, floor, minimum, maximum = np.cos, np.exp, np.log, np.floor, np.minimum, np.maximum
     pi = math.pi
 
     @staticmethod
@@ -59,7 +72,7 @@ class _NumpyOps:
 class _SymbolicOps:
     """The same operations on PyTensor variables."""
 
-    cos, exp, floor, minimum, maximum = pt.cos, pt.exp, pt.floor, pt.minimum, pt.maximum
+    cos, exp, log, floor, minimum, maximum = pt.cos, pt.exp, pt.log, pt.floor, pt.minimum, pt.maximum
     pi = math.pi
 
     @staticmethod
@@ -368,6 +381,245 @@ class OneCycle(Schedule):
         return ops.where(s < up_steps, up, down)
 
 
+def _check_whole(kind: str, key: str, value: float) -> None:
+    if value < 1 or not value.is_integer():
+        raise ValueError(f"{kind}: {key!r} must be an integer >= 1, got {value:g}")
+
+
+class CosineRestarts(Schedule):
+    r"""Cosine annealing with warm restarts (SGDR, Loshchilov & Hutter, ICLR 2017), torch's
+    ``CosineAnnealingWarmRestarts(T_0=period, T_mult=period_mult, eta_min=minimum)``.
+
+    Cycle :math:`i` lasts :math:`T_i = T_0 m^i` steps (:math:`T_0` = ``period``,
+    :math:`m` = ``period_mult``) and starts at :math:`S_i = T_0 (m^i - 1) / (m - 1)`
+    (:math:`S_i = i T_0` when :math:`m = 1`). With :math:`i` the cycle holding :math:`s`
+    and :math:`T_{cur} = s - S_i`,
+
+    .. math:: v(s) = v_{min} + \tfrac12 (v_0 - v_{min}) \bigl(1 + \cos(\pi T_{cur} / T_i)\bigr)
+
+    from ``initial`` (:math:`v_0`) at each restart towards ``minimum`` (:math:`v_{min}`).
+    ``period`` and ``period_mult`` are integers >= 1, as in torch.
+    """
+
+    parameters = {"initial": None, "period": None, "period_mult": 1.0, "minimum": 0.0}
+
+    def validate(self, key, value):
+        super().validate(key, value)
+        if key in ("period", "period_mult"):
+            _check_whole("CosineRestarts", key, value)
+
+    def formula(self, s, p, ops):
+        period, mult = p["period"], p["period_mult"]
+        # period_mult is a shared value: both cases live in one graph, the m > 1 branch
+        # with a stand-in m so that it stays finite when m == 1.
+        m = ops.where(mult > 1, mult, 2.0)
+
+        def start(cycle: Any) -> Any:
+            return period * (m**cycle - 1) / (m - 1)
+
+        guess = ops.floor(ops.log(s * (m - 1) / period + 1) / ops.log(m))
+        # the logarithm can land a hair below an integer at a cycle's first step: correct it
+        guess = guess + ops.where(start(guess + 1) <= s, 1.0, 0.0) - ops.where(start(guess) > s, 1.0, 0.0)
+        cycle = ops.where(mult > 1, guess, ops.floor(s / period))
+        begin = ops.where(mult > 1, start(cycle), cycle * period)
+        return p["minimum"] + (p["initial"] - p["minimum"]) * _cosine((s - begin) / (period * mult**cycle), ops)
+
+
+class Cyclic(Schedule):
+    r"""Cyclical learning rates (Smith, WACV 2017), torch's ``CyclicLR(base_lr=low,
+    max_lr=high, step_size_up, step_size_down, mode, gamma)``.
+
+    A cycle of :math:`C = u + d` steps rises linearly from ``low`` to ``high`` over
+    :math:`u` = ``step_size_up`` steps and falls back over :math:`d` = ``step_size_down``
+    (default :math:`u`). With :math:`c = \lfloor 1 + s / C \rfloor` the 1-based cycle,
+    :math:`x = 1 + s / C - c` and :math:`r = u / C`,
+
+    .. math::
+        v(s) = v_{low} + (v_{high} - v_{low}) \, h(x) \, f, \qquad
+        h(x) = \begin{cases} x / r & x \le r \\ (x - 1) / (r - 1) & x > r \end{cases}
+
+    with the amplitude factor :math:`f = 1` (``mode="triangular"``), :math:`f = 2^{1-c}`
+    (``"triangular2"``: halved every cycle) or :math:`f = \gamma^s` (``"exp_range"``,
+    ``gamma``). ``mode`` shapes the graph and is fixed at construction; ``step_size_down``
+    is resolved then too (a later ``set("step_size_up", ...)`` leaves it). ``low`` above
+    ``high`` is allowed (torch cycles momentum that way).
+    """
+
+    parameters = {"low": None, "high": None, "step_size_up": None, "step_size_down": None, "gamma": 1.0}
+    MODES: ClassVar[tuple[str, ...]] = ("triangular", "triangular2", "exp_range")
+
+    def __init__(
+        self,
+        low: float,
+        high: float,
+        step_size_up: float,
+        step_size_down: float | None = None,
+        mode: str = "triangular",
+        gamma: float | None = None,
+    ):
+        if mode not in self.MODES:
+            raise ValueError(f"Cyclic: mode must be one of {list(self.MODES)}, got {mode!r}")
+        if gamma is not None and mode != "exp_range":
+            raise ValueError(f"Cyclic: gamma applies to mode='exp_range' only, not mode={mode!r}")
+        self.mode = mode
+        super().__init__(
+            low=low,
+            high=high,
+            step_size_up=step_size_up,
+            step_size_down=step_size_up if step_size_down is None else step_size_down,
+            gamma=1.0 if gamma is None else gamma,
+        )
+
+    def validate(self, key, value):
+        super().validate(key, value)
+        if key.startswith("step_size") and value <= 0:
+            raise ValueError(f"Cyclic: {key!r} must be > 0, got {value:g}")
+        if key == "gamma" and value <= 0:
+            raise ValueError(f"Cyclic: 'gamma' must be > 0, got {value:g}")
+
+    def formula(self, s, p, ops):
+        total = p["step_size_up"] + p["step_size_down"]
+        ratio = p["step_size_up"] / total
+        cycle = ops.floor(1 + s / total)
+        x = 1.0 + s / total - cycle
+        height = (p["high"] - p["low"]) * ops.where(x <= ratio, x / ratio, (x - 1) / (ratio - 1))
+        if self.mode == "triangular2":
+            height = height / 2.0 ** (cycle - 1)
+        elif self.mode == "exp_range":
+            height = height * p["gamma"] ** s
+        return p["low"] + height
+
+    def __repr__(self):
+        return f"{super().__repr__()[:-1]}, mode={self.mode!r})"
+
+
+class Polynomial(Schedule):
+    r"""Polynomial decay from ``initial`` to ``final`` over ``total_steps``, then ``final``:
+
+    .. math:: v(s) = v_T + (v_0 - v_T) \bigl(1 - \min(s, T) / T\bigr)^{p}
+
+    torch's ``PolynomialLR(total_iters=T, power=p)`` (which ends at 0) and optax's
+    ``polynomial_schedule(init_value, end_value, power, transition_steps)``. ``power`` > 0.
+    """
+
+    parameters = {"initial": None, "total_steps": None, "power": 1.0, "final": 0.0}
+
+    def validate(self, key, value):
+        super().validate(key, value)
+        if key == "power" and value <= 0:
+            raise ValueError(f"Polynomial: 'power' must be > 0, got {value:g}")
+
+    def formula(self, s, p, ops):
+        remaining = 1 - ops.minimum(s, p["total_steps"]) / p["total_steps"]
+        return p["final"] + (p["initial"] - p["final"]) * remaining ** p["power"]
+
+
+class Join(Schedule):
+    r"""Schedules one after another: ``schedules[k]`` from ``boundaries[k-1]`` on, seeing
+    the step counted from its boundary (torch's ``SequentialLR(milestones=boundaries)``,
+    optax's ``join_schedules``):
+
+    .. math:: v(s) = v_k(s - b_k), \qquad b_{k} \le s < b_{k+1}, \quad b_0 = 0.
+
+    ``boundaries`` (one fewer than ``schedules``) are fixed; the parts' parameters are
+    reached as ``"k.name"``: ``join.set("1.initial", 0.1)`` or ``join.schedules[1].set(...)``.
+    Unlike torch, each part has its own starting value (torch's all start from the
+    optimiser's learning rate).
+    """
+
+    parameters = {}
+
+    def __init__(self, schedules: Sequence[Schedule], boundaries: Sequence[float]):
+        if isinstance(schedules, Schedule) or not isinstance(schedules, Sequence) or not schedules:
+            raise TypeError(f"Join: schedules must be a non-empty list of schedules, got {schedules!r}")
+        for index, part in enumerate(schedules):
+            if not isinstance(part, Schedule):
+                raise TypeError(f"Join: schedules[{index}] is a {type(part).__name__}, not a symopt schedule")
+        if isinstance(boundaries, (str, bytes)) or not isinstance(boundaries, Sequence):
+            raise TypeError(f"Join: boundaries must be a list of steps, got {boundaries!r}")
+        if len(boundaries) != len(schedules) - 1:
+            raise ValueError(
+                f"Join: needs one boundary fewer than schedules, got {len(boundaries)} boundaries "
+                f"for {len(schedules)} schedules"
+            )
+        steps = [self._number(f"boundaries[{i}]", b) for i, b in enumerate(boundaries)]
+        if any(b <= a for a, b in zip(steps, steps[1:])) or any(b < 0 for b in steps):
+            raise ValueError(f"Join: boundaries must be >= 0 and increasing, got {steps}")
+        self._shared = {}
+        self.schedules: tuple[Schedule, ...] = tuple(schedules)
+        self.boundaries: tuple[float, ...] = tuple(steps)
+
+    def _part(self, key: str) -> tuple[Schedule, str]:
+        index, dot, name = key.partition(".")
+        if not dot or not index.isdigit() or int(index) >= len(self.schedules):
+            raise KeyError(f"Join has no parameter {key!r}; its parameters are 'k.name' with k < {len(self.schedules)}, "
+                           f"e.g. {next(iter(self.values), '0.initial')!r}")
+        return self.schedules[int(index)], name
+
+    def get(self, key):
+        part, name = self._part(key)
+        return part.get(name)
+
+    def set(self, key, value):
+        part, name = self._part(key)
+        part.set(name, value)
+
+    @property
+    def values(self):
+        return {f"{k}.{name}": v for k, part in enumerate(self.schedules) for name, v in part.values.items()}
+
+    def state(self):
+        out = {"boundaries": np.array(self.boundaries, dtype=np.float64)}
+        for k, part in enumerate(self.schedules):
+            out.update({f"{k}.{name}": value for name, value in part.state().items()})
+        return out
+
+    def checked_state(self, state):
+        if not isinstance(state, dict) or "boundaries" not in state:
+            raise ValueError("Join: saved state must hold 'boundaries' and the parts' parameters")
+        boundaries = np.asarray(state["boundaries"], dtype=np.float64)
+        if not np.array_equal(boundaries, np.array(self.boundaries, dtype=np.float64)):
+            raise ValueError(f"Join: saved boundaries {boundaries.tolist()} differ from {list(self.boundaries)}")
+        parts: list[dict[str, Any]] = [{} for _ in self.schedules]
+        for key, value in state.items():
+            if key == "boundaries":
+                continue
+            index, dot, name = key.partition(".")
+            if not dot or not index.isdigit() or int(index) >= len(self.schedules):
+                raise ValueError(f"Join: saved state has an unexpected entry {key!r}")
+            parts[int(index)][name] = value
+        checked = {}
+        for k, (part, saved) in enumerate(zip(self.schedules, parts)):
+            try:
+                checked[k] = part.checked_state(saved)
+            except ValueError as exc:
+                raise ValueError(f"Join: schedules[{k}]: {exc}") from None
+        return checked
+
+    def load_state(self, state):
+        for k, part in enumerate(self.schedules):
+            part.load_state(state[k])
+
+    def __call__(self, step):
+        s = np.asarray(step, dtype=np.float64)
+        if np.any(s < 0):
+            raise ValueError("Join: step must be >= 0")
+        out = self.schedules[0](s)
+        for boundary, part in zip(self.boundaries, self.schedules[1:]):
+            out = np.where(s < boundary, out, part(np.maximum(s - boundary, 0.0)))
+        return np.asarray(out, dtype=np.float64)
+
+    def symbolic(self, step):
+        s = pt.cast(step, "float64")
+        out = self.schedules[0].symbolic(s)
+        for boundary, part in zip(self.boundaries, self.schedules[1:]):
+            out = pt.switch(pt.lt(s, boundary), out, part.symbolic(pt.maximum(s - boundary, 0.0)))
+        return pt.cast(out, "float64")
+
+    def __repr__(self):
+        return f"Join({list(self.schedules)!r}, boundaries={list(self.boundaries)})"
+
+
 # Lower-case constructors, as the schedules are usually spelled.
 constant = Constant
 step_decay = StepDecay
@@ -378,3 +630,7 @@ linear_warmup = LinearWarmup
 warmup_cosine = WarmupCosine
 piecewise_constant = PiecewiseConstant
 one_cycle = OneCycle
+cosine_restarts = CosineRestarts
+cyclic = Cyclic
+polynomial = Polynomial
+join = Join

@@ -101,6 +101,59 @@ def cf_one_cycle(
     return anneal_cos(max_value, end, (s - peak_at) / (total_steps - peak_at))
 
 
+def cf_cosine_restarts(s: float, initial: float, period: int, period_mult: int = 1, minimum: float = 0.0) -> float:
+    """torch's documented bookkeeping, step by step: T_cur counts up and wraps at T_i, which grows by T_mult."""
+    t_cur, t_i = 0, period
+    for _ in range(int(s)):
+        t_cur += 1
+        if t_cur >= t_i:
+            t_cur -= t_i
+            t_i *= period_mult
+    return anneal_cos(initial, minimum, t_cur / t_i)
+
+
+def cf_cyclic(
+    s: float, low: float, high: float, step_size_up: int, step_size_down: int | None = None,
+    mode: str = "triangular", gamma: float = 1.0,
+) -> float:
+    """Triangle wave written from its picture: up for `up` steps, down for `down`, amplitude per mode."""
+    up = step_size_up
+    down = up if step_size_down is None else step_size_down
+    position, cycle = s % (up + down), s // (up + down)  # cycle is 0-based here
+    rise = position / up if position <= up else (up + down - position) / down
+    amplitude = {"triangular": 1.0, "triangular2": 0.5**cycle, "exp_range": gamma**s}[mode]
+    return low + (high - low) * rise * amplitude
+
+
+def cf_polynomial(s: float, initial: float, total_steps: int, power: float = 1.0, final: float = 0.0) -> float:
+    """As optax writes it for an end value; with final=0 it is the product of torch's per-step factors."""
+    if final == 0.0:
+        value = initial
+        for k in range(1, min(int(s), total_steps) + 1):
+            value *= ((1 - k / total_steps) / (1 - (k - 1) / total_steps)) ** power
+        return value
+    fraction = 1 - min(s, total_steps) / total_steps
+    return (initial - final) * fraction**power + final
+
+
+def make_join(peak: float, warmup_steps: int, initial: float, period: int, period_mult: int, boundary: int) -> Any:
+    return S.join(
+        [S.linear_warmup(peak=peak, warmup_steps=warmup_steps), S.cosine_restarts(initial=initial, period=period, period_mult=period_mult)],
+        [boundary],
+    )
+
+
+def cf_join(s: float, peak: float, warmup_steps: int, initial: float, period: int, period_mult: int, boundary: int) -> float:
+    if s < boundary:
+        return cf_linear_warmup(s, peak, warmup_steps)
+    return cf_cosine_restarts(s - boundary, initial, period, period_mult)
+
+
+#: the join case's schedule.set keys -> its closed form's keywords
+JOIN_KEYS = {"0.peak": "peak", "0.warmup_steps": "warmup_steps", "1.initial": "initial", "1.period": "period",
+             "1.period_mult": "period_mult"}
+
+
 # (id, factory, closed form, its keyword arguments, steps to check incl. the boundaries)
 CASES: list[tuple[str, Callable[..., Any], Callable[..., float], dict[str, Any], list[int]]] = [
     ("constant", S.constant, cf_constant, {"value": 0.3}, [0, 1, 7, 1000]),
@@ -173,6 +226,51 @@ CASES: list[tuple[str, Callable[..., Any], Callable[..., float], dict[str, Any],
         [0, 1, 2, 3, 4, 6, 9, 10, 11, 30],
     ),
     ("one_cycle_defaults", S.one_cycle, cf_one_cycle, {"max_value": 0.1, "total_steps": 20}, [0, 3, 6, 7, 13, 19, 20, 25]),
+    (
+        "cosine_restarts",
+        S.cosine_restarts,
+        cf_cosine_restarts,
+        {"initial": 1.0, "period": 3, "period_mult": 2, "minimum": 0.1},
+        [0, 1, 2, 3, 4, 8, 9, 10, 20, 21, 22, 44, 45, 46],
+    ),
+    ("cosine_restarts_fixed_period", S.cosine_restarts, cf_cosine_restarts, {"initial": 0.5, "period": 4}, [0, 1, 3, 4, 5, 8, 13]),
+    (
+        "cosine_restarts_mult3",
+        S.cosine_restarts,
+        cf_cosine_restarts,
+        {"initial": 2.0, "period": 5, "period_mult": 3, "minimum": 0.5},
+        [0, 4, 5, 6, 19, 20, 21, 64, 65, 66, 200, 201, 202],
+    ),
+    ("cyclic", S.cyclic, cf_cyclic, {"low": 0.1, "high": 1.0, "step_size_up": 3}, [0, 1, 2, 3, 4, 5, 6, 7, 12, 13]),
+    (
+        "cyclic_triangular2",
+        S.cyclic,
+        cf_cyclic,
+        {"low": 0.1, "high": 1.0, "step_size_up": 2, "step_size_down": 4, "mode": "triangular2"},
+        [0, 1, 2, 3, 5, 6, 7, 8, 12, 14, 18, 19],
+    ),
+    (
+        "cyclic_exp_range",
+        S.cyclic,
+        cf_cyclic,
+        {"low": 0.2, "high": 1.0, "step_size_up": 4, "step_size_down": 2, "mode": "exp_range", "gamma": 0.9},
+        [0, 1, 3, 4, 5, 6, 7, 10, 11, 25],
+    ),
+    (
+        "polynomial",
+        S.polynomial,
+        cf_polynomial,
+        {"initial": 1.0, "total_steps": 8, "power": 2.0, "final": 0.1},
+        [0, 1, 4, 7, 8, 9, 30],
+    ),
+    ("polynomial_to_zero", S.polynomial, cf_polynomial, {"initial": 0.5, "total_steps": 6, "power": 0.5}, [0, 1, 2, 5, 6, 7]),
+    (
+        "join",
+        make_join,
+        cf_join,
+        {"peak": 1.0, "warmup_steps": 3, "initial": 0.8, "period": 4, "period_mult": 2, "boundary": 5},
+        [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 16, 17, 18],
+    ),
 ]
 CASE_IDS = [case[0] for case in CASES]
 
@@ -249,7 +347,8 @@ def test_get_hyperparameter_reports_the_schedule_value_at_the_step_counter(case_
 # one case per schedule kind (the same kind with other numbers compiles to the same graph)
 SYMBOLIC_IDS = [
     "constant", "step_decay", "exponential_decay", "inverse_time", "cosine_decay", "linear_warmup", "warmup_cosine",
-    "piecewise_constant", "one_cycle",
+    "piecewise_constant", "one_cycle", "cosine_restarts", "cosine_restarts_mult3", "cyclic_triangular2",
+    "cyclic_exp_range", "polynomial", "join",
 ]
 
 
@@ -288,6 +387,12 @@ def test_set_changes_the_compiled_function_without_recompiling(
         "linear_warmup": {"warmup_steps": 8},
         "warmup_cosine": {"warmup_steps": 5, "peak": 2.0, "total_steps": 12},
         "one_cycle": {"pct_start": 0.5, "total_steps": 16, "div_factor": 5.0, "final_div_factor": 10.0},
+        "cosine_restarts": {"period_mult": 1, "period": 5, "minimum": 0.2},  # the m == 1 branch of the same graph
+        "cosine_restarts_mult3": {"period": 2, "period_mult": 2},
+        "cyclic_triangular2": {"low": 0.3, "step_size_up": 3},
+        "cyclic_exp_range": {"gamma": 0.7, "step_size_down": 5},
+        "polynomial": {"power": 1.0, "total_steps": 12},
+        "join": {"1.initial": 2.0, "1.period": 3},
     }
     before = [evaluate(s) for s in range(20)]
     saved = {c: dict(schedules[c].values) for c in new_params}
@@ -303,7 +408,7 @@ def test_set_changes_the_compiled_function_without_recompiling(
             got = dict(zip(SYMBOLIC_IDS, evaluate(s)))
             for case_id, value in got.items():
                 _, _, closed_form, kwargs, _ = CASES[CASE_IDS.index(case_id)]
-                kwargs = {**kwargs, **new_params.get(case_id, {})}
+                kwargs = {**kwargs, **{JOIN_KEYS.get(k, k): v for k, v in new_params.get(case_id, {}).items()}}
                 if case_id == "piecewise_constant":
                     kwargs["values"] = [3.0, 2.0, 1.0]
                 assert value == pytest.approx(closed_form(s, **kwargs), rel=1e-12, abs=1e-15), f"{case_id} at {s}"
@@ -455,6 +560,35 @@ BAD: list[tuple[str, Callable[[], Any], type[Exception], str]] = [
     ),
     ("non-finite value", lambda: S.piecewise_constant([2], [1.0, math.nan]), ValueError, "boundaries and values must be finite"),
     ("infinite boundary", lambda: S.piecewise_constant([2, math.inf], [1.0, 0.5, 0.1]), ValueError, "must be finite"),
+    ("period 0", lambda: S.cosine_restarts(initial=1.0, period=0), ValueError, "CosineRestarts: 'period' must be an integer >= 1, got 0"),
+    ("period fractional", lambda: S.cosine_restarts(initial=1.0, period=2.5), ValueError, "'period' must be an integer >= 1, got 2.5"),
+    (
+        "period_mult fractional",
+        lambda: S.cosine_restarts(initial=1.0, period=3, period_mult=1.5),
+        ValueError,
+        "'period_mult' must be an integer >= 1, got 1.5",
+    ),
+    ("period_mult 0", lambda: S.cosine_restarts(initial=1.0, period=3, period_mult=0), ValueError, "'period_mult' must be an integer >= 1"),
+    ("torch name T_0", lambda: S.cosine_restarts(initial=1.0, T_0=3), TypeError, "unknown schedule parameter(s) ['T_0']"),
+    ("cyclic mode", lambda: S.cyclic(0.1, 1.0, 4, mode="triangle"), ValueError,
+     "Cyclic: mode must be one of ['triangular', 'triangular2', 'exp_range'], got 'triangle'"),
+    ("cyclic gamma without exp_range", lambda: S.cyclic(0.1, 1.0, 4, gamma=0.9), ValueError,
+     "Cyclic: gamma applies to mode='exp_range' only, not mode='triangular'"),
+    ("cyclic step up 0", lambda: S.cyclic(0.1, 1.0, 0), ValueError, "Cyclic: 'step_size_up' must be > 0, got 0"),
+    ("cyclic step down < 0", lambda: S.cyclic(0.1, 1.0, 3, step_size_down=-1), ValueError, "'step_size_down' must be > 0, got -1"),
+    ("cyclic gamma 0", lambda: S.cyclic(0.1, 1.0, 3, mode="exp_range", gamma=0.0), ValueError, "Cyclic: 'gamma' must be > 0"),
+    ("cyclic nan high", lambda: S.cyclic(0.1, math.nan, 3), ValueError, "parameter 'high' must be finite"),
+    ("polynomial power 0", lambda: S.polynomial(initial=1.0, total_steps=5, power=0), ValueError, "Polynomial: 'power' must be > 0, got 0"),
+    ("polynomial total 0", lambda: S.polynomial(initial=1.0, total_steps=0), ValueError, "'total_steps' must be > 0"),
+    ("join empty", lambda: S.join([], []), TypeError, "Join: schedules must be a non-empty list of schedules"),
+    ("join not a schedule", lambda: S.join([S.constant(value=1.0), 0.5], [3]), TypeError, "Join: schedules[1] is a float, not a symopt schedule"),
+    ("join boundary count", lambda: S.join([S.constant(value=1.0), S.constant(value=0.5)], [3, 5]), ValueError,
+     "Join: needs one boundary fewer than schedules, got 2 boundaries for 2 schedules"),
+    ("join boundaries decreasing", lambda: S.join([S.constant(value=1.0)] * 3, [5, 3]), ValueError,
+     "Join: boundaries must be >= 0 and increasing, got [5.0, 3.0]"),
+    ("join boundary nan", lambda: S.join([S.constant(value=1.0)] * 2, [math.nan]), ValueError,
+     "parameter 'boundaries[0]' must be finite"),
+    ("join boundaries a number", lambda: S.join([S.constant(value=1.0)] * 2, 3), TypeError, "Join: boundaries must be a list of steps"),
 ]
 
 
@@ -494,3 +628,65 @@ def test_set_rejects_bad_values_and_keeps_the_old_one() -> None:
     with pytest.raises(ValueError, match="expected 2 finite values"):
         pieces.set_values([1.0, math.nan])
     np.testing.assert_array_equal(pieces(np.array([0, 2])), [1.0, 0.5])
+
+
+# --------------------------------------------------------------------------- the new schedules' particulars
+
+
+def test_cosine_restarts_restarts_exactly_at_every_cycle_start_far_out(all_schedules: tuple[Any, Any, dict[str, Any]]) -> None:
+    """The cycle holding s comes from a logarithm; at the first step of cycle i (up to s ~ 2e6)
+    the value is exactly `initial` and one step before it is the previous cycle's last value,
+    in NumPy and in the compiled graph."""
+    evaluate, _, schedules = all_schedules
+    schedule, index = schedules["cosine_restarts_mult3"], SYMBOLIC_IDS.index("cosine_restarts_mult3")
+    period, mult, initial, minimum = 5, 3, 2.0, 0.5
+    for cycle in range(1, 13):
+        start = period * (mult**cycle - 1) // (mult - 1)
+        last = period * mult ** (cycle - 1)  # the length of the cycle that ends at start - 1
+        before = anneal_cos(initial, minimum, (last - 1) / last)
+        for s, want in ((start, initial), (start - 1, before)):
+            assert schedule(s).item() == pytest.approx(want, rel=1e-12), f"NumPy, cycle {cycle}, step {s}"
+            assert evaluate(s)[index] == pytest.approx(want, rel=1e-12), f"graph, cycle {cycle}, step {s}"
+
+
+def test_join_parts_are_reached_by_index_and_refuse_unknown_keys() -> None:
+    warm, decay = S.linear_warmup(peak=1.0, warmup_steps=2), S.polynomial(initial=1.0, total_steps=4)
+    joined = S.join([warm, decay], [2])
+    joined.set("1.initial", 0.5)
+    assert decay.get("initial") == 0.5 and joined.get("1.initial") == 0.5
+    assert joined(np.array([0, 1, 2, 4, 6])).tolist() == pytest.approx([0.0, 0.5, 0.5, 0.25, 0.0])
+    for key in ("initial", "2.initial", "x.initial"):
+        with pytest.raises(KeyError, match=re.escape(f"Join has no parameter {key!r}; its parameters are 'k.name' with k < 2")):
+            joined.get(key)
+    with pytest.raises(ValueError, match=re.escape("Polynomial: 'power' must be > 0")):
+        joined.set("1.power", -1.0)
+    assert decay.get("power") == 1.0
+
+
+def test_new_schedules_round_trip_through_optimizer_state_files(tmp_path: Any) -> None:
+    """Join (nested parts, '.'-keyed) and Cyclic save and load with the optimiser; a Join with
+    other boundaries is refused before anything changes."""
+    def build(boundary: float) -> tuple[Any, Any, Any]:
+        lr = S.join([S.cyclic(0.1, 1.0, 3, mode="triangular2"), S.cosine_restarts(initial=0.4, period=2, period_mult=2)], [boundary])
+        mu = S.polynomial(initial=0.9, total_steps=10, power=2.0, final=0.5)
+        p = pytensor.shared(np.zeros(2), name="p")
+        return symopt.Momentum([p], learning_rate=lr, momentum=mu), lr, mu
+
+    opt, lr, mu = build(6)
+    lr.set("0.high", 2.0)
+    lr.set("1.minimum", 0.05)
+    mu.set("final", 0.6)
+    opt.iterations.set_value(np.int64(7))
+    opt.save(tmp_path / "state.npz")
+
+    again, lr2, mu2 = build(6)
+    again.load(tmp_path / "state.npz")
+    assert lr2.values == lr.values and mu2.values == mu.values
+    assert lr2.schedules[0].mode == "triangular2"
+    assert again.get_hyperparameter("learning_rate") == pytest.approx(cf_cosine_restarts(1, 0.4, 2, 2, 0.05), rel=1e-12)
+
+    other, lr3, _ = build(5)
+    before = lr3.values
+    with pytest.raises(ValueError, match=re.escape("Join: saved boundaries [6.0] differ from [5.0]")):
+        other.load(tmp_path / "state.npz")
+    assert lr3.values == before and int(other.iterations.get_value()) == 0
