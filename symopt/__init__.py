@@ -38,6 +38,8 @@ from .wrappers import EMA, Lookahead  # noqa: E402
 from .train import EpochRecord, Trainer, fit  # noqa: E402
 from . import checkpoint  # noqa: E402
 from .checkpoint import TrainingInterrupted  # noqa: E402
+from .plateau import ReduceLROnPlateau  # noqa: E402
+from . import updates  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -78,5 +80,7 @@ __all__ = [
     "EpochRecord",
     "checkpoint",
     "TrainingInterrupted",
+    "ReduceLROnPlateau",
+    "updates",
     "__version__",
 ]

@@ -235,6 +235,9 @@ class RunCheckpoint:
         Further JSON-able run settings that must match on resume (the CLI's flags).
     """
 
+    #: A :class:`~symopt.plateau.ReduceLROnPlateau` whose state rides along (set by run_training).
+    plateau: Any = None
+
     def __init__(
         self, trainer: Any, model: Any, optimizer: Any, data_seeds: Sequence[int], config: Mapping[str, Any] | None
     ):
@@ -310,6 +313,8 @@ class RunCheckpoint:
             "data_rngs": [_json_state(s) for s in position.rng_states],
             "generators": generators,
         }
+        if self.plateau is not None:  # ReduceLROnPlateau hook; _describe writes non-finite floats as text
+            header["plateau"] = _describe(self.plateau.state_dict())
         arrays["header"] = np.array(json.dumps(header))
         arrays["history"] = np.asarray(position.history, dtype=np.float64)
         arrays["tally"] = np.asarray(position.tally, dtype=np.float64)
@@ -340,6 +345,7 @@ class RunCheckpoint:
                         f"{_short(shown)} here"
                     )
             position = self._position(header, where, max_epochs)
+            plateau = self._plateau_state(header, where)
             S = self.n_streams
             position.history = npz.read("history", shape=(position.epoch, S, HISTORY_WIDTH), dtype=np.float64)
             position.tally = npz.read("tally", shape=(S, TALLY_WIDTH), dtype=np.float64)
@@ -360,7 +366,22 @@ class RunCheckpoint:
                     values.append(npz.read(f"var/{i}", shape=current.shape, dtype=current.dtype))
         for var, value in zip(self.variables, values):
             var.set_value(value, borrow=True)
+        if plateau is not None:
+            self.plateau.load_checked(plateau)
         return position
+
+    def _plateau_state(self, header: dict[str, Any], where: str) -> dict[str, Any] | None:
+        """ReduceLROnPlateau hook: the saved plateau state, validated (None without a plateau)."""
+        saved = header.get("plateau")
+        if (saved is None) != (self.plateau is None):
+            had, has = ("a", "none") if saved is not None else ("no", "one")
+            raise ValueError(f"{where} is from a different run: it has {had} ReduceLROnPlateau, this run {has}")
+        if saved is None:
+            return None
+        try:
+            return self.plateau.checked_state(saved)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
     def _position(self, header: dict[str, Any], where: str, max_epochs: int) -> Position:
         pos = header["position"]
@@ -496,6 +517,7 @@ def run_training(
     checkpoint_every: int | None = None,
     resume: bool | str | os.PathLike[str] = False,
     config: Mapping[str, Any] | None = None,
+    plateau: Any = None,
 ) -> np.ndarray:
     """The epoch loop of both trainers, with checkpoints, resume and Ctrl-C.
 
@@ -506,11 +528,23 @@ def run_training(
     loss, test accuracy, seconds, skipped steps. A checkpoint is written after every epoch and, with
     ``checkpoint_every=N``, after every N-th step of the run. Ctrl-C lets the current
     step finish, writes the checkpoint and raises :class:`TrainingInterrupted`.
+    ``plateau`` (a :class:`~symopt.plateau.ReduceLROnPlateau`) is stepped with each epoch's
+    test loss; its state goes in the checkpoint.
     """
     path, every, source = _check_options(checkpoint, checkpoint_every, resume)
     S = len(data_seeds)
+    # -- ReduceLROnPlateau hook (1/3): one run's test loss steps it
+    if plateau is not None:
+        from .plateau import ReduceLROnPlateau
+
+        if not isinstance(plateau, ReduceLROnPlateau):
+            raise TypeError(f"plateau must be a symopt.ReduceLROnPlateau, got {type(plateau).__name__}")
+        if S != 1:
+            raise ValueError(f"plateau: ReduceLROnPlateau steps one run's learning rate; this trainer runs {S} seeds")
     rngs = [np.random.default_rng(int(s)) for s in data_seeds]
     store = RunCheckpoint(trainer, model, optimizer, data_seeds, config) if path or source else None
+    if store is not None:
+        store.plateau = plateau  # -- ReduceLROnPlateau hook (2/3): its state in the checkpoint
     position = Position(0, 0, new_tally(S), 0.0, [], np.zeros((0, S, HISTORY_WIDTH)))
     if source is not None:
         assert store is not None
@@ -555,6 +589,8 @@ def run_training(
             history = np.concatenate([history, row[None]])
             if on_epoch is not None:
                 on_epoch(epoch, row)
+            if plateau is not None:  # -- ReduceLROnPlateau hook (3/3), before the epoch's checkpoint
+                plateau.step(row[0, 1])
             if path is not None:
                 assert store is not None
                 store.save(path, Position(epoch, 0, new_tally(S), 0.0, [rng.bit_generator.state for rng in rngs], history))

@@ -269,6 +269,7 @@ class Trainer:
         checkpoint_every: int | None = None,
         resume: bool | str | os.PathLike[str] = False,
         config: Mapping[str, Any] | None = None,
+        plateau: Any = None,
     ) -> list[EpochRecord]:
         """Train ``epochs`` epochs with data order from ``seed``; returns the history.
 
@@ -288,6 +289,9 @@ class Trainer:
             (ValueError naming the difference) before anything changes.
         config
             JSON-able settings recorded in the checkpoint that must match on resume.
+        plateau
+            A :class:`~symopt.plateau.ReduceLROnPlateau`, stepped with each epoch's test
+            loss after the callback; its state goes in the checkpoint.
 
         In the main thread, Ctrl-C lets the current step finish, writes the checkpoint
         (if any) and raises :class:`~symopt.checkpoint.TrainingInterrupted` (a
@@ -308,6 +312,7 @@ class Trainer:
             run_epoch=lambda rngs, progress, desc, **kw: self.epoch_tally(rngs[0], progress, desc, **kw),
             evaluate=self.evaluate, progress=progress, seconds_divisor=1, on_epoch=on_epoch, to_history=records,
             checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, config=config,
+            plateau=plateau,
         )
         return records(history)
 
@@ -336,6 +341,7 @@ def fit(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     resume: bool | str | os.PathLike[str] = False,
+    plateau: Any = None,
 ) -> list[EpochRecord]:
     """Train ``model`` with ``optimizer`` on ``data`` (``x_train``, ``y_train``, ``x_test``, ``y_test``).
 
@@ -343,9 +349,10 @@ def fit(
     seconds of training). The same seed, model and optimiser state give the same history.
     ``checkpoint="run.ckpt"`` writes the run's state after every epoch (and every
     ``checkpoint_every`` steps); ``resume=True`` continues from it (see :meth:`Trainer.fit`).
+    ``plateau=symopt.ReduceLROnPlateau(optimizer, ...)`` is stepped with each epoch's test loss.
     """
     trainer = Trainer(
         model, optimizer, data.x_train, data.y_train, data.x_test, data.y_test, batch_size=batch_size, mode=mode
     )
     return trainer.fit(epochs, seed, progress=progress, callback=callback, checkpoint=checkpoint,
-                       checkpoint_every=checkpoint_every, resume=resume)
+                       checkpoint_every=checkpoint_every, resume=resume, plateau=plateau)

@@ -1,0 +1,283 @@
+"""symopt.ReduceLROnPlateau against a NumPy/Python re-implementation of torch's documented
+algorithm, for random metric sequences with plateaus, NaN and infinities, in every mode;
+per param group; on other hyperparameters; state; errors; and inside fit with a
+checkpointed, resumed run. Stepping compiles nothing; the fit tests compile three trainers."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytensor
+import pytest
+
+import symopt
+from symopt import nn
+from symopt import schedules as S
+from symopt.train import Trainer
+
+# --------------------------------------------------------------------------- the reference
+
+
+def torch_plateau_lrs(
+    metrics: list[float], lrs: list[float], *, factor: float = 0.1, patience: int = 10, threshold: float = 1e-4,
+    threshold_mode: str = "rel", mode: str = "min", cooldown: int = 0, min_lr: Any = 0.0, eps: float = 1e-8,
+) -> list[list[float]]:
+    """The learning rates after each metric, following torch's documentation of
+    ReduceLROnPlateau: "reduce once the number of epochs with no improvement exceeds
+    patience", improvement "dynamic_threshold = best * (1 - threshold)" (rel, min),
+    "best - threshold" (abs, min), "best * (1 + threshold)" / "best + threshold" for max;
+    "cooldown: epochs to wait before resuming normal operation"; "if the difference between
+    new and old lr is smaller than eps, the update is ignored". Written as a fold."""
+    floors = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr] * len(lrs)
+    sign = 1.0 if mode == "min" else -1.0
+    best, bad, cool, lrs, out = sign * math.inf, 0, 0, list(lrs), []
+    for m in metrics:
+        if mode == "min":
+            bar = best * (1 - threshold) if threshold_mode == "rel" else best - threshold
+            improved = m < bar
+        else:
+            bar = best * (1 + threshold) if threshold_mode == "rel" else best + threshold
+            improved = m > bar
+        best, bad = (m, 0) if improved else (best, bad + 1)
+        if cool:
+            cool, bad = cool - 1, 0
+        if bad > patience:
+            lrs = [lr if lr - max(lr * factor, f) <= eps else max(lr * factor, f) for lr, f in zip(lrs, floors)]
+            cool, bad = cooldown, 0
+        out.append(list(lrs))
+    return out
+
+
+def _optimizer(lrs: list[float], rule: Any = symopt.SGD, **kw: Any) -> Any:
+    groups = [{"params": [pytensor.shared(np.zeros(2), name=f"p{i}")], "learning_rate": lr} for i, lr in enumerate(lrs)]
+    return rule(groups, **kw)
+
+
+def _metrics(rng: np.random.Generator, n: int) -> list[float]:
+    """A noisy decreasing loss with flat stretches, repeats, NaN, +-inf, negatives and jumps."""
+    values = np.cumsum(rng.normal(-0.02, 0.05, size=n)) + 2.0
+    flat = rng.random(n) < 0.3
+    values[flat] = np.maximum.accumulate(values)[flat]  # plateaus: no improvement
+    specials = rng.random(n)
+    values[specials < 0.05] = np.nan
+    values[(specials >= 0.05) & (specials < 0.07)] = np.inf
+    values[(specials >= 0.07) & (specials < 0.08)] = -np.inf if rng.random() < 0.2 else values[0]
+    if rng.random() < 0.3:
+        values -= 3.0  # negative losses (rel thresholds behave differently there)
+    return [float(v) for v in values]
+
+
+SETTINGS = [
+    {"factor": 0.5, "patience": 2},
+    {"factor": 0.1, "patience": 0, "cooldown": 2},
+    {"factor": 0.3, "patience": 1, "threshold": 0.05, "threshold_mode": "abs"},
+    {"factor": 0.5, "patience": 3, "mode": "max", "threshold": 0.01},
+    {"factor": 0.7, "patience": 1, "mode": "max", "threshold_mode": "abs", "threshold": 0.02, "cooldown": 1},
+    {"factor": 0.5, "patience": 0, "min_lr": [1e-3, 0.02], "eps": 1e-3},
+    {"factor": 0.0, "patience": 4, "min_lr": 1e-4},
+    {"factor": 0.5, "patience": 1, "eps": 0.2},  # large eps: small reductions are skipped
+]
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=[str(i) for i in range(len(SETTINGS))])
+def test_learning_rates_equal_torchs_documented_algorithm_for_random_metrics(setting: dict[str, Any]) -> None:
+    rng = np.random.default_rng(len(str(setting)))
+    for trial in range(20):
+        metrics = _metrics(rng, 60)
+        lrs = [0.1, 0.5]
+        opt = _optimizer(lrs)
+        plateau = symopt.ReduceLROnPlateau(opt, **setting)
+        expected = torch_plateau_lrs(metrics, lrs, **setting)
+        for epoch, (metric, want) in enumerate(zip(metrics, expected)):
+            plateau.step(metric)
+            got = [opt.get_hyperparameter("learning_rate", group=g) for g in range(2)]
+            assert got == want, f"trial {trial}, epoch {epoch + 1}: {got} != {want} (metric {metric})"
+        assert plateau.last_epoch == len(metrics)
+    assert len({tuple(r) for r in expected}) > 1, "the sequence should reduce at least once"
+
+
+def test_landmarks_a_reader_can_check() -> None:
+    """patience=2: the fourth epoch without improvement (bad count 3 > 2) halves the rate; NaN is bad."""
+    opt = _optimizer([1.0])
+    plateau = symopt.ReduceLROnPlateau(opt, factor=0.5, patience=2)
+    seen = []
+    for metric in [1.0, 1.0, math.nan, 1.0, 0.5, 0.49999, 0.4, math.nan, math.nan, math.nan]:
+        plateau.step(metric)
+        seen.append(opt.get_hyperparameter("learning_rate"))
+    assert seen == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.25]
+    assert plateau.best == 0.4 and plateau.num_bad_epochs == 0 and plateau.get_last_lr() == [0.25]
+
+
+def test_any_hyperparameter_through_a_lookahead_and_numpy_metrics() -> None:
+    opt = symopt.Lookahead(_optimizer([0.1, 0.2], rule=symopt.Momentum, momentum=0.9))
+    plateau = symopt.ReduceLROnPlateau(opt, factor=0.5, patience=0, min_lr=[0.5, 0.0], hyperparameter="momentum")
+    plateau.step(np.float32(2.0))
+    plateau.step(np.array([3.0]))  # one number in an array, as a seed trainer's row holds it
+    inner = opt.inner
+    assert [inner.get_hyperparameter("momentum", group=g) for g in range(2)] == [0.5, 0.45]
+    assert [inner.get_hyperparameter("learning_rate", group=g) for g in range(2)] == [0.1, 0.2]
+
+
+def test_state_round_trip_and_refusals() -> None:
+    opt = _optimizer([0.1])
+    plateau = symopt.ReduceLROnPlateau(opt, factor=0.5, patience=1, cooldown=3)
+    for metric in [1.0, 2.0, 2.0, 2.0]:
+        plateau.step(metric)
+    state = plateau.state_dict()
+    assert (state["best"], state["num_bad_epochs"], state["cooldown_counter"], state["last_epoch"]) == (1.0, 0, 2, 4)
+
+    other = symopt.ReduceLROnPlateau(_optimizer([0.1]), factor=0.5, patience=1, cooldown=3)
+    other.load_state_dict(state)
+    assert other.state_dict() == state
+    fresh = symopt.ReduceLROnPlateau(_optimizer([0.1]), factor=0.5, patience=1, cooldown=3)
+    assert fresh.state_dict()["best"] == math.inf
+    fresh.load_state_dict({**state, "best": "inf"})  # as a JSON header writes it
+    assert fresh.best == math.inf
+
+    different = symopt.ReduceLROnPlateau(_optimizer([0.1]), factor=0.3, patience=1, cooldown=3)
+    with pytest.raises(ValueError, match=re.escape("ReduceLROnPlateau: saved with factor=0.5, this one has factor=0.3")):
+        different.load_state_dict(state)
+    for bad, message in (({**state, "num_bad_epochs": -1}, "saved num_bad_epochs -1 is not an integer >= 0"),
+                         ({**state, "best": "nan"}, "saved best 'nan' is not a number"),
+                         ({"best": 1.0}, "a saved state holds")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            fresh.load_state_dict(bad)
+    assert different.best == math.inf and different.num_bad_epochs == 0
+    assert fresh.state_dict() == {**state, "best": math.inf}  # the refused loads changed nothing
+
+
+BAD: list[tuple[str, Callable[[Any], Any], type[Exception], str]] = [
+    ("not an optimiser", lambda opt: symopt.ReduceLROnPlateau("adam"), TypeError,
+     "ReduceLROnPlateau: optimizer must be a symopt optimiser, got str"),
+    ("factor 1", lambda opt: symopt.ReduceLROnPlateau(opt, factor=1.0), ValueError, "factor must lie in [0, 1), got 1.0"),
+    ("factor < 0", lambda opt: symopt.ReduceLROnPlateau(opt, factor=-0.5), ValueError, "factor must lie in [0, 1)"),
+    ("factor nan", lambda opt: symopt.ReduceLROnPlateau(opt, factor=math.nan), ValueError, "factor must be finite"),
+    ("patience float", lambda opt: symopt.ReduceLROnPlateau(opt, patience=2.5), ValueError,
+     "patience must be an integer >= 0, got 2.5"),
+    ("cooldown < 0", lambda opt: symopt.ReduceLROnPlateau(opt, cooldown=-1), ValueError, "cooldown must be an integer >= 0"),
+    ("threshold < 0", lambda opt: symopt.ReduceLROnPlateau(opt, threshold=-1e-4), ValueError, "threshold must be >= 0"),
+    ("threshold_mode", lambda opt: symopt.ReduceLROnPlateau(opt, threshold_mode="relative"), ValueError,
+     "threshold_mode must be one of ['rel', 'abs'], got 'relative'"),
+    ("mode", lambda opt: symopt.ReduceLROnPlateau(opt, mode="minimum"), ValueError, "mode must be one of ['min', 'max']"),
+    ("min_lr count", lambda opt: symopt.ReduceLROnPlateau(opt, min_lr=[0.0, 0.0, 0.0]), ValueError,
+     "min_lr has 3 values for 2 param groups"),
+    ("min_lr < 0", lambda opt: symopt.ReduceLROnPlateau(opt, min_lr=-1.0), ValueError, "min_lr must be >= 0"),
+    ("min_lr text", lambda opt: symopt.ReduceLROnPlateau(opt, min_lr=[0.0, "0"]), TypeError, "min_lr[1] must be a real number"),
+    ("eps < 0", lambda opt: symopt.ReduceLROnPlateau(opt, eps=-1.0), ValueError, "eps must be >= 0"),
+    ("unknown hyperparameter", lambda opt: symopt.ReduceLROnPlateau(opt, hyperparameter="lr"), ValueError,
+     "ReduceLROnPlateau: SGD has no numeric hyperparameter 'lr'; it has ['learning_rate', 'weight_decay']"),
+]
+
+
+@pytest.mark.parametrize(("what", "build", "error", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_arguments_raise_one_clear_error(what: str, build: Callable[[Any], Any], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        build(_optimizer([0.1, 0.2]))
+
+
+def test_a_scheduled_hyperparameter_cannot_be_reduced() -> None:
+    lr = S.cosine_restarts(initial=0.1, period=10)
+    p, q = pytensor.shared(np.zeros(2), name="p"), pytensor.shared(np.zeros(2), name="q")
+    opt = symopt.Adam([{"params": [p]}, {"params": [q], "learning_rate": lr}], learning_rate=0.01)
+    with pytest.raises(ValueError, match=re.escape(
+            "ReduceLROnPlateau: learning_rate of param group 1 follows a schedule (CosineRestarts(initial=0.1, period=10, "
+            "period_mult=1, minimum=0)); a plateau cannot reduce a scheduled value")):
+        symopt.ReduceLROnPlateau(opt)
+    symopt.ReduceLROnPlateau(opt, hyperparameter="beta1")  # another hyperparameter of the same optimiser can
+
+
+def test_step_refuses_what_is_not_one_number() -> None:
+    plateau = symopt.ReduceLROnPlateau(_optimizer([0.1]))
+    with pytest.raises(ValueError, match=re.escape("the metric must be one number, got shape (2,)")):
+        plateau.step(np.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match="the metric must be a number, got 'low'"):
+        plateau.step("low")
+    with pytest.raises(TypeError, match="the metric must be a number, got True"):
+        plateau.step(True)
+    assert plateau.last_epoch == 0
+
+
+# --------------------------------------------------------------------------- inside fit
+
+SIDE, N_TRAIN, N_TEST, BATCH, EPOCHS = 5, 96, 48, 16, 5
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, ...]:
+    """Two classes told apart by which half of a 5x5 image is bright, plus noise."""
+    rng = np.random.default_rng(0)
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 2, size=n)
+        x = rng.random((n, SIDE, SIDE)) * 0.5
+        for i, label in enumerate(y):
+            x[i, :, label * 3: label * 3 + 2] += 0.5
+        return x.reshape(n, -1).astype("float32"), y.astype("int64")
+
+    return (*make(N_TRAIN), *make(N_TEST))
+
+
+def _trainer(data: tuple[np.ndarray, ...]) -> tuple[Trainer, symopt.ReduceLROnPlateau]:
+    model = nn.MLP([SIDE * SIDE, 8, 2], seed=1)
+    opt = symopt.Momentum(model.params, learning_rate=0.5, momentum=0.9)
+    # threshold 5%: most epochs are not an improvement, so the rate changes during the run
+    plateau = symopt.ReduceLROnPlateau(opt, factor=0.5, patience=0, threshold=0.05, cooldown=1)
+    return Trainer(model, opt, *data, batch_size=BATCH), plateau
+
+
+def _fit_with_plateau(data: tuple[np.ndarray, ...]) -> tuple[Trainer, symopt.ReduceLROnPlateau, list[Any], list[float]]:
+    trainer, plateau = _trainer(data)
+    rates: list[float] = []
+    history = trainer.fit(EPOCHS, seed=3, progress=False, plateau=plateau,
+                          callback=lambda r: rates.append(trainer.optimizer.get_hyperparameter("learning_rate")))
+    return trainer, plateau, history, rates
+
+
+def test_fit_steps_the_plateau_with_each_epochs_test_loss(data: tuple[np.ndarray, ...]) -> None:
+    trainer, plateau, history, rates = _fit_with_plateau(data)
+    test_losses = [record.test_loss for record in history]
+    expected = torch_plateau_lrs(test_losses, [0.5], factor=0.5, patience=0, threshold=0.05, cooldown=1)
+    # the callback sees the rate the epoch trained with; the plateau then sets the next one
+    assert rates == [0.5] + [e[0] for e in expected[:-1]]
+    assert trainer.optimizer.get_hyperparameter("learning_rate") == expected[-1][0]
+    assert len({e[0] for e in expected}) > 1, "the run should have reduced the rate"
+    assert plateau.last_epoch == EPOCHS
+
+
+@pytest.mark.slow
+def test_a_checkpointed_run_resumes_its_plateau_bit_identically(data: tuple[np.ndarray, ...], tmp_path: Path) -> None:
+    trainer, plateau, history, _ = _fit_with_plateau(data)
+    # stopped after 2 epochs (checkpointed), resumed to EPOCHS with a fresh trainer and plateau
+    path = tmp_path / "run.ckpt"
+    first, first_plateau = _trainer(data)
+    first.fit(2, seed=3, progress=False, plateau=first_plateau, checkpoint=path)
+    resumed, resumed_plateau = _trainer(data)
+    with pytest.raises(ValueError, match=re.escape("is from a different run: it has a ReduceLROnPlateau, this run none")):
+        resumed.fit(EPOCHS, seed=3, progress=False, checkpoint=path, resume=True)
+    other = symopt.ReduceLROnPlateau(resumed.optimizer, factor=0.5, patience=1, threshold=0.05, cooldown=1)
+    with pytest.raises(ValueError, match=re.escape("ReduceLROnPlateau: saved with patience=0, this one has patience=1")):
+        resumed.fit(EPOCHS, seed=3, progress=False, checkpoint=path, resume=True, plateau=other)
+    assert resumed.optimizer.get_hyperparameter("learning_rate") == 0.5 and other.last_epoch == 0
+    again = resumed.fit(EPOCHS, seed=3, progress=False, checkpoint=path, resume=True, plateau=resumed_plateau)
+    assert [r.as_dict() | {"seconds": 0} for r in again] == [r.as_dict() | {"seconds": 0} for r in history]
+    assert resumed_plateau.state_dict() == plateau.state_dict()
+    assert resumed.optimizer.get_hyperparameter("learning_rate") == trainer.optimizer.get_hyperparameter("learning_rate")
+    for a, b in zip(resumed.model.params, trainer.model.params):
+        np.testing.assert_array_equal(a.get_value(), b.get_value())  # the same computation: bit-identical
+
+
+def test_a_plateau_needs_one_run(data: tuple[np.ndarray, ...]) -> None:
+    from symopt.checkpoint import run_training
+
+    plateau = symopt.ReduceLROnPlateau(_optimizer([0.1]))
+    common = dict(model=None, optimizer=None, epochs=1, run_epoch=None, evaluate=None, progress=False,
+                  seconds_divisor=1, on_epoch=None, to_history=None)
+    with pytest.raises(ValueError, match=re.escape("ReduceLROnPlateau steps one run's learning rate; this trainer runs 3 seeds")):
+        run_training(None, data_seeds=[0, 1, 2], plateau=plateau, **common)
+    with pytest.raises(TypeError, match="plateau must be a symopt.ReduceLROnPlateau, got float"):
+        run_training(None, data_seeds=[0], plateau=0.5, **common)
