@@ -164,6 +164,7 @@ PLATEAU_SETTINGS: list[dict[str, Any]] = [
 
 
 def metric_sequence(rng: np.random.Generator, n: int) -> list[float]:
+    """A noisy decreasing loss with flat stretches, repeats, NaN, +-inf, and at times negative values."""
     values = np.cumsum(rng.normal(-0.02, 0.05, size=n)) + 2.0
     flat = rng.random(n) < 0.3
     values[flat] = np.maximum.accumulate(values)[flat]

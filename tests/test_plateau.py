@@ -5,6 +5,7 @@ checkpointed, resumed run. Stepping compiles nothing; the fit tests compile thre
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from collections.abc import Callable
@@ -58,30 +59,16 @@ def _optimizer(lrs: list[float], rule: Any = symopt.SGD, **kw: Any) -> Any:
     return rule(groups, **kw)
 
 
-def _metrics(rng: np.random.Generator, n: int) -> list[float]:
-    """A noisy decreasing loss with flat stretches, repeats, NaN, +-inf, negatives and jumps."""
-    values = np.cumsum(rng.normal(-0.02, 0.05, size=n)) + 2.0
-    flat = rng.random(n) < 0.3
-    values[flat] = np.maximum.accumulate(values)[flat]  # plateaus: no improvement
-    specials = rng.random(n)
-    values[specials < 0.05] = np.nan
-    values[(specials >= 0.05) & (specials < 0.07)] = np.inf
-    values[(specials >= 0.07) & (specials < 0.08)] = -np.inf if rng.random() < 0.2 else values[0]
-    if rng.random() < 0.3:
-        values -= 3.0  # negative losses (rel thresholds behave differently there)
-    return [float(v) for v in values]
-
-
-SETTINGS = [
-    {"factor": 0.5, "patience": 2},
-    {"factor": 0.1, "patience": 0, "cooldown": 2},
-    {"factor": 0.3, "patience": 1, "threshold": 0.05, "threshold_mode": "abs"},
-    {"factor": 0.5, "patience": 3, "mode": "max", "threshold": 0.01},
-    {"factor": 0.7, "patience": 1, "mode": "max", "threshold_mode": "abs", "threshold": 0.02, "cooldown": 1},
-    {"factor": 0.5, "patience": 0, "min_lr": [1e-3, 0.02], "eps": 1e-3},
-    {"factor": 0.0, "patience": 4, "min_lr": 1e-4},
-    {"factor": 0.5, "patience": 1, "eps": 0.2},  # large eps: small reductions are skipped
-]
+# The torch cross-check's random metric sequences (noisy descent with flat stretches, repeats,
+# NaN, +-inf, negative values) and settings (both modes and threshold modes, cooldown,
+# per-group min_lr, large eps); that script needs torch only when it runs.
+_spec = importlib.util.spec_from_file_location(
+    "validate_schedules", Path(__file__).resolve().parents[1] / "benchmarks" / "validate_schedules.py")
+assert _spec is not None and _spec.loader is not None
+_bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_bench)
+SETTINGS: list[dict[str, Any]] = _bench.PLATEAU_SETTINGS
+_metrics = _bench.metric_sequence
 
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=[str(i) for i in range(len(SETTINGS))])
