@@ -541,6 +541,8 @@ def run_training(
             raise TypeError(f"plateau must be a symopt.ReduceLROnPlateau, got {type(plateau).__name__}")
         if S != 1:
             raise ValueError(f"plateau: ReduceLROnPlateau steps one run's learning rate; this trainer runs {S} seeds")
+        if plateau.optimizer is not getattr(optimizer, "inner", optimizer):  # a Lookahead's inner rule counts
+            raise ValueError("plateau: the ReduceLROnPlateau was built on another optimiser than this run's")
     rngs = [np.random.default_rng(int(s)) for s in data_seeds]
     store = RunCheckpoint(trainer, model, optimizer, data_seeds, config) if path or source else None
     if store is not None:

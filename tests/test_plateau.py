@@ -268,3 +268,5 @@ def test_a_plateau_needs_one_run(data: tuple[np.ndarray, ...]) -> None:
         run_training(None, data_seeds=[0, 1, 2], plateau=plateau, **common)
     with pytest.raises(TypeError, match="plateau must be a symopt.ReduceLROnPlateau, got float"):
         run_training(None, data_seeds=[0], plateau=0.5, **common)
+    with pytest.raises(ValueError, match="plateau: the ReduceLROnPlateau was built on another optimiser than this run's"):
+        run_training(None, data_seeds=[0], plateau=plateau, **{**common, "optimizer": _optimizer([0.1])})
