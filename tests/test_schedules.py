@@ -309,6 +309,15 @@ def test_closed_forms_hit_the_documented_landmarks() -> None:
     assert S.step_decay(initial=1.0, factor=0.5, step_size=3)(np.array([2, 3, 6])).tolist() == [1.0, 0.5, 0.25]
     assert S.inverse_time(initial=1.0)(np.array([0, 1, 3])).tolist() == [1.0, 0.5, 0.25]
     assert S.exponential_decay(initial=1.0, decay_rate=0.25, decay_steps=2)(1).item() == pytest.approx(0.5, abs=1e-15)
+    # SGDR: half-way through the second cycle (steps 4..11 of period 4, doubled) is the mid value
+    assert S.cosine_restarts(initial=1.0, period=4, period_mult=2, minimum=0.2)(np.array([0, 2, 4, 8, 12])).tolist() == \
+        pytest.approx([1.0, 0.6, 1.0, 0.6, 1.0], abs=1e-15)
+    assert S.cyclic(0.0, 1.0, 2, step_size_down=4)(np.array([0, 1, 2, 4, 6, 7, 8])).tolist() == \
+        pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0, 0.5, 1.0], abs=1e-15)
+    assert S.cyclic(0.0, 1.0, 2, mode="triangular2")(np.array([2, 6, 10])).tolist() == pytest.approx([1.0, 0.5, 0.25])
+    assert S.polynomial(initial=1.0, total_steps=4, power=2.0)(np.array([0, 2, 4, 9])).tolist() == [1.0, 0.25, 0.0, 0.0]
+    assert S.join([S.constant(value=3.0), S.polynomial(initial=1.0, total_steps=2)], [5])(np.array([4, 5, 6, 7])).tolist() == \
+        [3.0, 1.0, 0.5, 0.0]
 
 
 @pytest.mark.parametrize("case_id", CASE_IDS)
