@@ -729,6 +729,7 @@ def download_mnist(
     missing = [name for name in MNIST_FILES if _locate(target, name) is None]
     if not missing:
         return target
+    _pooch()  # the train extra: fail before anything is created
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

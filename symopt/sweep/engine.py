@@ -409,6 +409,7 @@ def run_sweep(
     start = time.perf_counter()
     cfg = load_config(config, require="optimizers")
     specs = cfg.runs()
+    require("distributed", "symopt sweep", "sweep")  # before the database is created
     if scheduler is not None:
         check_scheduler_address(scheduler)
     created = not Path(db_path).exists()

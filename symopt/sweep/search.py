@@ -127,6 +127,7 @@ def run_search(
     assert spec is not None
     target = check_integer("n_trials", n_trials if n_trials is not None else spec.n_trials, 1)
     optuna = _optuna()
+    require("distributed", "symopt search", "sweep")  # before the storage is created
     if scheduler is not None:
         check_scheduler_address(scheduler)
     path = Path(storage)
