@@ -19,9 +19,9 @@ from symopt._extras import MissingExtraError
 from symopt._threads import blas_info, blas_threads, limit_blas_threads
 
 PACKAGE = Path(symopt.__file__).resolve().parent
-#: What the layers above the core bring; `import symopt` must load none of it.
-OPTIONAL = ["matplotlib", "PIL", "tqdm", "dask", "distributed", "optuna", "pooch", "requests", "filelock",
-            "threadpoolctl"]
+#: What the layers above the core bring; `import symopt` must load none of it. (filelock is also a
+#: dependency of PyTensor, so it is installed with the core anyway.)
+OPTIONAL = ["matplotlib", "PIL", "tqdm", "dask", "distributed", "optuna", "pooch", "requests", "threadpoolctl"]
 APPLICATIONS = ["symopt.experiments", "symopt.sweep", "symopt.cli", "symopt.demo", "symopt.report",
                 "symopt.mnist_runs"]
 
