@@ -546,13 +546,9 @@ def _pooch_quiet(pooch: Any) -> Iterator[None]:
 class _CappedBuffer(io.BytesIO):
     """An in-memory download that refuses to grow past :data:`_MAX_DOWNLOAD_BYTES` (pooch has no cap)."""
 
-    def __init__(self, origin: str):
-        super().__init__()
-        self.origin = origin
-
     def write(self, data: Any) -> int:
         if self.tell() + len(data) > _MAX_DOWNLOAD_BYTES:
-            raise _SourceError(f"{self.origin}: more than {_MAX_DOWNLOAD_BYTES} bytes; not an MNIST file")
+            raise _SourceError(f"more than {_MAX_DOWNLOAD_BYTES} bytes; not an MNIST file")
         return super().write(data)
 
 
@@ -608,7 +604,7 @@ def _fetch_from_mirror(base: str, missing: list[str], directory: Path, digests: 
     http = _pooch().HTTPDownloader(timeout=timeout, progressbar=False, headers={"User-Agent": "symopt (MNIST loader)"})
     for name in list(missing):
         url = base.rstrip("/") + f"/{name}.gz"
-        body = _CappedBuffer(url)
+        body = _CappedBuffer()
         try:
             http(url, body, None)  # requests: HTTP errors and timeouts are OSErrors
             body.seek(0)
