@@ -41,7 +41,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -178,24 +177,13 @@ def main() -> None:
             worker_time(rest[0].split(","), int(rest[1]), int(rest[2]), int(rest[3]))
         return
 
-    import numpy
-    import pytensor
-
     import symopt
-    from symopt.experiments import _common
     from symopt.function import DEFAULT_MODE
+    from symopt.report import machine_info
 
     backends = [b.strip().upper() for b in args.backends.split(",") if b.strip()]
     result: dict[str, Any] = {
-        "machine": {
-            "cpu": _common.cpu_model(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": numpy.__version__,
-            "pytensor": pytensor.__version__,
-            "symopt": symopt.__version__,
-            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
-        },
+        "machine": {**machine_info(), "symopt": symopt.__version__},
         "model": {"sizes": SIZES, "batch": BATCH, "dtype": "float32", "optimizer": "Adam(learning_rate=1e-3)"},
         "settings": {"steps": args.steps, "repeats": args.repeats, "warmup": args.warmup},
         "default_mode": DEFAULT_MODE,

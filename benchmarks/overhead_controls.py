@@ -51,25 +51,12 @@ import pytensor.tensor as pt  # noqa: E402
 
 import symopt  # noqa: E402
 from symopt import nn, schedules  # noqa: E402
-from symopt.experiments._common import cpu_model  # noqa: E402
+from symopt._threads import limit_blas_threads  # noqa: E402
+from symopt.report import machine_info  # noqa: E402
 
 SIZES = [784, 100, 100, 100, 100, 10]
 BATCH = 128
 N_BATCHES = 8
-
-
-def machine_info() -> dict[str, Any]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu_model": cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
-        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
-        "platform": platform.platform(),
-    }
 
 
 def build(controls: bool) -> tuple[Any, symopt.Optimizer, float]:
@@ -98,6 +85,7 @@ def run(train: Any, data: list[tuple[np.ndarray, np.ndarray]], steps: int) -> tu
     return (time.perf_counter() - start) / steps, float(loss)
 
 
+@limit_blas_threads()  # BLAS held at $OPENBLAS_NUM_THREADS (1) threads, even if NumPy came first
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300, help="train calls per timed round")
@@ -169,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     print(f"MLP {'-'.join(map(str, SIZES))} ReLU float32, batch {BATCH}, Adam; {args.repeats} rounds x {args.steps} steps")
     print(f"CPU: {result['machine']['cpu_model']}, {result['machine']['usable_cores']} usable cores, "
-          f"OPENBLAS_NUM_THREADS={result['machine']['OPENBLAS_NUM_THREADS']}, load {load_before[0]:.2f} -> {load_after[0]:.2f}")
+          f"OPENBLAS_NUM_THREADS={result['machine']['openblas_threads']}, load {load_before[0]:.2f} -> {load_after[0]:.2f}")
     print(f"{'variant':<10} {'median ms/step':>15} {'min ms/step':>12} {'compile s':>10}")
     for name in ("plain", "controls"):
         print(f"{name:<10} {1e3 * median[name]:>15.3f} {1e3 * best[name]:>12.3f} {compile_s[name]:>10.1f}")

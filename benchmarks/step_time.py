@@ -31,17 +31,21 @@ Contenders
     ``arange(n_classes)`` of ``symopt.nn.cross_entropy`` when that count is symbolic.
 ``numpy``
     a hand-written NumPy float32 step: forward, softmax cross-entropy, backward and an
-    in-place update written here from each rule's equations (checked against
-    ``tests/reference.py`` by the smoke test).
+    in-place update written here from the rule's equations (checked against
+    ``tests/reference.py`` by the smoke test), for the rules in :data:`NUMPY_SLOTS`. A
+    rule without one (a new rule needs none) is skipped with that reason in the output,
+    and the other contenders are then checked against ``symopt[default]``.
 ``torch``, ``torch-foreach``
     torch eager, ``addmm`` layers, ``F.cross_entropy``, autograd, ``torch.optim`` with
-    ``foreach=False`` / ``foreach=True``. torch has no Lion: a Lion written here from
-    Chen et al. (2023) with per-tensor / ``torch._foreach_*`` ops.
+    ``foreach=False`` / ``foreach=True``, for the rules in :data:`TORCH_RULES` (others are
+    skipped with that reason). torch has no Lion: a Lion written here from Chen et al.
+    (2023) with per-tensor / ``torch._foreach_*`` ops.
 ``jax-optax``
     one ``jax.jit``-compiled step (``value_and_grad`` + optax, parameters and state
-    donated). Where optax's rule differs from the torch/symopt algorithm (NAdam's
-    momentum schedule, AMSGrad's maximum taken before the bias correction) the rule
-    is written here in ``jax.numpy`` as an optax ``GradientTransformation``.
+    donated), for the rules in :data:`OPTAX_RULES` (others are skipped with that reason).
+    Where optax's rule differs from the torch/symopt algorithm (NAdam's momentum
+    schedule, AMSGrad's maximum taken before the bias correction) the rule is written
+    here in ``jax.numpy`` as an optax ``GradientTransformation``.
 ``floor``
     the matrix products of a step and nothing else, NumPy float32 on preallocated
     buffers: for ``L`` dense layers, ``L`` forward, ``L`` weight-gradient and ``L-1``
@@ -298,8 +302,18 @@ def _rounded(h: dict[str, Any]) -> dict[str, Any]:
     return {k: v if isinstance(v, bool) else float(np.float32(v)) for k, v in h.items()}
 
 
+#: The rules the NumPy contender has, with the slots each keeps. A registered rule that is
+#: not here is benchmarked without a NumPy step (skipped, with the reason in the output):
+#: a new rule needs no third implementation.
+NUMPY_SLOTS: dict[str, tuple[str, ...]] = {
+    "sgd": (), "momentum": ("b",), "nesterov": ("b",), "adagrad": ("s",), "rmsprop": ("v",),
+    "adadelta": ("v", "u"), "adam": ("m", "v"), "adamw": ("m", "v"), "amsgrad": ("m", "v", "vmax"),
+    "adamax": ("m", "u"), "nadam": ("m", "v"), "radam": ("m", "v"), "lion": ("m",),
+}
+
+
 class NumpyRule:
-    """An update rule in NumPy, in place, written from the rule's equations.
+    """An update rule in NumPy, in place, written from the rule's equations (:data:`NUMPY_SLOTS`).
 
     Array arithmetic stays float32 (Python floats are weak scalars under NEP 50);
     per-step scalars (bias corrections, NAdam's momentum product, RAdam's rho) are
@@ -315,14 +329,9 @@ class NumpyRule:
             raise NotImplementedError("epsilon_inside_sqrt is not benchmarked")
         if name == "rmsprop" and (self.h["centered"] or self.h["momentum"]):
             raise NotImplementedError("centered / momentum RMSprop is not benchmarked")
-        slots = {
-            "sgd": (), "momentum": ("b",), "nesterov": ("b",), "adagrad": ("s",), "rmsprop": ("v",),
-            "adadelta": ("v", "u"), "adam": ("m", "v"), "adamw": ("m", "v"), "amsgrad": ("m", "v", "vmax"),
-            "adamax": ("m", "u"), "nadam": ("m", "v"), "radam": ("m", "v"), "lion": ("m",),
-        }
-        if name not in slots:
+        if name not in NUMPY_SLOTS:
             raise KeyError(f"no NumPy step for optimiser {name!r}")
-        self.state = [{s: np.zeros_like(p) for s in slots[name]} for p in params]
+        self.state = [{s: np.zeros_like(p) for s in NUMPY_SLOTS[name]} for p in params]
         self.decoupled = name in ("adamw", "lion")
         self.mu_product = 1.0
 
@@ -567,35 +576,56 @@ def torch_lion(torch: Any) -> type:
     return Lion
 
 
+def _torch_adam(torch: Any, h: dict[str, Any], params: list[Any], foreach: bool, cls: str = "Adam") -> Any:
+    return getattr(torch.optim, cls)(params, lr=h["learning_rate"], betas=(h["beta1"], h["beta2"]),
+                                     eps=h["epsilon"], weight_decay=h["weight_decay"], amsgrad=h["amsgrad"],
+                                     foreach=foreach)
+
+
+def _torch_sgd(torch: Any, h: dict[str, Any], params: list[Any], foreach: bool, nesterov: bool = False) -> Any:
+    return torch.optim.SGD(params, lr=h["learning_rate"], momentum=h.get("momentum", 0.0), dampening=0.0,
+                           weight_decay=h["weight_decay"], nesterov=nesterov, foreach=foreach)
+
+
+def _betas(h: dict[str, Any]) -> tuple[float, float]:
+    return h["beta1"], h["beta2"]
+
+
+#: symopt rule -> its torch optimiser ``(torch, hyperparameters, params, foreach) -> torch.optim.Optimizer``,
+#: with symopt's hyperparameters mapped onto torch's. A rule missing here has no torch contender
+#: (skipped, with the reason in the output).
+TORCH_RULES: dict[str, Callable[[Any, dict[str, Any], list[Any], bool], Any]] = {
+    "sgd": _torch_sgd,
+    "momentum": _torch_sgd,
+    "nesterov": lambda torch, h, ps, fe: _torch_sgd(torch, h, ps, fe, nesterov=True),
+    "adagrad": lambda torch, h, ps, fe: torch.optim.Adagrad(
+        ps, lr=h["learning_rate"], lr_decay=0.0, weight_decay=h["weight_decay"], initial_accumulator_value=0.0,
+        eps=h["epsilon"], foreach=fe),
+    "rmsprop": lambda torch, h, ps, fe: torch.optim.RMSprop(
+        ps, lr=h["learning_rate"], alpha=h["rho"], eps=h["epsilon"], weight_decay=h["weight_decay"],
+        momentum=h["momentum"], centered=h["centered"], foreach=fe),
+    "adadelta": lambda torch, h, ps, fe: torch.optim.Adadelta(
+        ps, lr=h["learning_rate"], rho=h["rho"], eps=h["epsilon"], weight_decay=h["weight_decay"], foreach=fe),
+    "adam": _torch_adam,
+    "amsgrad": _torch_adam,
+    "adamw": lambda torch, h, ps, fe: _torch_adam(torch, h, ps, fe, cls="AdamW"),
+    "adamax": lambda torch, h, ps, fe: torch.optim.Adamax(
+        ps, lr=h["learning_rate"], betas=_betas(h), eps=h["epsilon"], weight_decay=h["weight_decay"], foreach=fe),
+    "nadam": lambda torch, h, ps, fe: torch.optim.NAdam(
+        ps, lr=h["learning_rate"], betas=_betas(h), eps=h["epsilon"], weight_decay=h["weight_decay"],
+        momentum_decay=h["momentum_decay"], foreach=fe),
+    "radam": lambda torch, h, ps, fe: torch.optim.RAdam(
+        ps, lr=h["learning_rate"], betas=_betas(h), eps=h["epsilon"], weight_decay=h["weight_decay"], foreach=fe),
+    "lion": lambda torch, h, ps, fe: torch_lion(torch)(
+        ps, lr=h["learning_rate"], betas=_betas(h), weight_decay=h["weight_decay"], foreach=fe),
+}
+
+
 def torch_optimizer(torch: Any, optimizer: str, h: dict[str, Any], params: list[Any], foreach: bool) -> Any:
-    """The ``torch.optim`` class matching symopt's ``optimizer`` with hyperparameters ``h``."""
-    o, lr, wd = torch.optim, h["learning_rate"], h["weight_decay"]
-    betas = (h.get("beta1"), h.get("beta2"))
-    if optimizer in ("sgd", "momentum", "nesterov"):
-        return o.SGD(params, lr=lr, momentum=h.get("momentum", 0.0), dampening=0.0, weight_decay=wd,
-                     nesterov=optimizer == "nesterov", foreach=foreach)
-    if optimizer == "adagrad":
-        return o.Adagrad(params, lr=lr, lr_decay=0.0, weight_decay=wd, initial_accumulator_value=0.0,
-                         eps=h["epsilon"], foreach=foreach)
-    if optimizer == "rmsprop":
-        return o.RMSprop(params, lr=lr, alpha=h["rho"], eps=h["epsilon"], weight_decay=wd,
-                         momentum=h["momentum"], centered=h["centered"], foreach=foreach)
-    if optimizer == "adadelta":
-        return o.Adadelta(params, lr=lr, rho=h["rho"], eps=h["epsilon"], weight_decay=wd, foreach=foreach)
-    if optimizer in ("adam", "amsgrad", "adamw"):
-        cls = o.AdamW if optimizer == "adamw" else o.Adam
-        return cls(params, lr=lr, betas=betas, eps=h["epsilon"], weight_decay=wd, amsgrad=h["amsgrad"],
-                   foreach=foreach)
-    if optimizer == "adamax":
-        return o.Adamax(params, lr=lr, betas=betas, eps=h["epsilon"], weight_decay=wd, foreach=foreach)
-    if optimizer == "nadam":
-        return o.NAdam(params, lr=lr, betas=betas, eps=h["epsilon"], weight_decay=wd,
-                       momentum_decay=h["momentum_decay"], foreach=foreach)
-    if optimizer == "radam":
-        return o.RAdam(params, lr=lr, betas=betas, eps=h["epsilon"], weight_decay=wd, foreach=foreach)
-    if optimizer == "lion":
-        return torch_lion(torch)(params, lr=lr, betas=betas, weight_decay=wd, foreach=foreach)
-    raise KeyError(f"no torch counterpart for {optimizer!r}")
+    """The ``torch.optim`` class matching symopt's ``optimizer`` with hyperparameters ``h`` (:data:`TORCH_RULES`)."""
+    if optimizer not in TORCH_RULES:
+        raise KeyError(f"no torch counterpart for {optimizer!r}")
+    return TORCH_RULES[optimizer](torch, h, params, foreach)
 
 
 def torch_contender(optimizer: str, problem: Problem, foreach: bool) -> Contender:
@@ -692,38 +722,53 @@ def _jax_hand_rule(optimizer: str, h: dict[str, Any]) -> Any:
     return optax.GradientTransformation(init, update)
 
 
+def _with_l2(optax: Any, h: dict[str, Any], tx: Any) -> Any:
+    """torch-style coupled weight decay: added to the gradient before the rule."""
+    return optax.chain(optax.add_decayed_weights(h["weight_decay"]), tx) if h["weight_decay"] else tx
+
+
+def _optax_adam_family(name: str) -> Callable[[Any, dict[str, Any]], tuple[Any, str]]:
+    return lambda optax, h: (_with_l2(optax, h, getattr(optax, name)(
+        h["learning_rate"], b1=h["beta1"], b2=h["beta2"], eps=h["epsilon"])), f"optax.{name}")
+
+
+def _optax_hand(name: str) -> Callable[[Any, dict[str, Any]], tuple[Any, str]]:
+    return lambda optax, h: (_with_l2(optax, h, _jax_hand_rule(name, h)), "written here in jax.numpy (optax's differs)")
+
+
+#: symopt rule -> ``(optax, hyperparameters) -> (GradientTransformation, description)``. A rule
+#: missing here has no JAX + optax contender (skipped, with the reason in the output).
+OPTAX_RULES: dict[str, Callable[[Any, dict[str, Any]], tuple[Any, str]]] = {
+    "sgd": lambda optax, h: (_with_l2(optax, h, optax.sgd(h["learning_rate"])), "optax.sgd"),
+    "momentum": lambda optax, h: (_with_l2(optax, h, optax.sgd(h["learning_rate"], momentum=h["momentum"])),
+                                  "optax.sgd(momentum)"),
+    "nesterov": lambda optax, h: (_with_l2(optax, h, optax.sgd(h["learning_rate"], momentum=h["momentum"],
+                                                               nesterov=True)), "optax.sgd(momentum)"),
+    "rmsprop": lambda optax, h: (_with_l2(optax, h, optax.rmsprop(
+        h["learning_rate"], decay=h["rho"], eps=h["epsilon"], initial_scale=0.0, eps_in_sqrt=False)),
+        "optax.rmsprop(eps_in_sqrt=False)"),
+    "adadelta": lambda optax, h: (_with_l2(optax, h, optax.adadelta(h["learning_rate"], rho=h["rho"],
+                                                                    eps=h["epsilon"])), "optax.adadelta"),
+    "adam": _optax_adam_family("adam"),
+    "adamax": _optax_adam_family("adamax"),
+    "radam": _optax_adam_family("radam"),
+    "adamw": lambda optax, h: (optax.adamw(h["learning_rate"], b1=h["beta1"], b2=h["beta2"], eps=h["epsilon"],
+                                           weight_decay=h["weight_decay"]), "optax.adamw"),
+    "lion": lambda optax, h: (optax.lion(h["learning_rate"], b1=h["beta1"], b2=h["beta2"],
+                                         weight_decay=h["weight_decay"]), "optax.lion"),
+    "adagrad": _optax_hand("adagrad"),
+    "nadam": _optax_hand("nadam"),
+    "amsgrad": _optax_hand("amsgrad"),
+}
+
+
 def optax_transform(optimizer: str, h: dict[str, Any]) -> tuple[Any, str]:
-    """The optax transformation for ``optimizer`` and a description of what it is."""
+    """The optax transformation for ``optimizer`` and a description of what it is (:data:`OPTAX_RULES`)."""
     import optax
 
-    lr, wd = h["learning_rate"], h["weight_decay"]
-
-    def with_l2(tx: Any) -> Any:
-        # torch-style coupled weight decay: added to the gradient before the rule.
-        return optax.chain(optax.add_decayed_weights(wd), tx) if wd else tx
-
-    if optimizer == "sgd":
-        return with_l2(optax.sgd(lr)), "optax.sgd"
-    if optimizer in ("momentum", "nesterov"):
-        return with_l2(optax.sgd(lr, momentum=h["momentum"], nesterov=optimizer == "nesterov")), "optax.sgd(momentum)"
-    if optimizer == "rmsprop":
-        return (with_l2(optax.rmsprop(lr, decay=h["rho"], eps=h["epsilon"], initial_scale=0.0, eps_in_sqrt=False)),
-                "optax.rmsprop(eps_in_sqrt=False)")
-    if optimizer == "adadelta":
-        return with_l2(optax.adadelta(lr, rho=h["rho"], eps=h["epsilon"])), "optax.adadelta"
-    if optimizer == "adam":
-        return with_l2(optax.adam(lr, b1=h["beta1"], b2=h["beta2"], eps=h["epsilon"])), "optax.adam"
-    if optimizer == "adamw":
-        return optax.adamw(lr, b1=h["beta1"], b2=h["beta2"], eps=h["epsilon"], weight_decay=wd), "optax.adamw"
-    if optimizer == "adamax":
-        return with_l2(optax.adamax(lr, b1=h["beta1"], b2=h["beta2"], eps=h["epsilon"])), "optax.adamax"
-    if optimizer == "radam":
-        return with_l2(optax.radam(lr, b1=h["beta1"], b2=h["beta2"], eps=h["epsilon"])), "optax.radam"
-    if optimizer == "lion":
-        return optax.lion(lr, b1=h["beta1"], b2=h["beta2"], weight_decay=wd), "optax.lion"
-    if optimizer in ("adagrad", "nadam", "amsgrad"):
-        return with_l2(_jax_hand_rule(optimizer, h)), "written here in jax.numpy (optax's differs)"
-    raise KeyError(f"no optax counterpart for {optimizer!r}")
+    if optimizer not in OPTAX_RULES:
+        raise KeyError(f"no optax counterpart for {optimizer!r}")
+    return OPTAX_RULES[optimizer](optax, h)
 
 
 def _jax_loss(params: list[Any], x: Any, y: Any) -> Any:
@@ -837,23 +882,42 @@ def available(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def skipped_contenders(optimizer: str, with_torch: bool = True, with_jax: bool = True) -> dict[str, str]:
+    """Contender -> why it does not run for ``optimizer`` (no counterpart written, or not installed)."""
+    out: dict[str, str] = {}
+    if optimizer not in NUMPY_SLOTS:
+        out["numpy"] = f"no hand-written NumPy step for {optimizer!r} (NUMPY_SLOTS); checked against symopt[default]"
+    if with_torch:
+        if not available("torch"):
+            out["torch"] = out["torch-foreach"] = "torch is not installed (pip install -e '.[bench]')"
+        elif optimizer not in TORCH_RULES:
+            out["torch"] = out["torch-foreach"] = f"no torch counterpart for {optimizer!r} (TORCH_RULES)"
+    if with_jax:
+        if not (available("jax") and available("optax")):
+            out["jax-optax"] = "jax/optax are not installed (pip install -e '.[bench]')"
+        elif optimizer not in OPTAX_RULES:
+            out["jax-optax"] = f"no optax counterpart for {optimizer!r} (OPTAX_RULES)"
+    return out
+
+
 def contender_builders(
     optimizer: str, problem: Problem, backends: list[str], with_torch: bool = True, with_jax: bool = True
 ) -> dict[str, Callable[[], Contender]]:
-    """Name -> builder of every contender, in table order; skipped ones are left out."""
+    """Name -> builder of every contender, in table order; those :func:`skipped_contenders` names are left out."""
     builders: dict[str, Callable[[], Contender]] = {
         "symopt[default]": lambda: symopt_contender(optimizer, problem, None),
     }
     for mode in backends:
         builders[f"symopt[{mode}]"] = lambda mode=mode: symopt_contender(optimizer, problem, mode)
     builders["numpy"] = lambda: numpy_contender(optimizer, problem)
-    if with_torch and available("torch"):
+    if with_torch:
         builders["torch"] = lambda: torch_contender(optimizer, problem, foreach=False)
         builders["torch-foreach"] = lambda: torch_contender(optimizer, problem, foreach=True)
-    if with_jax and available("jax") and available("optax"):
+    if with_jax:
         builders["jax-optax"] = lambda: jax_contender(optimizer, problem)
     builders["floor"] = lambda: floor_contender(problem)
-    return builders
+    skipped = skipped_contenders(optimizer, with_torch, with_jax)
+    return {name: build for name, build in builders.items() if name not in skipped}
 
 
 def build_contenders(
@@ -879,6 +943,11 @@ def build_contenders(
         info[name] = {"build_and_first_call_s": time.perf_counter() - start, "note": c.note}
         contenders[name] = c
     return contenders, info
+
+
+def check_reference(contenders: dict[str, Contender]) -> str:
+    """The contender the others are compared with: the NumPy step, else symopt's default."""
+    return "numpy" if "numpy" in contenders else "symopt[default]"
 
 
 def check_equivalence(
@@ -983,8 +1052,10 @@ class Config:
 def run_optimizer(optimizer: str, problem: Problem, cfg: Config) -> dict[str, Any]:
     """Build, check and time every contender for one optimiser."""
     builders = contender_builders(optimizer, problem, cfg.backends, cfg.with_torch, cfg.with_jax)
+    skipped = skipped_contenders(optimizer, cfg.with_torch, cfg.with_jax)
     contenders, built = build_contenders(builders)
-    check = check_equivalence(contenders, cfg.check_steps)
+    reference = check_reference(contenders)
+    check = check_equivalence(contenders, cfg.check_steps, reference)
     times = time_contenders(contenders, cfg.rounds, cfg.steps, cfg.warmup, first_index=cfg.check_steps)
     floor_calls = None
     if "floor" in contenders:
@@ -993,6 +1064,8 @@ def run_optimizer(optimizer: str, problem: Problem, cfg: Config) -> dict[str, An
     result = {
         "contenders": {name: {**built[name], **(summarize(times[name]) if name in times else {})} for name in built},
         "check": check,
+        "check_reference": reference,
+        "skipped": skipped,
         "per_step_ms": {name: [round(1e3 * t, 4) for t in ts] for name, ts in times.items()},
         "floor_matmuls_per_step": len(floor_shapes(problem.sizes, problem.batch)),
         "floor_calls_total": floor_calls,
@@ -1112,13 +1185,6 @@ def compile_and_memory(optimizer: str, names: list[str], cfg: Config) -> dict[st
 
 
 # ============================================================================ machine
-def cpu_model() -> str:
-    """The CPU's model name (imported here: worker subprocesses never import symopt)."""
-    from symopt.experiments._common import cpu_model as model
-
-    return model()
-
-
 def versions() -> dict[str, str | None]:
     """Versions of Python and every framework that is installed."""
     import importlib.metadata as md
@@ -1133,24 +1199,28 @@ def versions() -> dict[str, str | None]:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, cores, thread settings and platform."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    return {
-        "cpu_model": cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
-        "threads": THREADS,
-        "env": {k: os.environ.get(k) for k in thread_env(THREADS)},
-        "platform": platform.platform(),
-    }
+    """:func:`symopt.report.machine_info` (CPU, cores, BLAS libraries and their threads, versions), plus
+    this run's thread setting and the environment variables it sets."""
+    from symopt.report import machine_info as machine
+
+    return {**machine(), "threads": THREADS, "env": {k: os.environ.get(k) for k in thread_env(THREADS)}}
 
 
 # ============================================================================ run + report
 def run_benchmark(cfg: Config) -> dict[str, Any]:
-    """The whole benchmark: every optimiser and contender, compile/memory subprocesses, vmap."""
+    """The whole benchmark: every optimiser and contender, compile/memory subprocesses, vmap.
+
+    Every BLAS library loaded in this process is held at ``THREADS`` threads while it runs
+    (threadpoolctl): the environment variables reach only libraries loaded after they are
+    set, and imported as a module (the smoke test) NumPy may have come first.
+    """
+    from symopt._threads import limit_blas_threads
+
+    with limit_blas_threads(THREADS):
+        return _run_benchmark(cfg)
+
+
+def _run_benchmark(cfg: Config) -> dict[str, Any]:
     problem = make_problem(cfg.sizes, cfg.batch, cfg.n_batches, cfg.seed)
     load_before = os.getloadavg()
     started = time.time()
@@ -1169,6 +1239,9 @@ def run_benchmark(cfg: Config) -> dict[str, Any]:
             cfg.partial_out.parent.mkdir(parents=True, exist_ok=True)
             cfg.partial_out.write_text(json.dumps({"partial": True, "optimizers": per_optimizer}) + "\n")
         if cfg.verbose:
+            for name, why in per_optimizer[optimizer]["skipped"].items():
+                if "not installed" not in why:
+                    print(f"{optimizer}: {name} skipped: {why}", flush=True)
             row = per_optimizer[optimizer]["contenders"]
             cells = "  ".join(f"{n}={row[n]['median_ms']:.2f}" if "median_ms" in row[n] else f"{n}=FAIL"
                               for n in row)
@@ -1301,6 +1374,10 @@ def render_markdown(result: dict[str, Any]) -> str:
     if result.get("skipped"):
         lines.append("")
         lines += [f"- skipped: {s}" for s in result["skipped"]]
+    rule_skips = [f"- `{n}` skipped for {opt}: {why}" for opt, o in per.items()
+                  for n, why in o.get("skipped", {}).items() if "not installed" not in why]
+    if rule_skips:
+        lines += [""] + rule_skips
 
     lines += ["", "Targets (ratios from this run; geometric mean over optimizers, and the worst):", ""]
     for t in result["targets"].values():
@@ -1335,6 +1412,9 @@ def render_markdown(result: dict[str, Any]) -> str:
               f"batches, each contender's parameters against the NumPy step's (|a-b| <= "
               f"{ATOL:g} + {RTOL:g}|b| for all but {CHECK_MAX_FRACTION:g} of the elements: float32 ReLU "
               f"units at the threshold flip differently); largest |a-b| over optimizers:", ""]
+    other_reference = [opt for opt, o in per.items() if o.get("check_reference", "numpy") != "numpy"]
+    if other_reference:
+        lines.append(f"- against `symopt[default]` instead (no NumPy step): {', '.join(other_reference)}")
     check_names = sorted({n for o in per.values() for n in o["check"]}, key=lambda n: (
         CONTENDER_ORDER.index(n) if n in CONTENDER_ORDER else 99, n))
     for n in check_names:

@@ -181,7 +181,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    from symopt.experiments import _common
+    from symopt import report
 
     start_load = _load()
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,13 +190,13 @@ def main() -> None:
             "setting": {"scaling": SCALING, "tiny": TINY,
                         "notes": "cold: run_sweep with its own LocalCluster (start, data, compile included); "
                                  "warm: same sweep on an existing cluster with both functions compiled"},
-            "machine": _common.machine_info(),
+            "machine": report.machine_info(),
             "load_average_start": start_load,
             "scaling": scaling(Path(tmp)),
             "overhead": overhead(Path(tmp), args.small, args.large, args.repeats),
             "load_average_end": _load(),
         }
-    _common.write_json(args.out, doc)
+    report.write_json(args.out, doc)
     print(f"wrote {args.out}")
 
 

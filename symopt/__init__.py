@@ -7,10 +7,12 @@
 
 import os as _os
 
-# A train step's matmuls are small (batch 128); OpenBLAS's worker threads spinning
-# against each other on few cores made them 9x slower here (16 ms vs 1.75 ms for
-# 128x784 @ 784x100 on 2 cores). One thread unless the user chose; only effective
-# when symopt is imported before numpy (the CLI and the demo are).
+# One BLAS thread unless the user chose (symopt/_threads.py says why). The variable
+# reaches only BLAS libraries loaded after it is set (PyTensor's scipy-openblas32, and
+# NumPy's when symopt is imported first) and every subprocess (Dask workers, benchmark
+# workers); the training loops also set the count of every loaded library at run time
+# with threadpoolctl (`symopt._threads.limit_blas_threads`), so importing NumPy first
+# no longer undoes it.
 _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .optimizer import HYPERPARAMETER_BOUNDS, TRANSFORM_SETTINGS, Optimizer, Updates

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
 import secrets
 import stat
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; one writer at a time is then the user's job
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["atomic_writer", "file_lock", "check_writable", "json_ready", "dump_json"]
 
@@ -68,22 +65,29 @@ def atomic_writer(dest: str | os.PathLike[str], mode: str = "wb", **open_kwargs:
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Hold an exclusive advisory lock for read-modify-write of ``path``.
+    """Hold an exclusive lock for read-modify-write of ``path``, blocking until it is free.
 
     For a results file that several processes update: without it, two writers that both
-    read before either renames lose the first one's additions. The lock is taken on the
-    file's folder (``path`` itself is replaced by every atomic write, and a sidecar lock
-    file would be left behind), so it serialises writers of every file in that folder;
-    it blocks until free. Without ``fcntl`` (Windows) it does nothing.
+    read before either renames lose the first one's additions. The lock is filelock's
+    native lock (``flock`` on Unix) on the file's *folder*: ``path`` itself is replaced by
+    every atomic write, and a sidecar lock file would be left among the results. So it
+    serialises the writers of every file in that folder. Where a folder cannot be opened
+    (Windows), a lock file in the temporary directory, named after the folder, stands in.
     """
+    from ._extras import require
+
+    filelock = require("filelock", "a lock on a shared results file")
     folder = Path(path).parent
     folder.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        digest = hashlib.sha256(os.fsencode(folder.resolve())).hexdigest()[:16]
+        with filelock.FileLock(Path(tempfile.gettempdir()) / f"symopt-{digest}.lock"):
+            yield
+        return
+    try:
+        filelock.lock_descriptor(fd)
         yield
     finally:
         os.close(fd)  # closing releases the lock

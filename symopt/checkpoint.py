@@ -49,6 +49,7 @@ from pytensor.graph.basic import Variable
 
 from ._io import atomic_writer
 from ._npz import NpzReader
+from ._threads import limit_blas_threads
 
 __all__ = ["TrainingInterrupted", "RunCheckpoint", "run_training", "read_header", "FORMAT", "VERSION"]
 
@@ -500,6 +501,7 @@ def _check_options(checkpoint: Any, checkpoint_every: Any, resume: Any) -> tuple
     return path, None if checkpoint_every is None else int(checkpoint_every), source
 
 
+@limit_blas_threads()  # every training loop: BLAS held at $OPENBLAS_NUM_THREADS threads (default 1)
 def run_training(
     trainer: Any,
     *,

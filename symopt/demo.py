@@ -107,12 +107,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"   {name:<10} {lr:>7g} {losses[0]:>10.4f} {losses[-1]:>10.4f} {acc:>9.3f} {seconds * 1e3:>8.2f}")
     print("   (chance accuracy is 0.333; a good optimiser reaches > 0.95)")
 
-    import matplotlib
+    from .report import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = figure(1, 2, figsize=(12, 4.5))
     gx, gy = np.meshgrid(np.linspace(-8, 8, 200), np.linspace(-3, 3, 200))
     ax1.contour(gx, gy, gx**2 / 20 + gy**2, levels=20, cmap="Greys", linewidths=0.6)
     for name, path in paths.items():

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from .optimizer import Optimizer
 
-__all__ = ["OPTIMIZERS", "ENTRY_POINT_GROUP", "register", "get", "UnknownOptimizerError"]
+__all__ = ["OPTIMIZERS", "ENTRY_POINT_GROUP", "register", "get", "display_name", "UnknownOptimizerError"]
 
 ENTRY_POINT_GROUP = "symopt.optimizers"
 
@@ -126,3 +126,14 @@ def get(name: str) -> type[Optimizer]:
     close = difflib.get_close_matches(key, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise UnknownOptimizerError(f"unknown optimizer {name!r}.{hint} Known optimizers: {', '.join(known)}")
+
+
+def display_name(name: str) -> str:
+    """How tables and figures name the rule registered as ``name``: its class name.
+
+    ``"adagrad"`` -> ``"AdaGrad"``, ``"rmsprop"`` -> ``"RMSprop"``; text that names no
+    rule (``"adam learning_rate=0.003"``, a sweep's label) is returned as given. The
+    registry is the one table: a new rule needs no label written anywhere else.
+    """
+    rule = OPTIMIZERS.get(name.strip().lower()) if isinstance(name, str) else None
+    return rule.__name__ if rule is not None else name

@@ -353,7 +353,7 @@ class SeedTrainer:
         self.order.set_value(order, borrow=True)
         steps: Any = range(int(start), self.steps_per_epoch)
         if progress:
-            from tqdm.auto import tqdm
+            from ._extras import tqdm
 
             steps = tqdm(steps, desc=desc, leave=False, unit="step", initial=int(start), total=self.steps_per_epoch)
         S = self.stack.n_seeds

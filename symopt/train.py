@@ -236,7 +236,7 @@ class Trainer:
         self.order.set_value(rng.permutation(self.n_train).astype(np.int64), borrow=True)
         steps: Any = range(int(start), self.steps_per_epoch)
         if progress:
-            from tqdm.auto import tqdm
+            from ._extras import tqdm
 
             steps = tqdm(steps, desc=desc, leave=False, unit="step", initial=int(start), total=self.steps_per_epoch)
         tally = new_tally(1) if tally is None else np.array(tally, dtype=np.float64).reshape(1, TALLY_WIDTH)

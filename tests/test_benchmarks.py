@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import pytensor.tensor as pt
 import pytest
 
 import symopt
@@ -42,7 +43,13 @@ HAS_TORCH = st.available("torch")
 HAS_JAX = st.available("jax") and st.available("optax")
 
 
-@pytest.mark.parametrize("name", sorted(symopt.OPTIMIZERS))
+def test_benchmark_tables_name_registered_rules() -> None:
+    """The NumPy, torch and optax tables cover rules that exist (a rule missing from them is skipped)."""
+    for table in (st.NUMPY_SLOTS, st.TORCH_RULES, st.OPTAX_RULES):
+        assert set(table) <= set(symopt.OPTIMIZERS)
+
+
+@pytest.mark.parametrize("name", sorted(st.NUMPY_SLOTS))
 def test_numpy_rule_matches_reference(name: str) -> None:
     """The benchmark's in-place NumPy rule equals tests/reference.py over 12 steps (float32)."""
     rng = np.random.default_rng(1)
@@ -116,8 +123,10 @@ def test_tiny_run_same_work_and_report(tmp_path: Path) -> None:
     assert out["floor_calls_total"] == 14 * out["floor_steps_total"]
     assert out["ratios"]["default_over_floor"] > 0
     assert set(result["targets"]) == set(st.TARGETS)
-    for key in ("cpu_model", "usable_cores", "threads", "loadavg_before", "loadavg_after"):
+    for key in ("cpu_model", "usable_cores", "threads", "blas", "loadavg_before", "loadavg_after"):
         assert key in result["machine"]
+    assert out["check_reference"] == "numpy" and out["skipped"] == {k: v for k, v in out["skipped"].items()
+                                                                     if "not installed" in v}
     assert result["versions"]["numpy"] == np.__version__
     if HAS_JAX:
         vmap = result["jax_vmap"]["adam"]
@@ -133,6 +142,46 @@ def test_tiny_run_same_work_and_report(tmp_path: Path) -> None:
     assert st.update_readme(st.render_markdown(result), readme)
     text = readme.read_text()
     assert "PREVIOUS-TABLE" not in text and "| adam |" in text and text.startswith("intro") and text.endswith("outro\n")
+
+
+@pytest.fixture
+def new_rule():
+    """A rule registered only for this test (sign descent), which no benchmark table knows."""
+    name = "benchsign"
+
+    @symopt.register(name)
+    class BenchSign(symopt.Optimizer):
+        """p <- p - lr * sign(g)"""
+
+        hyperparameters = {"learning_rate": 0.01}
+        slots: dict = {}
+
+        def update_param(self, param, grad, state):
+            return param - self.learning_rate * pt.sign(grad), {}
+
+    try:
+        yield name
+    finally:
+        del symopt.OPTIMIZERS[name]
+
+
+def test_new_rule_needs_no_numpy_torch_or_optax_step(new_rule: str) -> None:
+    """A rule without a NumPy (or torch, optax) counterpart is benchmarked without them, saying why."""
+    cfg = st.Config(optimizers=[new_rule], backends=[], steps=2, rounds=1, warmup=1, sizes=TINY_SIZES,
+                    batch=TINY_BATCH, n_batches=2, compile_optimizers=[], verbose=False)
+    result = st.run_benchmark(cfg)
+    out = result["optimizers"][new_rule]
+    assert set(out["contenders"]) == {"symopt[default]", "floor"}
+    assert all("error" not in c for c in out["contenders"].values())
+    assert "no hand-written NumPy step for 'benchsign'" in out["skipped"]["numpy"]
+    if HAS_TORCH:
+        assert "no torch counterpart for 'benchsign'" in out["skipped"]["torch"]
+    if HAS_JAX:
+        assert "no optax counterpart for 'benchsign'" in out["skipped"]["jax-optax"]
+    assert out["check_reference"] == "symopt[default]" and out["check"] == {}
+    markdown = st.render_markdown(result)
+    assert "`numpy` skipped for benchsign: no hand-written NumPy step" in markdown
+    assert "against `symopt[default]` instead (no NumPy step): benchsign" in markdown
 
 
 def test_failing_backend_is_recorded_not_raised() -> None:

@@ -406,6 +406,32 @@ def test_mirror_download_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert snapshot(target) == before
 
 
+def test_downloaded_files_get_the_usual_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            http_mirror: tuple[str, Path]) -> None:
+    """Files pooch installs are 0666 less the umask, as every file symopt writes (pooch's temporary is 0600)."""
+    url, served = http_mirror
+    arrays = make_idx_dir(served, gz=True)
+    monkeypatch.setattr(data, "mnist_checksums", lambda: fake_digests(arrays))
+    old = os.umask(0o027)
+    try:
+        download_mnist(tmp_path / "dl", sources=("mirrors",), mirrors=[url], timeout=5)
+    finally:
+        os.umask(old)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "dl").iterdir()} == {0o640}
+
+
+def test_oversized_download_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       http_mirror: tuple[str, Path]) -> None:
+    """A body larger than any MNIST file is cut off while it downloads; nothing is left."""
+    url, served = http_mirror
+    arrays = make_idx_dir(served, gz=True)
+    monkeypatch.setattr(data, "mnist_checksums", lambda: fake_digests(arrays))
+    monkeypatch.setattr(data, "_MAX_DOWNLOAD_BYTES", 64)
+    with pytest.raises(DataUnavailableError, match=f"{TRAIN_IMAGES}.gz: more than 64 bytes; not an MNIST file"):
+        download_mnist(tmp_path / "dl", sources=("mirrors",), mirrors=[url], timeout=5)
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
 def test_corrupt_download_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http_mirror: tuple[str, Path]) -> None:
     url, served = http_mirror
     make_idx_dir(served, gz=True)  # wrong content for the real digests

@@ -32,31 +32,23 @@ from typing import Any
 
 import numpy as np
 
+from .._extras import MissingExtraError, install_hint
+from .._optuna import completed_trials, import_optuna, make_sampler, storage_url
 from . import _common
 
 DESCRIPTION = "random search vs TPE (Optuna, SQLite, resumable) of SGD learning rate and weight decay"
 
 NAME = "hyperparameter-search"
 SAMPLERS = ("random", "tpe")
-INSTALL_HINT = "pip install 'symopt[experiments]'"
+INSTALL_HINT = install_hint("experiments")
 
-
-class OptunaMissingError(ModuleNotFoundError):
-    """Optuna, which this experiment needs, is not installed."""
+#: Raised when Optuna, which this experiment needs, is not installed (a ModuleNotFoundError).
+OptunaMissingError = MissingExtraError
 
 
 def _optuna() -> Any:
     """Import Optuna, or fail with one message saying how to install it."""
-    try:
-        import optuna
-    except ImportError as exc:
-        raise OptunaMissingError(
-            f"the {NAME!r} experiment needs Optuna, which is not installed ({exc}); "
-            f"install it with: {INSTALL_HINT}",
-            name="optuna",
-        ) from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
+    return import_optuna(f"the {NAME!r} experiment", "experiments")
 
 
 @dataclass(frozen=True)
@@ -84,10 +76,6 @@ QUICK = Config(n_samples=200, sizes=(784, 50, 50, 10), epochs=4, n_trials=4)
 
 def results_path(results_dir: Path, quick: bool) -> Path:
     return Path(results_dir) / (f"{NAME}-quick.db" if quick else f"{NAME}.db")
-
-
-def storage_url(path: Path) -> str:
-    return f"sqlite:///{Path(path)}"
 
 
 def study_name(sampler: str, seed: int) -> str:
@@ -169,25 +157,14 @@ class Search:
 
 # ------------------------------------------------------------------------ run
 def _study(optuna: Any, path: Path, sampler: str, seed: int, n_done: int) -> Any:
-    # The sampler's seed includes the number of trials already stored, so a resumed study
-    # does not replay the draws of its first session.
-    sampler_seed = seed * 100_003 + n_done
-    if sampler == "random":
-        s = optuna.samplers.RandomSampler(seed=sampler_seed)
-    elif sampler == "tpe":
-        s = optuna.samplers.TPESampler(seed=sampler_seed)
-    else:
-        raise ValueError(f"unknown sampler {sampler!r}; choose from {SAMPLERS}")
     return optuna.create_study(
-        study_name=study_name(sampler, seed), storage=storage_url(path), sampler=s,
-        direction="maximize", load_if_exists=True,
+        study_name=study_name(sampler, seed), storage=storage_url(path),
+        sampler=make_sampler(optuna, sampler, seed, n_done), direction="maximize", load_if_exists=True,
     )
 
 
 def _completed(study: Any) -> list[Any]:
-    import optuna
-
-    return [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    return completed_trials(_optuna(), study)
 
 
 def run(results_dir: Path, quick: bool = False, seed: int = 0, progress: bool = True) -> Path:

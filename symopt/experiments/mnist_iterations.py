@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..function import function
+from ..registry import display_name
 from . import _common
 
 DESCRIPTION = "NumPy seeds: smoothed minibatch loss over 2,000 iterations, SGD vs Momentum vs AdaGrad vs Adam (+ others)"
@@ -53,9 +54,6 @@ ALL = [*SEED_RULES, *SEED_EXTRA, *OTHERS]
 
 QUICK = {"optimizers": ["sgd", "adam"], "seeds": 1, "iterations": 60, "n_train": 2000, "n_test": 500}
 
-LABELS = {"sgd": "SGD", "momentum": "Momentum", "nesterov": "Nesterov", "adagrad": "AdaGrad", "rmsprop": "RMSprop",
-          "adadelta": "AdaDelta", "adam": "Adam", "adamw": "AdamW", "amsgrad": "AMSGrad", "adamax": "Adamax",
-          "nadam": "NAdam", "radam": "RAdam", "lion": "Lion"}
 #: Final-loss window: the mean raw loss of the last WINDOW iterations.
 WINDOW = 100
 #: Speed: first iteration at which the smoothed loss falls below this.
@@ -229,16 +227,16 @@ def summarize(results: Path) -> str:
         reach = ", ".join("never" if v is None else str(v) for v in r["iterations_to_threshold"])
         mark = "**" if r["seed_rule"] else ""
         lines.append(
-            f"| {mark}{LABELS.get(r['optimizer'], r['optimizer'])}{mark} | {r['seeds']} | "
+            f"| {mark}{display_name(r['optimizer'])}{mark} | {r['seeds']} | "
             f"{r['final_loss_mean']:.4f} ± {r['final_loss_std']:.4f} | {r['mean_loss']:.4f} | {reach} | "
             f"{100 * r['test_accuracy_mean']:.2f} |"
         )
     seed_rows = sorted((r for r in rows if r["seed_rule"]), key=lambda r: r["final_loss_mean"])
     if seed_rows:
-        ranking = " < ".join(f"{LABELS[r['optimizer']]} {r['final_loss_mean']:.4f}" for r in seed_rows)
+        ranking = " < ".join(f"{display_name(r['optimizer'])} {r['final_loss_mean']:.4f}" for r in seed_rows)
         lines.append(f"seed's four rules by final loss (lower is better): {ranking}")
     best = min(rows, key=lambda r: r["final_loss_mean"])
-    lines.append(f"lowest final loss overall: {LABELS.get(best['optimizer'], best['optimizer'])} "
+    lines.append(f"lowest final loss overall: {display_name(best['optimizer'])} "
                  f"{best['final_loss_mean']:.4f} (± is the sample std over seeds; bold: the seeds' four rules)")
     return "\n".join(lines)
 
@@ -261,7 +259,7 @@ def plot(results: Path, figures_dir: Path) -> list[Path]:
             curves = np.array([smooth(c, window=window) for c in loss])
             it = np.arange(1, loss.shape[1] + 1)
             mean = curves.mean(axis=0)
-            label = LABELS.get(name, name) + (f" ({seeds_of[name]} seed{'s' if seeds_of[name] > 1 else ''})" if ax is axes[1] else "")
+            label = display_name(name) + (f" ({seeds_of[name]} seed{'s' if seeds_of[name] > 1 else ''})" if ax is axes[1] else "")
             every = max(1, loss.shape[1] // 20)
             ax.plot(it, mean, color=colours[name], linestyle=styles[name], linewidth=1.3, label=label,
                     marker=markers.get(name) if ax is axes[0] else None, markevery=every, markersize=4)

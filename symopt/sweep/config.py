@@ -6,7 +6,7 @@ A configuration states everything that determines a run's numbers::
     seeds = 4                  # seeds 0..3 (first_seed shifts them), or a list [0, 1, 7]
     batch_size = 128
 
-    [model]                    # default: the mnist-optimizers experiment's MLP
+    [model]                    # default: symopt.mnist_runs.MODEL, the seed comparison's MLP
     sizes = [784, 100, 10]
     dropout = 0.0
 
@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..experiments.mnist_optimizers import MODEL as _MNIST_OPTIMIZERS_MODEL
+from .._checks import is_integer, is_real
+from .._optuna import SAMPLERS as _SAMPLERS
+from ..mnist_runs import MODEL as _MNIST_MLP
 
 __all__ = [
     "ConfigError",
@@ -49,12 +51,11 @@ __all__ = [
     "DEFAULT_MODEL",
 ]
 
-#: The mnist-optimizers experiment's network (784-100x4-10, ReLU, He, dropout 0.2).
-DEFAULT_MODEL: dict[str, Any] = dict(_MNIST_OPTIMIZERS_MODEL)
+#: The network of the seed's MNIST comparison (784-100x4-10, ReLU, He, dropout 0.2): symopt.mnist_runs.MODEL.
+DEFAULT_MODEL: dict[str, Any] = dict(_MNIST_MLP)
 _TOP_KEYS = {"name", "epochs", "seeds", "first_seed", "batch_size", "model", "data", "optimizers", "search"}
 _DATA_KEYS = {"n_train", "n_test", "subset_seed", "dir", "validation"}
 _SEARCH_KEYS = {"optimizer", "n_trials", "sampler", "sampler_seed", "study", "metric", "space", "fixed"}
-_SAMPLERS = ("tpe", "random")
 #: metric -> Optuna direction (the metric is taken at the final epoch, averaged over seeds).
 METRICS = {"test_accuracy": "maximize", "test_loss": "minimize", "train_loss": "minimize"}
 
@@ -199,11 +200,9 @@ def _fail(where: str, field_name: str, message: str) -> ConfigError:
 
 
 def _int(where: str, name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value) or value < minimum:
         raise _fail(where, name, f"must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise _fail(where, name, f"must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def _unknown(where: str, prefix: str, given: Mapping[str, Any], known: set[str]) -> None:
@@ -241,7 +240,7 @@ def _seeds(where: str, value: Any, first: Any) -> list[int]:
         if len(set(out)) != len(out):
             raise _fail(where, "seeds", f"lists a seed twice: {value}")
         return out
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_integer(value) or value < 1:
         raise _fail(where, "seeds", f"must be a positive number of seeds or a list of non-negative seeds, got {value!r}")
     return list(range(first, first + value))
 
@@ -253,7 +252,7 @@ def _model(where: str, value: Any) -> dict[str, Any]:
     model = {**DEFAULT_MODEL, **value}
     sizes = model["sizes"]
     if (not isinstance(sizes, list) or len(sizes) < 2
-            or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes)):
+            or any(not is_integer(s) or s < 1 for s in sizes)):
         raise _fail(where, "model.sizes", f"must be a list of >= 2 positive widths, got {sizes!r}")
     if sizes[0] != 784 or sizes[-1] != 10:
         raise _fail(where, "model.sizes", f"MNIST needs 784 inputs and 10 outputs, got {sizes!r}")
@@ -262,10 +261,10 @@ def _model(where: str, value: Any) -> dict[str, Any]:
     if model["activation"] not in ACTIVATIONS:
         raise _fail(where, "model.activation", f"unknown activation {model['activation']!r}; known: {', '.join(ACTIVATIONS)}")
     init = model["init"]
-    if not (init in ("he", "xavier", "normal") or (isinstance(init, (int, float)) and not isinstance(init, bool) and init > 0)):
+    if not (init in ("he", "xavier", "normal") or (is_real(init) and init > 0)):
         raise _fail(where, "model.init", f"must be he, xavier, normal or a positive standard deviation, got {init!r}")
     dropout = model["dropout"]
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if not is_real(dropout) or not 0 <= dropout < 1:
         raise _fail(where, "model.dropout", f"must be a number in [0, 1), got {dropout!r}")
     if not isinstance(model["batchnorm"], bool):
         raise _fail(where, "model.batchnorm", f"must be true or false, got {model['batchnorm']!r}")
@@ -292,8 +291,7 @@ def _data(where: str, value: Any) -> tuple[dict[str, Any], str | None]:
             raise _fail(where, "data.n_test", f"MNIST has 10,000 test images, got {n_test}")
     subset_seed = _int(where, "data.subset_seed", value.get("subset_seed", 0), 0)
     validation = value.get("validation")
-    if validation is not None and (isinstance(validation, bool) or not isinstance(validation, (int, float))
-                                   or not 0 < validation < 1):
+    if validation is not None and (not is_real(validation) or not 0 < validation < 1):
         raise _fail(where, "data.validation", f"must be a fraction in (0, 1), got {validation!r}")
     directory = value.get("dir")
     if directory is not None and (not isinstance(directory, str) or not directory):
@@ -373,8 +371,7 @@ def _grid(where: str, value: Any) -> dict[str, list[dict[str, Any]]]:
             if not values:
                 raise _fail(where, field_name, "the list is empty")
             for v in values:
-                ok = isinstance(v, bool) if isinstance(defaults.get(key), bool) else (
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+                ok = isinstance(v, bool) if isinstance(defaults.get(key), bool) else is_real(v) and math.isfinite(v)
                 if not ok:
                     want = "true or false" if isinstance(defaults.get(key), bool) else "a finite number"
                     raise _fail(where, field_name, f"must be {want} (or a list of them), got {v!r}")
@@ -438,8 +435,7 @@ def _search(where: str, value: Any) -> SearchSpec:
                 raise _fail(where, field_name + ".choices", f"must be a non-empty list, got {choices!r}")
             want_bool = isinstance(defaults.get(key), bool)
             for i, choice in enumerate(choices):
-                ok = isinstance(choice, bool) if want_bool else (
-                    isinstance(choice, (int, float)) and not isinstance(choice, bool) and math.isfinite(choice))
+                ok = isinstance(choice, bool) if want_bool else is_real(choice) and math.isfinite(choice)
                 if not ok:
                     want = "true or false" if want_bool else "a finite number"
                     raise _fail(where, f"{field_name}.choices[{i}]", f"must be {want}, got {choice!r}")
@@ -450,7 +446,7 @@ def _search(where: str, value: Any) -> SearchSpec:
         _unknown(where, field_name + ".", dist, {"low", "high", "log"})
         low, high, log = dist.get("low"), dist.get("high"), dist.get("log", False)
         for label, v in (("low", low), ("high", high)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if not is_real(v) or not math.isfinite(v):
                 raise _fail(where, f"{field_name}.{label}", f"must be a finite number, got {v!r}")
         if not low < high:
             raise _fail(where, field_name, f"needs low < high, got low={low}, high={high}")

@@ -6,9 +6,9 @@ data, the batch size, the optimiser and its *structure* (boolean options, enable
 transforms, the slots it keeps); numeric hyperparameters are shared scalars set with
 ``opt.set_hyperparameter``, so one compiled function serves every value of a grid axis.
 Before a run the parameters, dropout streams and optimiser state are reset exactly as
-the mnist-optimizers experiment does between seeds
-(:func:`symopt.experiments.mnist_optimizers.reset_run`), so a run's numbers do not depend
-on which worker trains it or what that worker trained before.
+the mnist-optimizers experiment does between seeds (:func:`symopt.mnist_runs.reset_run`),
+so a run's numbers do not depend on which worker trains it or what that worker trained
+before.
 
 Client side: :func:`run_sweep` opens the store (refusing a locked, corrupt, in-use or
 other-protocol database before any work), skips runs already done, submits the rest,
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._extras import require, tqdm
 from ._worker_setup import DASHBOARD_ENV
 from .config import RunSpec, SweepConfig, canonical_json, load_config
 from .store import ResultStore
@@ -142,7 +143,7 @@ def _compiled(task: Mapping[str, Any], data: Any) -> tuple[_Compiled, bool]:
     from symopt.nn import MLP
     from symopt.train import Trainer
 
-    from ..experiments import mnist_optimizers as mo
+    from ..mnist_runs import build_model
 
     protocol, name, hyper = task["protocol"], task["optimizer"], task["hyperparameters"]
     key = canonical_json({"model": protocol["model"], "data": protocol["data"], "data_dir": task.get("data_dir"),
@@ -152,7 +153,7 @@ def _compiled(task: Mapping[str, Any], data: Any) -> tuple[_Compiled, bool]:
         _COMPILED.move_to_end(key)
         return _COMPILED[key], True
     start = time.perf_counter()
-    model = mo.build_model(MLP, int(task["seed"]), protocol["model"])
+    model = build_model(MLP, int(task["seed"]), protocol["model"])
     opt = symopt.get(name)(model.params, **hyper)
     trainer = Trainer(model, opt, data.x_train, data.y_train, data.x_test, data.y_test,
                       batch_size=protocol["batch_size"], on_nonfinite="continue")  # diverged runs are results
@@ -183,13 +184,13 @@ def train_run(task: Mapping[str, Any]) -> dict[str, Any]:
     """
     from symopt.nn import MLP
 
-    from ..experiments import mnist_optimizers as mo
+    from ..mnist_runs import reset_run
 
     protocol = task["protocol"]
     data = load_data(protocol["data"], task.get("data_dir"))
     entry, cached = _compiled(task, data)
     seed = int(task["seed"])
-    mo.reset_run(entry.model, entry.opt, entry.initial_state, seed, MLP, protocol["model"])
+    reset_run(entry.model, entry.opt, entry.initial_state, seed, MLP, protocol["model"])
     for name, value in task["hyperparameters"].items():
         if not isinstance(value, bool):  # booleans are structure, fixed at construction
             entry.opt.set_hyperparameter(name, value)
@@ -229,7 +230,8 @@ def check_scheduler_address(scheduler: str) -> None:
     ``distributed.Client`` raises on it only after starting its event loop, and its
     finaliser then hangs for its close timeout and prints a traceback at exit.
     """
-    from distributed.comm.addressing import get_address_host_port, parse_address
+    addressing = require("distributed.comm.addressing", "symopt sweep", "sweep")
+    get_address_host_port, parse_address = addressing.get_address_host_port, addressing.parse_address
 
     try:
         parse_address(scheduler)
@@ -289,8 +291,9 @@ def dask_client(scheduler: str | None = None, n_workers: int | None = None,
     SchedulerUnreachableError
         Nothing answered at ``scheduler`` within ``connect_timeout`` seconds.
     """
-    import dask
-    from distributed import Client, LocalCluster
+    dask = require("dask", "symopt sweep", "sweep")
+    distributed = require("distributed", "symopt sweep", "sweep")
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
 
     if scheduler is not None:
         check_scheduler_address(scheduler)
@@ -406,6 +409,7 @@ def run_sweep(
     start = time.perf_counter()
     cfg = load_config(config, require="optimizers")
     specs = cfg.runs()
+    require("distributed", "symopt sweep", "sweep")  # before the database is created
     if scheduler is not None:
         check_scheduler_address(scheduler)
     created = not Path(db_path).exists()
@@ -465,9 +469,7 @@ def _placement(todo: list[RunSpec], workers: list[str]) -> dict[str, str]:
 
 def _collect(client: Any, todo: list[RunSpec], store: ResultStore, total: int, skipped: int,
              progress: bool, timeout: float | None) -> tuple[int, int]:
-    from distributed import as_completed
-    from tqdm.auto import tqdm
-
+    as_completed = require("distributed", "symopt sweep", "sweep").as_completed
     placement = _placement(todo, sorted(client.scheduler_info().get("workers", {})))
     futures = {}
     for spec in todo:

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._checks import check_integer
+from .._extras import require, tqdm
+from .._optuna import completed_trials, import_optuna, make_sampler, storage_url
 from .config import RunSpec, SweepConfig, canonical_json, load_config
 from .engine import check_scheduler_address, dask_client, train_run
 from .store import check_integrity, check_sqlite_file
 
 __all__ = ["SearchReport", "run_search", "search_summary", "storage_url"]
-
-INSTALL_HINT = "pip install 'symopt[experiments]'"
-
 
 @dataclass(frozen=True)
 class SearchReport:
@@ -50,23 +50,7 @@ class SearchReport:
 
 
 def _optuna() -> Any:
-    try:
-        import optuna
-    except ImportError as exc:
-        raise ImportError(f"symopt search needs Optuna, which is not installed ({exc}); install it with: "
-                          f"{INSTALL_HINT}") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
-
-
-def storage_url(path: str | Path) -> str:
-    return f"sqlite:///{Path(path)}"
-
-
-def _sampler(optuna: Any, name: str, seed: int) -> Any:
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    return import_optuna("symopt search", "sweep")
 
 
 def _distributions(optuna: Any, space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -101,7 +85,7 @@ def _open_study(optuna: Any, cfg: SweepConfig, path: Path, lock_timeout: float) 
         if t.state == optuna.trial.TrialState.RUNNING:  # left by a client that was killed
             probe.set_user_attr(f"abandoned_trial_{t.number}", True)
             probe.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    sampler = _sampler(optuna, spec.sampler, spec.sampler_seed * 100_003 + len(trials))
+    sampler = make_sampler(optuna, spec.sampler, spec.sampler_seed, len(trials))
     return optuna.load_study(study_name=spec.study, storage=storage, sampler=sampler)
 
 
@@ -141,26 +125,22 @@ def run_search(
     cfg = load_config(config, require="search")
     spec = cfg.search
     assert spec is not None
-    target = int(n_trials if n_trials is not None else spec.n_trials)
-    if target < 1:
-        raise ValueError(f"n_trials must be a positive integer, got {target}")
+    target = check_integer("n_trials", n_trials if n_trials is not None else spec.n_trials, 1)
     optuna = _optuna()
+    require("distributed", "symopt search", "sweep")  # before the storage is created
     if scheduler is not None:
         check_scheduler_address(scheduler)
     path = Path(storage)
     study = _open_study(optuna, cfg, path, lock_timeout)
-    complete_state = optuna.trial.TrialState.COMPLETE
-
     def n_complete() -> int:
-        return sum(t.state == complete_state for t in study.get_trials(deepcopy=False))
+        return len(completed_trials(optuna, study))
 
     before = n_complete()
     new_complete = new_failed = 0
     if before < target:
-        from distributed import as_completed
-        from tqdm.auto import tqdm
-
         import symopt
+
+        as_completed = require("distributed", "symopt search", "sweep").as_completed
 
         defaults = dict(symopt.get(spec.optimizer).hyperparameters)
         distributions = _distributions(optuna, spec.space)
@@ -257,7 +237,7 @@ def search_summary(storage: str | Path, study_name: str, top: int = 5) -> str:
         raise FileNotFoundError(f"no Optuna storage {path}")
     check_sqlite_file(path, "Optuna storage")
     study = optuna.load_study(study_name=study_name, storage=storage_url(path))
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    trials = completed_trials(optuna, study)
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.get_trials(deepcopy=False))
     metric = study.user_attrs.get("search", {}).get("metric", "value")
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE

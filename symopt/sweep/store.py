@@ -457,10 +457,10 @@ class ResultStore:
 
     def summary(self) -> str:
         """The mnist-optimizers summary table of the finished runs, and the run counts."""
-        from ..experiments import mnist_optimizers as mo
+        from ..mnist_runs import summarize_rows, table_document
 
         counts = self.counts()
-        text = mo.summarize_rows(mo.table_document(self.document()), str(self.path))
+        text = summarize_rows(table_document(self.document()), str(self.path))
         line = f"{self.path}: {counts['done']} run(s) done, {counts['failed']} failed"
         if counts["failed"]:
             line += " (--retry-failed runs them again)"
@@ -468,10 +468,10 @@ class ResultStore:
 
     def plot(self, figures_dir: str | Path, name: str | None = None) -> Path:
         """The mnist-optimizers figure (mean +- std over seeds per epoch) from the database."""
-        from ..experiments import mnist_optimizers as mo
+        from ..mnist_runs import plot_document
 
         out = Path(figures_dir) / f"{name or self.path.stem}.png"
-        return mo.plot_document(self.document(), out, source=str(self.path))
+        return plot_document(self.document(), out, source=str(self.path))
 
 
 def _labels(runs: list[dict[str, Any]]) -> dict[tuple[str, str], str]:

@@ -1,0 +1,191 @@
+"""Multi-seed runs of an MLP on MNIST: what the mnist-optimizers experiment, ``symopt bench-mnist``
+and ``symopt sweep`` share.
+
+* :data:`MODEL`: the network of the seed's comparison (784-100x4-10, ReLU, He, dropout 0.2),
+  the sweep's default; a model description is ``symopt.nn.MLP``'s keyword arguments;
+* :func:`build_model` and :func:`reset_run`: a network from a description, and a compiled
+  (model, optimiser) pair put back in the state a fresh seed starts from, so that one
+  compiled function serves every seed (and every sweep run on a worker);
+* a results *document* (``protocol``, ``hyperparameters``, ``compile_seconds`` and
+  ``runs`` keyed ``"<optimizer>/<seed>"`` with per-epoch lists): its table
+  (:func:`table_document`, :func:`summarize_rows`) and figure (:func:`plot_document`,
+  mean +- std over seeds per epoch). The experiment writes such documents as JSON, the
+  sweep builds them from its SQLite store.
+
+An application module: the library (core and training layer) never imports it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import report
+from .registry import display_name
+
+__all__ = ["MODEL", "SEED_OPTIMIZERS", "build_model", "reset_run", "table_document", "summarize_rows",
+           "plot_document"]
+
+#: The rules the Theano seed compares, in its order; tables and figures list them first.
+SEED_OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam"]
+
+#: The network (the seed gives none; this is the NumPy seeds' 784-100x4-10 with dropout).
+MODEL: dict[str, Any] = {
+    "sizes": [784, 100, 100, 100, 100, 10],
+    "activation": "relu",
+    "init": "he",
+    "dropout": 0.2,
+    "batchnorm": False,
+    "dtype": "float32",
+}
+
+
+def build_model(mlp_cls: type, seed: int, model: dict[str, Any] | None = None) -> Any:
+    """``mlp_cls`` (``symopt.nn.MLP``) built from a model description like :data:`MODEL`."""
+    m = MODEL if model is None else model
+    return mlp_cls(m["sizes"], activation=m["activation"], init=m["init"], batchnorm=m["batchnorm"],
+                   dropout=m["dropout"], seed=seed, dtype=m["dtype"])
+
+
+def _fresh_values(mlp_cls: type, seed: int, model: dict[str, Any] | None = None) -> tuple[list[np.ndarray], list[Any]]:
+    fresh = build_model(mlp_cls, seed, model)
+    return [p.get_value() for p in fresh.params], [b.get_value() for b in fresh.buffers]
+
+
+def reset_run(
+    model: Any, opt: Any, initial_state: dict[str, Any], seed: int, mlp_cls: type,
+    model_config: dict[str, Any] | None = None,
+) -> None:
+    """Put a compiled (model, optimiser) pair in the state a fresh ``MLP(seed=seed)`` run starts from.
+
+    Parameters and dropout streams become those of a freshly built model, the optimiser
+    state (slots, step counter, hyperparameters) the one captured right after construction,
+    so a run does not depend on what the compiled function trained before.
+    """
+    params, buffers = _fresh_values(mlp_cls, seed, model_config)
+    for var, value in zip(model.params, params):
+        var.set_value(value)
+    for var, value in zip(model.buffers, buffers):
+        var.set_value(value)
+    opt.load_state_dict(initial_state)
+
+
+# ---------------------------------------------------------------------------- results documents
+def _grouped(doc: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """optimizer -> metric -> array (seeds, epochs), the seed's rules first, in its order."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for run in doc["runs"].values():
+        by_name.setdefault(run["optimizer"], []).append(run)
+    order = [n for n in SEED_OPTIMIZERS if n in by_name] + sorted(n for n in by_name if n not in SEED_OPTIMIZERS)
+    out = {}
+    for name in order:
+        runs = sorted(by_name[name], key=lambda r: r["seed"])
+        out[name] = {m: np.array([r[m] for r in runs], dtype=float)
+                     for m in ("train_loss", "test_loss", "test_accuracy", "seconds")}
+        out[name]["seeds"] = np.array([r["seed"] for r in runs])
+    return out
+
+
+def _stats(values: np.ndarray) -> tuple[float, float]:
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def plot_document(doc: dict[str, Any], out: Path, *, quick: bool = False, source: str = "the results") -> Path:
+    """Mean +- std over seeds per epoch of test accuracy (full and zoomed) and train loss, into ``out``.
+
+    ``doc`` is a results document (``protocol`` and ``runs``, as the mnist-optimizers JSON
+    file); the SQLite store of ``symopt sweep`` draws the same figure by building one.
+    """
+    groups = _grouped(doc)
+    if not groups:
+        raise ValueError(f"{source} holds no finished runs to plot")
+    fig, axes = report.figure(1, 3, figsize=(15, 4.6))
+    colours = {name: f"C{i}" for i, name in enumerate(groups)}
+    finals = []
+    for name, g in groups.items():
+        epochs = np.arange(1, g["test_accuracy"].shape[1] + 1)
+        label = f"{display_name(name)} (n={len(g['seeds'])})"
+        for ax, metric, scale in ((axes[0], "test_accuracy", 100.0), (axes[1], "test_accuracy", 100.0),
+                                  (axes[2], "train_loss", 1.0)):
+            values = g[metric] * scale
+            mean = values.mean(axis=0)
+            std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+            ax.plot(epochs, mean, color=colours[name], marker="o", markersize=3, label=label)
+            ax.fill_between(epochs, mean - std, mean + std, color=colours[name], alpha=0.2, linewidth=0)
+        finals.append(g["test_accuracy"][:, -1].mean() * 100)
+    n_epochs = max(g["test_accuracy"].shape[1] for g in groups.values())
+    axes[0].set_title("Test accuracy (mean ± std over seeds)")
+    axes[0].set_ylabel("test accuracy (%)")
+    # Zoom: from a bit below the second-worst final mean to above the best curve.
+    finals.sort()
+    top = max(float((g["test_accuracy"] * 100).max()) for g in groups.values())
+    low = finals[1] if len(finals) > 1 else finals[0]
+    axes[1].set_ylim(low - 0.6, top + 0.2)
+    axes[1].set_xlim(max(0.5, n_epochs / 4), n_epochs + 0.5)
+    axes[1].set_title("Test accuracy, zoomed (curves below are cut off)")
+    axes[1].set_ylabel("test accuracy (%)")
+    axes[2].set_yscale("log")
+    axes[2].set_title("Training loss (mean over epoch, dropout on)")
+    axes[2].set_ylabel("cross-entropy (nats, log scale)")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    proto = doc["protocol"]
+    sizes = "-".join(str(s) for s in proto["model"]["sizes"])
+    data = "MNIST" if proto["data"]["n_train"] is None else f"MNIST subset {proto['data']['n_train']} train"
+    fig.suptitle(f"{data}, MLP {sizes} ReLU, dropout {proto['model']['dropout']}, batch {proto['batch_size']}"
+                 f"{' (quick)' if quick else ''}", fontsize=11)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    return report.save_png(fig, Path(out), dpi=90)
+
+
+def table_document(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per optimiser of a results document: final-epoch metrics mean and std over seeds,
+    seconds per epoch."""
+    rows = []
+    for name, g in _grouped(doc).items():
+        acc_mean, acc_std = _stats(g["test_accuracy"][:, -1])
+        loss_mean, loss_std = _stats(g["train_loss"][:, -1])
+        tl_mean, tl_std = _stats(g["test_loss"][:, -1])
+        rows.append({
+            "optimizer": name, "seeds": len(g["seeds"]), "epochs": g["test_accuracy"].shape[1],
+            "hyperparameters": doc["hyperparameters"].get(name, {}),
+            "test_accuracy_mean": acc_mean, "test_accuracy_std": acc_std,
+            "train_loss_mean": loss_mean, "train_loss_std": loss_std,
+            "test_loss_mean": tl_mean, "test_loss_std": tl_std,
+            "seconds_per_epoch": float(g["seconds"].mean()),
+            "compile_seconds": doc.get("compile_seconds", {}).get(name),
+        })
+    return rows
+
+
+def summarize_rows(rows: list[dict[str, Any]], source: str = "results") -> str:
+    """The Markdown summary table of :func:`table` rows."""
+    if not rows:
+        return f"{source}: no finished runs"
+    lines = [
+        "| optimizer | seeds | final test accuracy (%) | final train loss | final test loss | s/epoch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: -r["test_accuracy_mean"]):
+        lines.append(
+            f"| {display_name(r['optimizer'])} | {r['seeds']} | "
+            f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f} | "
+            f"{r['train_loss_mean']:.4f} ± {r['train_loss_std']:.4f} | "
+            f"{r['test_loss_mean']:.4f} ± {r['test_loss_std']:.4f} | {r['seconds_per_epoch']:.2f} |"
+        )
+    best = max(rows, key=lambda r: r["test_accuracy_mean"])
+    worst = min(rows, key=lambda r: r["test_accuracy_mean"])
+    lines.append(
+        f"best final test accuracy: {display_name(best['optimizer'])} "
+        f"{100 * best['test_accuracy_mean']:.2f}%; worst: {display_name(worst['optimizer'])} "
+        f"{100 * worst['test_accuracy_mean']:.2f}% (± is the sample std over seeds, epoch {rows[0]['epochs']})"
+    )
+    return "\n".join(lines)
