@@ -11,33 +11,37 @@ masking ``switch(u >= p, x * scale, 0)``.
 
 The function is SplitMix64 (Steele, Lea & Flood, "Fast splittable pseudorandom
 number generators", OOPSLA 2014), whose ``k``-th output from seed ``s`` is
-``mix64(s + k * GAMMA)``, applied twice:
+``mix64(s + k * GAMMA)`` mod 2**64. Element ``i`` of step ``t`` is output number
+``k = (t + 1) * 2**32 + i + 1`` of the SplitMix64 stream seeded with ``key``:
 
 .. math::
 
-    s_t = \operatorname{mix64}(\text{key} + (t + 1)\,\gamma), \qquad
-    h_{t,i} = \operatorname{mix64}(s_t + (i + 1)\,\gamma) \pmod{2^{64}},
+    h(\text{key}, t, i) = \operatorname{mix64}\bigl(\text{key} + ((t + 1)\,2^{32} + i + 1)\,\gamma\bigr)
+    \pmod{2^{64}},
 
 with :math:`\gamma` = ``0x9E3779B97F4A7C15`` (the golden-ratio increment) and
 ``mix64`` SplitMix64's finaliser (David Stafford's "Mix13" variant of MurmurHash3's
 ``fmix64``): ``z ^= z >> 30; z *= 0xBF58476D1CE4E5B9; z ^= z >> 27;
-z *= 0x94D049BB133111EB; z ^= z >> 31``. So step ``t``'s mask is the SplitMix64
-stream seeded with output ``t + 1`` of the SplitMix64 stream of ``key`` (the way
-SplitMix64 seeds other generators). SplitMix64's streams pass TestU01's BigCrush
-(Steele et al. 2014) and ``mix64`` is a bijection of 64-bit words with full
-avalanche, so distinct ``(t, i)`` never collide within a key and neighbouring
-elements, steps and keys are decorrelated. Two (key, step) streams would only
-overlap if their seeds ``s_t`` lay within ``n`` increments of each other, with
-probability about ``2 n / 2**64`` per pair (1e-15 for a 12,800-unit layer).
-``tests/test_nn.py`` checks the keep fraction, neighbour correlations and a
-chi-square of the uniforms against a NumPy transcription of these equations.
+z *= 0x94D049BB133111EB; z ^= z >> 31``. Each step owns a block of 2**32 - 1
+consecutive outputs of the key's stream, so within a key no two (step, element)
+pairs share an output for ``t < 2**32 - 1`` steps and ``i < 2**32 - 1`` elements (of a
+seed's slice of one layer). SplitMix64's output sequence passes TestU01's BigCrush
+(Steele et al. 2014); the finaliser is a bijection with full avalanche, so
+neighbouring elements and steps are decorrelated. Keys are random 63-bit words;
+two keys' streams share outputs only if their difference is ``d * GAMMA`` with ``d``
+within a block of a used step, with probability about ``2 n T / 2**64`` per pair
+(1e-11 for ``n`` = 12,800 units and ``T`` = 10,000 steps). ``tests/test_nn.py``
+checks the keep fraction, neighbour, step and seed correlations and a chi-square of
+the uniforms against a NumPy transcription of this equation.
 
 The uniform is the top bits of ``h``: ``(h >> 40) * 2**-24`` in float32 and
 ``(h >> 11) * 2**-53`` in float64, exactly representable and in ``[0, 1)``.
 
 This is not Philox or Threefry (10 or 20 rounds of 32-bit arithmetic per pair of
-words): two 64-bit mixes are cheaper per element in a scalar C loop, and SplitMix64's
-statistical record is as good for this use (masks, not cryptography).
+words): one 64-bit multiply-add and one mix per element is several times cheaper in
+the scalar C loop of the CVM backend and vectorises in Numba's (AVX-512 has 64-bit
+multiplies), and SplitMix64's statistical record is as good for this use (masks, not
+cryptography).
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
 _MASK = (1 << 64) - 1
 # Bumped whenever the hash changes: compiled C and Numba caches must not reuse old code.
-_VERSION = 1
+_VERSION = 2
 
 
 def mix64(z: int) -> int:
@@ -73,8 +77,7 @@ def mix64(z: int) -> int:
 
 
 def _hash(key: int, counter: int, index: int) -> int:
-    stream = mix64((key + (counter + 1) * GAMMA) & _MASK)
-    return mix64((stream + (index + 1) * GAMMA) & _MASK)
+    return mix64((key + (((counter + 1) << 32) + index + 1) * GAMMA) & _MASK)
 
 
 class CounterUniform(ScalarOp):
@@ -117,8 +120,8 @@ static inline npy_uint64 symopt_mix64(npy_uint64 z) {{
         else:
             to_unit = f"(npy_float64)(h_ >> 11) * 1.1102230246251565e-16"
         return f"""{{
-    npy_uint64 s_ = symopt_mix64((npy_uint64){key} + ((npy_uint64){counter} + 1ULL) * {GAMMA:#x}ULL);
-    npy_uint64 h_ = symopt_mix64(s_ + ((npy_uint64){index} + 1ULL) * {GAMMA:#x}ULL);
+    npy_uint64 k_ = (((npy_uint64){counter} + 1ULL) << 32) + (npy_uint64){index} + 1ULL;
+    npy_uint64 h_ = symopt_mix64((npy_uint64){key} + k_ * {GAMMA:#x}ULL);
     {z} = {to_unit};
 }}"""
 
@@ -197,7 +200,7 @@ def _register_numba() -> None:
         return
 
     gamma, mix1, mix2 = np.uint64(GAMMA), np.uint64(MIX1), np.uint64(MIX2)
-    one, s11, s27, s30, s31, s40 = (np.uint64(k) for k in (1, 11, 27, 30, 31, 40))
+    one, s11, s27, s30, s31, s32, s40 = (np.uint64(k) for k in (1, 11, 27, 30, 31, 32, 40))
 
     @numba_basic.numba_njit
     def mix(z):
@@ -207,14 +210,12 @@ def _register_numba() -> None:
 
     @numba_basic.numba_njit
     def uniform32(key, counter, index):
-        s = mix(np.uint64(key) + (np.uint64(counter) + one) * gamma)
-        h = mix(s + (np.uint64(index) + one) * gamma)
+        h = mix(np.uint64(key) + (((np.uint64(counter) + one) << s32) + np.uint64(index) + one) * gamma)
         return np.float32(h >> s40) * np.float32(2.0**-24)
 
     @numba_basic.numba_njit
     def uniform64(key, counter, index):
-        s = mix(np.uint64(key) + (np.uint64(counter) + one) * gamma)
-        h = mix(s + (np.uint64(index) + one) * gamma)
+        h = mix(np.uint64(key) + (((np.uint64(counter) + one) << s32) + np.uint64(index) + one) * gamma)
         return np.float64(h >> s11) * np.float64(2.0**-53)
 
     def funcify(op: CounterUniform, node: Any = None, **kwargs: Any) -> Any:

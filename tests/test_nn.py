@@ -369,8 +369,9 @@ DROP_SHAPE = (200, 500)
 DROP_STEPS = 3
 
 # The mask hash, transcribed from its published constants (SplitMix64, Steele, Lea &
-# Flood 2014; finaliser "Mix13" by D. Stafford): s_t = mix64(key + (t+1) G),
-# h = mix64(s_t + (i+1) G) mod 2**64, u = top 24 (float32) or 53 (float64) bits of h.
+# Flood 2014; finaliser "Mix13" by D. Stafford): output k = (t+1) 2**32 + i + 1 of the
+# SplitMix64 stream of the key, h = mix64(key + k G) mod 2**64, u = top 24 (float32) or
+# 53 (float64) bits of h.
 _G = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -384,8 +385,8 @@ def _mix64(z):
 def reference_uniform(key, step, shape, dtype="float32"):
     """NumPy uniforms of one step's mask, element i = row-major flat index."""
     with np.errstate(over="ignore"):
-        stream = _mix64(np.uint64(key) + np.uint64(step + 1) * _G)
-        h = _mix64(stream + (np.arange(int(np.prod(shape)), dtype=np.uint64) + np.uint64(1)) * _G)
+        k = np.uint64((step + 1) << 32) + np.arange(int(np.prod(shape)), dtype=np.uint64) + np.uint64(1)
+        h = _mix64(np.uint64(key) + k * _G)
     if dtype == "float32":
         return ((h >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)).reshape(shape)
     return ((h >> np.uint64(11)).astype(np.float64) * 2.0**-53).reshape(shape)
