@@ -342,8 +342,8 @@ DAMAGED = {
     "bad-generator": (lambda p, d: _rewrite(p, d, _header_edit(lambda h: h["data_rngs"][0]["state"].update(inc="x"))),
                       r"data-order generator: invalid PCG64 state"),
     "future-version": (lambda p, d: _rewrite(p, d, _header_edit(lambda h: h.update(version=99))), r"format version 99"),
-    "slot-dtype": (lambda p, d: _rewrite(p, d, lambda a: a.update({"var/2": a["var/2"].astype(np.float64)})),
-                   r"'var/2' is float64, expected float32"),
+    "slot-dtype": (lambda p, d: _rewrite(p, d, lambda a: a.update({"var/16": a["var/16"].astype(np.float64)})),
+                   r"'var/16' is float64, expected float32"),
 }
 
 
