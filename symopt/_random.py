@@ -65,7 +65,7 @@ MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
 _MASK = (1 << 64) - 1
 # Bumped whenever the hash changes: compiled C and Numba caches must not reuse old code.
-_VERSION = 2
+_VERSION = 3
 
 
 def mix64(z: int) -> int:
@@ -116,9 +116,9 @@ static inline npy_uint64 symopt_mix64(npy_uint64 z) {{
         (z,) = outputs
         dtype = node.outputs[0].type.dtype
         if dtype == "float32":
-            to_unit = f"(npy_float32)(h_ >> 40) * 5.9604644775390625e-08f"
+            to_unit = "(npy_float32)(npy_int64)(h_ >> 40) * 5.9604644775390625e-08f"  # signed: a cheaper conversion
         else:
-            to_unit = f"(npy_float64)(h_ >> 11) * 1.1102230246251565e-16"
+            to_unit = "(npy_float64)(npy_int64)(h_ >> 11) * 1.1102230246251565e-16"
         return f"""{{
     npy_uint64 k_ = (((npy_uint64){counter} + 1ULL) << 32) + (npy_uint64){index} + 1ULL;
     npy_uint64 h_ = symopt_mix64((npy_uint64){key} + k_ * {GAMMA:#x}ULL);
