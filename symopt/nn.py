@@ -38,6 +38,8 @@ from pytensor.gradient import zero_grad
 from pytensor.raise_op import Assert
 from pytensor.tensor.variable import TensorVariable
 
+from ._random import dropout_uniform, key_from_seed
+
 __all__ = [
     "INITIALIZERS",
     "ACTIVATIONS",
@@ -470,10 +472,14 @@ class Dropout(Layer):
     the survivors by ``1 / (1 - p)``, so the expected output equals the input; in
     evaluation mode the identity.
 
-    The mask comes from a shared ``numpy.random.Generator``: ``default_rng(seed)`` for
-    an int seed, a child spawned from it for a Generator. ``extra_updates`` advance
-    it, so each train step draws a fresh mask and a run is reproducible from the
-    seed. :meth:`reseed` rewinds it.
+    The mask is counter-based (:mod:`symopt._random`): unit ``i`` of the ``t``-th train
+    step is kept where ``hash(key, t, i) >= p``, ``hash`` a SplitMix64 construction
+    mapped to ``[0, 1)``. The draw is a scalar op fused into the same elementwise loop
+    as the scaling, with no generator state: the layer holds two shared int64 scalars,
+    ``key`` (from ``seed``: hashed from an int, drawn from a child spawned from a
+    Generator, so two layers seeded from one Generator draw different masks) and
+    ``counter`` (the step, advanced by ``extra_updates``), both among ``buffers``, so a
+    checkpoint resumes the mask stream bit-exactly. :meth:`reseed` rewinds it.
     """
 
     def __init__(self, p: float, *, seed: Seed, name: str = "dropout"):
@@ -481,32 +487,35 @@ class Dropout(Layer):
         if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"Dropout {name!r}: p must lie in [0, 1), got {p}")
         self.p = float(p)
-        self.rng = pt.random.shared_rng(self._fresh(seed), name=f"{name}.rng")
-
-    @staticmethod
-    def _fresh(seed: Seed) -> np.random.Generator:
-        # A given Generator is not stored (PyTensor would mutate it); it spawns an
-        # independent child, so two layers seeded from one Generator draw different masks.
-        if isinstance(seed, np.random.Generator):
-            return seed.spawn(1)[0]
-        return _generator(seed)
+        self.key = pytensor.shared(key_from_seed(seed), name=f"{name}.key")
+        self.counter = pytensor.shared(np.int64(0), name=f"{name}.counter")
 
     def reseed(self, seed: Seed) -> None:
-        """Reset the mask stream to the one ``seed`` gives."""
-        self.rng.set_value(self._fresh(seed))
+        """Reset the mask stream to the one ``seed`` gives (its key, step 0)."""
+        self.key.set_value(key_from_seed(seed))
+        self.counter.set_value(np.int64(0))
 
     @property
     def buffers(self) -> list[SharedVariable]:
-        return [self.rng]
+        return [self.key, self.counter]
 
     def forward(self, x: TensorVariable, train: bool, updates: Updates) -> TensorVariable:
         if not train or self.p == 0.0:
             return x
-        dtype = x.dtype if x.dtype in _FLOATS else pytensor.config.floatX
-        next_rng, u = pt.random.uniform(size=x.shape, rng=self.rng, dtype=dtype, return_next_rng=True)
-        updates[self.rng] = next_rng
-        keep = pt.ge(u, _const(self.p, dtype))  # P(u >= p) = 1 - p for u ~ U[0, 1)
-        return pt.switch(keep, x * _const(1.0 / (1.0 - self.p), dtype), _const(0, dtype))
+        dtype = x.dtype if x.dtype in ("float32", "float64") else pytensor.config.floatX
+        updates[self.counter] = self.counter + np.int64(1)
+        return dropout_mask(x, self.key, self.counter, self.p, dtype)
+
+
+def dropout_mask(x: TensorVariable, key: Any, counter: Any, p: float, dtype: str, lead: int = 0) -> TensorVariable:
+    """``switch(u >= p, x / (1 - p), 0)`` with ``u = dropout_uniform(key, counter, ...)`` in ``dtype``.
+
+    ``lead`` leading axes of ``x`` are left out of the element index (``key`` varies
+    along them: the seed axis of a :class:`~symopt.seeds.SeedStack`).
+    """
+    u = dropout_uniform(key, counter, [x.shape[k] for k in range(x.ndim)], dtype, lead=lead)
+    keep = pt.ge(u, _const(p, dtype))  # P(u >= p) = 1 - p for u ~ U[0, 1)
+    return pt.switch(keep, x * _const(1.0 / (1.0 - p), dtype), _const(0, dtype))
 
 
 def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:

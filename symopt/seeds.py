@@ -11,7 +11,7 @@ of them:
 * dense layers are batched matmuls ``(S, B, n_in) @ (S, n_in, n_out)``;
 * seed ``s`` sees its own mini-batches (its own shuffle of the training set,
   ``numpy.random.default_rng(data_seed_s)``, exactly as :meth:`Trainer.fit` draws
-  them) and its own dropout masks (the very RNG streams of its model);
+  them) and its own dropout masks (those its own model draws: its key, the same step counter);
 * the loss differentiated is the *sum* of the per-seed mean losses, so the gradient
   with respect to slice ``s`` is seed ``s``'s own gradient, and every update rule
   (all are element-wise) keeps all optimiser state per seed.
@@ -26,9 +26,7 @@ the seeds and are refused.
 
 from __future__ import annotations
 
-import functools
 import os
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -37,19 +35,15 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
-from pytensor.graph.basic import Apply
-from pytensor.graph.op import Op
-from pytensor.tensor.random.op import custom_rng_deepcopy
-from pytensor.tensor.type import TensorType
 from pytensor.tensor.variable import TensorVariable
 
 from .checkpoint import TALLY_WIDTH, new_tally, run_training, tally_means
 from .function import function
-from .nn import Activation, Dense, Dropout, Layer, Sequential, _const, cross_entropy
+from .nn import Activation, Dense, Dropout, Layer, Sequential, cross_entropy, dropout_mask
 from .optimizer import Optimizer
 from .train import EpochRecord, warm_up
 
-__all__ = ["SeedStack", "SeedTrainer", "seed_axis_ndim", "seed_cross_entropy", "StackedUniform", "COUPLING_SETTINGS", "STACKED_MODE"]
+__all__ = ["SeedStack", "SeedTrainer", "seed_axis_ndim", "seed_cross_entropy", "COUPLING_SETTINGS", "STACKED_MODE"]
 
 #: Optimiser settings computed over whole tensors or all parameters: with a seed axis
 #: they would mix the seeds, so a SeedTrainer refuses them.
@@ -78,7 +72,7 @@ class SeedStack:
     make_model
         ``make_model(seed) -> Sequential``: builds seed ``seed``'s model, e.g.
         ``lambda s: symopt.nn.MLP([784, 100, 10], dropout=0.2, seed=s)``. The models
-        are built once; their initial values and dropout streams are those of S
+        are built once; their initial values and dropout keys are those of S
         separate runs.
     seeds
         The model seeds, one per copy (distinct, at least one).
@@ -121,10 +115,20 @@ class SeedStack:
             stacked.tag.seed_axis = True
             self.params.append(stacked)
             self._stacked[id(param)] = stacked
-        #: Per layer index: the S dropout RNGs (shared, one stream per seed's model).
-        self._rngs: dict[int, list[SharedVariable]] = {
-            i: [m.layers[i].rng for m in self.models] for i, layer in enumerate(self.layers) if isinstance(layer, Dropout)
-        }
+        #: Per dropout layer index: the S seeds' mask keys (an int64 vector) and the step
+        #: counter, shared by the seeds (they step together; seed s's slice is what its own
+        #: run draws: its key, the same counter and the same element indices).
+        self._dropout: dict[int, tuple[SharedVariable, SharedVariable]] = {}
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Dropout):
+                counters = {int(m.layers[i].counter.get_value()) for m in self.models}
+                if len(counters) != 1:
+                    raise ValueError(f"SeedStack: the models' {layer.name!r} step counters differ: {sorted(counters)}")
+                keys = np.array([m.layers[i].key.get_value() for m in self.models], dtype=np.int64)
+                self._dropout[i] = (
+                    pytensor.shared(keys, name=f"{layer.name}.key[seeds]"),
+                    pytensor.shared(np.int64(counters.pop()), name=f"{layer.name}.counter[seeds]"),
+                )
         self.extra_updates: OrderedDict[SharedVariable, Any] = OrderedDict()
 
     @property
@@ -133,13 +137,13 @@ class SeedStack:
 
     @property
     def buffers(self) -> list[SharedVariable]:
-        """The dropout RNGs of every seed."""
-        return [rng for rngs in self._rngs.values() for rng in rngs]
+        """The dropout keys (one vector per layer) and step counters."""
+        return [var for pair in self._dropout.values() for var in pair]
 
     def output(self, x: Any, train: bool) -> TensorVariable:
         """Logits ``(S, B, classes)`` for inputs ``(S, B, features)`` (one batch per seed) or
         ``(B, features)`` (the same batch for every seed). In train mode ``extra_updates``
-        afterwards holds the dropout RNG updates of this call.
+        afterwards holds the dropout step-counter updates of this call.
         """
         x = pt.as_tensor_variable(x)
         if x.ndim not in (2, 3):
@@ -156,12 +160,11 @@ class SeedStack:
                     continue
                 if x.ndim == 2:
                     x = pt.broadcast_to(x[None], (self.n_seeds, *x.shape))
-                # Seed s's mask is drawn from seed s's stream with the shape its own run draws.
-                dtype = x.dtype
-                *next_rngs, u = StackedUniform(dtype)(x.shape[1:], *self._rngs[i])
-                updates.update(zip(self._rngs[i], next_rngs))
-                keep = pt.ge(u, _const(layer.p, dtype))
-                x = pt.switch(keep, x * _const(1.0 / (1.0 - layer.p), dtype), _const(0, dtype))
+                # Seed s's slice: seed s's key (broadcast along the seed axis), the shared
+                # counter and the element indices of its own run's (B, n) tensor.
+                keys, counter = self._dropout[i]
+                updates[counter] = counter + np.int64(1)
+                x = dropout_mask(x, keys[:, None, None], counter, layer.p, x.dtype, lead=1)
             else:
                 x = layer.output(x, train)
         if train:
@@ -171,56 +174,6 @@ class SeedStack:
     def values(self, index: int) -> list[np.ndarray]:
         """Seed ``seeds[index]``'s current parameter values, in the single model's order."""
         return [p.get_value()[index].copy() for p in self.params]
-
-
-class StackedUniform(Op):
-    """U[0, 1) draws of one shape from each of S generators, stacked: ``(S, *size)``.
-
-    Seed ``s``'s slice is exactly what ``pt.random.uniform(size=size, rng=rngs[s])``
-    draws (the same NumPy call on a copy of the same generator; Numba's generator
-    produces the same stream, which tests/test_seeds.py checks). One node instead of S
-    random-variable nodes: with S = 30 seeds and 4 dropout layers, 120 nodes made the
-    Numba backend's compile take over 6 minutes.
-    """
-
-    __props__ = ("dtype",)
-
-    def __init__(self, dtype: str):
-        self.dtype = str(dtype)
-
-    def make_node(self, size: Any, *rngs: Any) -> Apply:
-        _register_numba()  # here, not at import: it imports numba (about a second)
-        size = pt.as_tensor_variable(size, dtype="int64")
-        ndim = int(pt.get_vector_length(size))
-        draws = TensorType(self.dtype, shape=(len(rngs),) + (None,) * ndim)()
-        return Apply(self, [size, *rngs], [rng.type() for rng in rngs] + [draws])
-
-    def perform(self, node: Apply, inputs: list[Any], outputs: list[list[Any]]) -> None:
-        size, *rngs = inputs
-        shape = tuple(int(n) for n in size)
-        draws = np.empty((len(rngs), *shape), dtype=self.dtype)
-        for k, rng in enumerate(rngs):
-            rng = custom_rng_deepcopy(rng)  # inputs are never mutated: the update returns the advanced copy
-            draws[k] = rng.uniform(0.0, 1.0, shape)
-            outputs[k][0] = rng
-        outputs[-1][0] = draws
-
-
-@functools.cache
-def _register_numba() -> None:
-    # Numba runs the op through its generic object-mode fallback, which warns that it
-    # does so; here that is the intended implementation.
-    try:
-        from pytensor.link.numba.dispatch.basic import generate_fallback_impl, numba_funcify
-    except ImportError:  # pragma: no cover - numba is a PyTensor dependency
-        return
-
-    @numba_funcify.register(StackedUniform)
-    def _funcify(op: StackedUniform, node: Apply, storage_map: Any = None, **kwargs: Any) -> Any:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Numba will use object mode", category=UserWarning)
-            return generate_fallback_impl(op, node, storage_map, **kwargs)
-
 
 
 def _structure(model: Sequential) -> list[tuple[str, tuple[int, ...], str]]:

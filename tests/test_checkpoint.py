@@ -342,8 +342,8 @@ DAMAGED = {
     "bad-generator": (lambda p, d: _rewrite(p, d, _header_edit(lambda h: h["data_rngs"][0]["state"].update(inc="x"))),
                       r"data-order generator: invalid PCG64 state"),
     "future-version": (lambda p, d: _rewrite(p, d, _header_edit(lambda h: h.update(version=99))), r"format version 99"),
-    "slot-dtype": (lambda p, d: _rewrite(p, d, lambda a: a.update({"var/2": a["var/2"].astype(np.float64)})),
-                   r"'var/2' is float64, expected float32"),
+    "slot-dtype": (lambda p, d: _rewrite(p, d, lambda a: a.update({"var/16": a["var/16"].astype(np.float64)})),
+                   r"'var/16' is float64, expected float32"),
 }
 
 
@@ -428,8 +428,10 @@ def test_seed_trainer_interrupted_and_resumed_is_bit_identical(dataset: symopt.d
     histories = again.fit(3, progress=False, checkpoint=path, resume=True)
     assert [_numbers(h) for h in histories] == [_numbers(h) for h in expected]
     _assert_identical(_run_state(again), _run_state(reference))
-    generators = [rng.get_value(borrow=True).bit_generator.state for rng in again.stack.buffers]
-    assert generators == [rng.get_value(borrow=True).bit_generator.state for rng in reference.stack.buffers]
+    # The dropout keys and step counters (the stack's buffers) resumed where the reference ended.
+    for got, want in zip(again.stack.buffers, reference.stack.buffers, strict=True):
+        np.testing.assert_array_equal(got.get_value(), want.get_value())
+    assert all(c.get_value() == 3 * again.steps_per_epoch for c in again.stack.buffers[1::2])
     with pytest.raises(ValueError, match=r"data_seeds\[1\] is 11 there, 12 here"):
         _seed_trainer_fit_other_seeds(again, path)
 

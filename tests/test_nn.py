@@ -159,7 +159,8 @@ def test_mlp_batchnorm_dropout_layout_and_seeding():
         "dense0.W", "bn0.gamma", "bn0.beta", "dense1.W", "bn1.gamma", "bn1.beta", "dense2.W", "dense2.b",
     ]
     assert [b.name for b in model.buffers] == [
-        "bn0.running_mean", "bn0.running_var", "dropout0.rng", "bn1.running_mean", "bn1.running_var", "dropout1.rng",
+        "bn0.running_mean", "bn0.running_var", "dropout0.key", "dropout0.counter",
+        "bn1.running_mean", "bn1.running_var", "dropout1.key", "dropout1.counter",
     ]
     assert all(p.dtype == "float64" for p in model.params)
     # Weights depend on the seed only, not on the batchnorm/dropout options.
@@ -168,9 +169,7 @@ def test_mlp_batchnorm_dropout_layout_and_seeding():
     other = MLP([20, 16, 8, 3], seed=5, dtype="float64")
     assert not np.array_equal(other[0].W.get_value(), plain[0].W.get_value())
     # The two dropout layers draw different masks.
-    s0 = model[3].rng.get_value().bit_generator.state
-    s1 = model[7].rng.get_value().bit_generator.state
-    assert s0 != s1
+    assert model[3].key.get_value() != model[7].key.get_value()
 
 
 def test_layer_argument_errors():
@@ -366,49 +365,171 @@ def test_batchnorm_inference_mode_uses_running_statistics(bn_setup):
 
 # ---------------------------------------------------------------------- Dropout
 P_DROP = 0.25
+DROP_SHAPE = (200, 500)
+DROP_STEPS = 3
+
+# The mask hash, transcribed from its published constants (SplitMix64, Steele, Lea &
+# Flood 2014; finaliser "Mix13" by D. Stafford): output k = (t+1) 2**32 + i + 1 of the
+# SplitMix64 stream of the key, h = mix64(key + k G) mod 2**64, u = top 24 (float32) or
+# 53 (float64) bits of h.
+_G = np.uint64(0x9E3779B97F4A7C15)
 
 
-@pytest.fixture(scope="module")
-def dropout_setup():
+def _mix64(z):
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def reference_uniform(key, step, shape, dtype="float32"):
+    """NumPy uniforms of one step's mask, element i = row-major flat index."""
+    with np.errstate(over="ignore"):
+        k = np.uint64((step + 1) << 32) + np.arange(int(np.prod(shape)), dtype=np.uint64) + np.uint64(1)
+        h = _mix64(np.uint64(key) + k * _G)
+    if dtype == "float32":
+        return ((h >> np.uint64(40)).astype(np.float32) * np.float32(2.0**-24)).reshape(shape)
+    return ((h >> np.uint64(11)).astype(np.float64) * 2.0**-53).reshape(shape)
+
+
+def test_reference_hash_is_splitmix64():
+    """The reference reproduces SplitMix64's known outputs (seed 1234567; first output of seed 0)."""
+    with np.errstate(over="ignore"):
+        outputs = _mix64(np.uint64(1234567) + np.arange(1, 6, dtype=np.uint64) * _G)
+        first_of_zero = _mix64(np.uint64(0) + _G)
+    assert outputs.tolist() == [6457827717110365317, 3203168211198807973, 9817491932198370423,
+                                4593380528125082431, 16408922859458223821]
+    assert int(first_of_zero) == 0xE220A8397B1DCDAF
+
+
+@pytest.fixture(scope="module", params=["NUMBA", "CVM"])
+def dropout_setup(request):
     a, b, c = Dropout(P_DROP, seed=7), Dropout(P_DROP, seed=7), Dropout(P_DROP, seed=8)
+    d = Dropout(P_DROP, seed=9)
     x = pt.matrix("x", dtype="float32")
-    outs = [a.output(x, train=True), b.output(x, train=True), c.output(x, train=True), a.output(x, train=False)]
-    updates = {**a.extra_updates, **b.extra_updates, **c.extra_updates}
-    fn = pytensor.function([x], outs, updates=updates)
-    X = np.random.default_rng(30).uniform(0.5, 1.5, (200, 500)).astype("float32")
-    first = fn(X)
-    second = fn(X)
+    x64 = pt.matrix("x64", dtype="float64")
+    outs = [a.output(x, train=True), b.output(x, train=True), c.output(x, train=True), a.output(x, train=False),
+            d.output(x64, train=True)]
+    updates = {**a.extra_updates, **b.extra_updates, **c.extra_updates, **d.extra_updates}
+    fn = pytensor.function([x, x64], outs, updates=updates, mode=request.param)
+    X = np.random.default_rng(30).uniform(0.5, 1.5, DROP_SHAPE).astype("float32")
+    keys = [int(layer.key.get_value()) for layer in (a, b, c, d)]
+    steps = [fn(X, X.astype("float64")) for _ in range(DROP_STEPS)]
     a.reseed(7)
-    rewound = fn(X)
-    return X, first, second, rewound, fn
+    rewound = fn(X, X.astype("float64"))
+    return X, keys, steps, rewound, fn, (a, b, c, d)
 
 
-def test_dropout_inverted_scaling_preserves_the_mean(dropout_setup):
-    X, (out, *_), _, _, _ = dropout_setup
-    assert out.dtype == np.float32
+def test_dropout_equals_the_reference_mask(dropout_setup):
+    """Step t's mask is the reference's exactly (x > 0, so kept <=> nonzero) and its values
+    x / (1 - p) there, else 0; float32 stays float32.
+
+    The C backend multiplies by the float32 constant 1/(1-p) in double before rounding,
+    NumPy in float32: one ulp apart at most, hence rtol 2**-22 on the values.
+    """
+    X, (ka, kb, kc, kd), steps, _, _, _ = dropout_setup
+    scale32 = np.float32(1 / (1 - P_DROP))
+    for t, outs in enumerate(steps):
+        for out, key in zip(outs[:3], (ka, kb, kc)):
+            assert out.dtype == np.float32
+            keep = reference_uniform(key, t, DROP_SHAPE) >= np.float32(P_DROP)
+            np.testing.assert_array_equal(out != 0, keep)
+            np.testing.assert_allclose(out, np.where(keep, X * scale32, np.float32(0)), rtol=2.0**-22, atol=0)
+        keep64 = reference_uniform(kd, t, DROP_SHAPE, "float64") >= P_DROP
+        assert outs[4].dtype == np.float64
+        np.testing.assert_array_equal(outs[4] != 0, keep64)
+        np.testing.assert_allclose(outs[4], np.where(keep64, X.astype(np.float64) / (1 - P_DROP), 0.0), rtol=1e-15)
+
+
+def test_dropout_keep_fraction_and_mean(dropout_setup):
+    X, _, steps, _, _, _ = dropout_setup
+    out = steps[0][0]
     kept = out != 0
-    # Survivors are scaled by exactly 1 / (1 - p) (in float32); the rest are zero.
-    np.testing.assert_array_equal(out[kept], X[kept] * np.float32(1 / (1 - P_DROP)))
     # 100,000 units: the dropped fraction has s.d. sqrt(p (1 - p) / n) ~ 0.0014, the
     # mean ratio ~ 0.002; the tolerances are over four of those.
     assert 1 - kept.mean() == pytest.approx(P_DROP, abs=0.006)
     assert out.mean() / X.mean() == pytest.approx(1.0, abs=0.01)
 
 
+def _corr(a, b):
+    return float(np.corrcoef(a.ravel().astype(np.float64), b.ravel().astype(np.float64))[0, 1])
+
+
+def test_dropout_masks_are_uncorrelated(dropout_setup):
+    """Neighbouring units (row, column), consecutive steps and different seeds: no correlation.
+
+    For independent masks of n units Pearson's r has s.d. 1/sqrt(n) (0.0032 at 1e5
+    units, 0.0045 at the 5e4 pairs of a neighbour check); the bound 0.025 is over five of
+    those. The masks are deterministic, so the check cannot flake.
+    """
+    _, _, steps, _, _, _ = dropout_setup
+    masks = [[out != 0 for out in outs[:3]] for outs in steps]
+    m = masks[0][0]
+    pairs = {
+        "column neighbours": (m[:, :-1], m[:, 1:]),
+        "row neighbours": (m[:-1], m[1:]),
+        "consecutive steps": (masks[0][0], masks[1][0]),
+        "steps t and t+2": (masks[0][0], masks[2][0]),
+        "seeds 7 and 8": (masks[0][0], masks[0][2]),
+    }
+    for what, (u, v) in pairs.items():
+        assert abs(_corr(u, v)) < 0.025, what
+
+
+def test_dropout_uniforms_pass_a_chi_square():
+    """The compiled uniforms (before the threshold) are uniform on [0, 1) in 100 bins.
+
+    Chi-square with 99 degrees of freedom has mean 99 and s.d. 14; the bound 170 is five
+    s.d. above (p ~ 1e-6). Every u must lie in [0, 1) and on the 2**-24 grid.
+    """
+    from symopt._random import dropout_uniform
+
+    key, counter = pytensor.shared(np.int64(123456789)), pytensor.shared(np.int64(41))
+    x = pt.matrix("x", dtype="float32")
+    fn = pytensor.function([x], dropout_uniform(key, counter, [x.shape[0], x.shape[1]], "float32"))
+    u = fn(np.zeros((400, 250), np.float32))
+    np.testing.assert_array_equal(u, reference_uniform(123456789, 41, (400, 250)))
+    assert u.dtype == np.float32 and u.min() >= 0 and u.max() < 1
+    assert np.array_equal(u * np.float32(2**24), np.floor(u * np.float32(2**24)))
+    counts = np.bincount(np.floor(u.ravel() * 100).astype(int), minlength=100)
+    expected = u.size / 100
+    assert ((counts - expected) ** 2 / expected).sum() < 170
+
+
 def test_dropout_is_deterministic_for_a_seed(dropout_setup):
-    X, first, second, rewound, _ = dropout_setup
+    X, _, steps, rewound, _, (a, b, c, d) = dropout_setup
+    first, second = steps[0], steps[1]
     np.testing.assert_array_equal(first[0], first[1])  # same seed, same mask
     assert not np.array_equal(first[0], first[2])  # another seed
-    assert not np.array_equal(first[0], second[0])  # the RNG update advanced the stream
+    assert not np.array_equal(first[0], second[0])  # the counter update advanced the stream
     np.testing.assert_array_equal(rewound[0], first[0])  # reseed rewinds it
-    # Only the reseeded layer rewound; its twin went on to its third mask.
-    assert not np.array_equal(rewound[1], first[1]) and not np.array_equal(rewound[1], second[1])
+    # Only the reseeded layer rewound; its twin went on to its fourth mask.
+    np.testing.assert_array_equal(rewound[1] != 0, reference_keep(b, X.shape, DROP_STEPS))
+    assert a.counter.get_value() == 1 and b.counter.get_value() == DROP_STEPS + 1
+    assert a.counter.dtype == "int64" and a.key.dtype == "int64"
+
+
+def reference_keep(layer, shape, step):
+    return reference_uniform(int(layer.key.get_value()), step, shape) >= np.float32(layer.p)
 
 
 def test_dropout_is_the_identity_at_evaluation(dropout_setup):
-    X, first, *_ = dropout_setup
-    assert first[3].dtype == np.float32
-    np.testing.assert_array_equal(first[3], X)
+    X, _, steps, *_ = dropout_setup
+    assert steps[0][3].dtype == np.float32
+    np.testing.assert_array_equal(steps[0][3], X)
+
+
+def test_dropout_seeding():
+    """Int seeds give fixed keys; layers seeded from one Generator get different keys and leave it unadvanced."""
+    assert Dropout(0.1, seed=3).key.get_value() == Dropout(0.5, seed=3).key.get_value()
+    assert Dropout(0.1, seed=3).key.get_value() != Dropout(0.1, seed=4).key.get_value()
+    gen = np.random.default_rng(5)
+    state = gen.bit_generator.state
+    k1, k2 = Dropout(0.1, seed=gen).key.get_value(), Dropout(0.1, seed=gen).key.get_value()
+    assert k1 != k2 and gen.bit_generator.state == state
+    assert Dropout(0.1, seed=np.random.default_rng(5)).key.get_value() == k1  # reproducible
+    with pytest.raises(TypeError, match="seed must be"):
+        Dropout(0.1, seed=1.5)
 
 
 # ---------------------------------------------------------------------- Conv2D / MaxPool2D
@@ -549,7 +670,7 @@ def test_training_loop_with_optimizer_and_extra_updates():
     opt = symopt.Adam(model.params, learning_rate=0.05)
     ups = opt.updates(loss)
     ups.update(model.extra_updates)
-    assert set(model.extra_updates) == {model[1].running_mean, model[1].running_var, model[3].rng}
+    assert set(model.extra_updates) == {model[1].running_mean, model[1].running_var, model[3].counter}
     train = pytensor.function([x, y], loss, updates=ups)
     predict = pytensor.function([x, y], accuracy(model.output(x, train=False), y))
     # A float32 model stays float32: the only float64 values are the optimiser's
@@ -557,14 +678,13 @@ def test_training_loop_with_optimizer_and_extra_updates():
     hyper = {v for group in opt.param_groups for v in group.values.values()}
     assert hyper and {_scalar_source(v) for v in float64_variables(train)} <= hyper
     assert float64_variables(predict) == []
-    rng_state = model[3].rng.get_value().bit_generator.state
     first = float(train(X, Y))
     for _ in range(60):
         last = float(train(X, Y))
     assert last < 0.3 * first
-    # The same compiled step moved the BN running statistics and the dropout RNG.
+    # The same compiled step moved the BN running statistics and the dropout step counter.
     assert np.abs(model[1].running_mean.get_value()).max() > 0.1
-    assert model[3].rng.get_value().bit_generator.state != rng_state
+    assert model[3].counter.get_value() == 61
     # Evaluation mode (running statistics, no dropout) classifies the blobs.
     assert float(predict(X, Y)) > 0.9
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import pytensor
+import pytensor.tensor as pt
 import pytest
 
 import symopt
-from symopt.nn import MLP
-from symopt.seeds import SeedStack, SeedTrainer, StackedUniform, seed_axis_ndim
+from symopt.nn import MLP, Dropout, Sequential
+from symopt.seeds import SeedStack, SeedTrainer, seed_axis_ndim
 from symopt.train import Trainer
+
+from .test_nn import reference_uniform
 
 SIZES = [20, 16, 12, 4]
 SEEDS = [3, 11, 42]
@@ -32,7 +34,7 @@ def _model(seed: int) -> MLP:
 
 # (rule, hyperparameters, stacked step's mode): hyperparameters chosen so a rule's state
 # matters within 2 epochs of 6 steps; one case compiles the stacked step with Numba
-# (its dropout draws run in object mode) instead of SeedTrainer's default.
+# instead of SeedTrainer's default.
 CASES = {
     "adam": ("adam", {"learning_rate": 1e-2}, None),
     "momentum": ("momentum", {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-3}, None),
@@ -40,7 +42,7 @@ CASES = {
     "adam-numba": ("adam", {"learning_rate": 1e-2}, "NUMBA"),
 }
 # The Numba case costs a minute of cold compilation: make test-slow runs it; the fast suite
-# checks the Numba StackedUniform directly (test_stacked_uniform_draws_each_generators_stream).
+# checks the Numba stacked dropout masks directly (test_stacked_dropout_masks_are_each_seeds_own).
 SLOW_CASES = {"adam-numba"}
 
 
@@ -106,18 +108,24 @@ def test_seeds_differ(runs):
 
 
 @pytest.mark.parametrize("mode", ["NUMBA", "CVM"])
-def test_stacked_uniform_draws_each_generators_stream(mode):
-    """Seed s's slice is what that seed's own generator draws, call after call, under both backends."""
-    seeds = [7, 8, 9]
-    rngs = [pytensor.shared(np.random.default_rng(s)) for s in seeds]
-    *next_rngs, draws = StackedUniform("float32")((4, 5), *rngs)
-    fn = symopt.function([], draws, updates=list(zip(rngs, next_rngs)), mode=mode)
-    reference = [np.random.default_rng(s) for s in seeds]
-    for _ in range(3):
-        got = fn()
-        assert got.shape == (3, 4, 5) and got.dtype == np.float32
-        for k, ref in enumerate(reference):
-            np.testing.assert_array_equal(got[k], ref.uniform(0.0, 1.0, (4, 5)).astype(np.float32))
+def test_stacked_dropout_masks_are_each_seeds_own(mode):
+    """Seed s's slice is the mask seed s's own Dropout draws (the NumPy reference of its
+    key, the step, the element index of its (B, n) tensor), step after step, under both backends."""
+    seeds, p, shape = [7, 8, 9], 0.3, (40, 50)
+    stack = SeedStack(lambda s: Sequential([Dropout(p, seed=s)]), seeds)
+    keys = [int(m.layers[0].key.get_value()) for m in stack.models]
+    x = pt.tensor3("x", dtype="float32")
+    fn = symopt.function([x], stack.output(x, train=True), updates=stack.extra_updates, mode=mode)
+    X = np.random.default_rng(1).uniform(0.5, 1.5, (len(seeds), *shape)).astype(np.float32)
+    for step in range(2):
+        got = fn(X)
+        assert got.shape == X.shape and got.dtype == np.float32
+        for k, key in enumerate(keys):
+            keep = reference_uniform(key, step, shape) >= np.float32(p)
+            np.testing.assert_array_equal(got[k] != 0, keep, err_msg=f"seed {seeds[k]} step {step}")
+            np.testing.assert_allclose(got[k][keep], X[k][keep] / np.float32(1 - p), rtol=2.0**-22)
+    key_vector, counter = stack.buffers
+    assert key_vector.get_value().tolist() == keys and counter.get_value() == 2
 
 
 def test_stack_starts_at_each_seeds_model():
