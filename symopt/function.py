@@ -41,7 +41,8 @@ loaded, ``uptime`` load 3-9, so single numbers are noisy):
 
 Default: ``NUMBA``. On a quiet machine (``benchmarks/step_time.py``, 2026-12-01) CVM's
 step is 0-10 % faster than Numba's for 12 of the 13 rules (Adam 3.09 vs 3.11 ms) and
-much faster with dropout (Numba's uniform draws are slow), and one Adam step compiles
+faster with the generator dropout masks used then (the counter-based masks of
+symopt._random now cost Numba nothing extra), and one Adam step compiles
 in about the same time (46 s vs 44 s cold, 2.4 vs 2.6 s cached). The loaded-machine
 runs above had CVM's cold compile at 2.7x Numba's, and the test suite and sweeps
 compile many small distinct graphs, where g++ runs once per new op: that workload has

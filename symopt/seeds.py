@@ -50,12 +50,13 @@ __all__ = ["SeedStack", "SeedTrainer", "seed_axis_ndim", "seed_cross_entropy", "
 COUPLING_SETTINGS = ("clip_norm", "clip_global_norm", "max_norm")
 
 
-#: The backend a SeedTrainer compiles with by default. Measured here (S = 30, the
-#: mnist-optimizers MLP with dropout, Adam; benchmarks/seeds_step.py): the C backend
-#: (CVM) compiles the stacked step in 19 s against Numba's 178 s (Numba compiles the
-#: object-mode dropout draws of every seed's generator slowly) and steps no slower
-#: (4.81 vs 4.97 ms per seed-step on the loaded machine). Falls back to Numba, with a
-#: warning, where no C compiler is found.
+#: The backend a SeedTrainer compiles with by default. Measured before the counter-based
+#: dropout masks (S = 30, mnist-optimizers MLP with dropout, Adam; benchmarks/seeds_step.py):
+#: CVM compiled the stacked step in 19 s against Numba's 178 s and stepped no slower. With
+#: the counter masks (benchmarks/dropout_cost.py, quiet Zen 4) Numba's cold compile fell to
+#: 54 s and its stacked dropout step costs 1.00x the step without dropout against CVM's
+#: 1.76x (the C loop does not vectorise the hash); the default is to be re-measured.
+#: Falls back to Numba, with a warning, where no C compiler is found.
 STACKED_MODE = "CVM"
 
 
