@@ -80,7 +80,7 @@ import pytensor
 from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 
-from . import _blas, _elemwise, _jax
+from . import _batched, _blas, _elemwise, _jax
 
 __all__ = ["function", "default_mode", "backend_name", "resolve_mode", "configure_blas", "blas_info", "MODES", "DEFAULT_MODE"]
 
@@ -221,6 +221,9 @@ def _build(name: str) -> Mode:
             linker=linker,
             optimizer=RewriteDatabaseQuery(include=["fast_run", _elemwise.TAG], exclude=[_blas.REPLACED]),
         )
+    if name in ("NUMBA", "JAX"):
+        # BatchedGemm's Numba/JAX implementations: registered here, not at import (numba, jax).
+        _batched.register_backends(name)
     if name == "JAX":
         return Mode(linker=_jax.DeviceSharedJAXLinker(), optimizer=get_mode("JAX").provided_optimizer.including(_jax.TAG))
     return get_mode(name)
