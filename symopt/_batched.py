@@ -96,7 +96,9 @@ class BatchedGemm(COp):
             out += bias[0][:, None, :]
         output_storage[0][0] = out
 
-    def infer_shape(self, fgraph: Any, node: Apply, shapes: Any) -> list[tuple[Any, ...]]:
+    def infer_shape(self, *args: Any) -> list[tuple[Any, ...]]:
+        # (fgraph, node, shapes) before PyTensor 3.3, (node, shapes) since.
+        shapes = args[-1]
         (s, m, _), (_, _, n) = shapes[0], shapes[1]
         return [(s, m, n)]
 

@@ -221,9 +221,10 @@ def _build(name: str) -> Mode:
             linker=linker,
             optimizer=RewriteDatabaseQuery(include=["fast_run", _elemwise.TAG], exclude=[_blas.REPLACED]),
         )
-    if name in ("NUMBA", "JAX"):
-        # BatchedGemm's Numba/JAX implementations: registered here, not at import (numba, jax).
-        _batched.register_backends(name)
+    if name not in _C_MODES:
+        # BatchedGemm's Numba/JAX implementations (PyTensor's FAST_RUN is Numba too):
+        # registered here, not at import, which would import numba or jax.
+        _batched.register_backends("JAX" if name == "JAX" else "NUMBA")
     if name == "JAX":
         return Mode(linker=_jax.DeviceSharedJAXLinker(), optimizer=get_mode("JAX").provided_optimizer.including(_jax.TAG))
     return get_mode(name)

@@ -8,7 +8,8 @@ of them:
 
 * every parameter ``p`` of shape ``shape`` becomes one shared variable of shape
   ``(S, *shape)`` whose slice ``s`` starts as seed ``s``'s model's value;
-* dense layers are batched matmuls ``(S, B, n_in) @ (S, n_in, n_out)``;
+* dense layers are batched matmuls ``(S, B, n_in) @ (S, n_in, n_out)`` plus bias, one BLAS
+  call per seed (:class:`symopt._batched.BatchedGemm`);
 * seed ``s`` sees its own mini-batches (its own shuffle of the training set,
   ``numpy.random.default_rng(data_seed_s)``, exactly as :meth:`Trainer.fit` draws
   them) and its own dropout masks (those its own model draws: its key, the same step counter);
@@ -37,6 +38,7 @@ import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.variable import TensorVariable
 
+from ._batched import batched_gemm
 from .checkpoint import TALLY_WIDTH, new_tally, run_training, tally_means
 from .function import function
 from .nn import Activation, Dense, Dropout, Layer, Sequential, cross_entropy, dropout_mask
@@ -153,9 +155,15 @@ class SeedStack:
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dense):
                 W = self._stacked[id(layer.W)]
-                # A batch shared by all seeds is one (B, n_in) @ (n_in, S * n_out) product.
-                out = pt.tensordot(x, W, axes=[[1], [1]]).dimshuffle(1, 0, 2) if x.ndim == 2 else pt.matmul(x, W)
-                x = out if layer.b is None else out + self._stacked[id(layer.b)][:, None, :]
+                b = None if layer.b is None else self._stacked[id(layer.b)]
+                if x.ndim == 2:
+                    # A batch shared by all seeds (evaluation) is one (B, n_in) @ (n_in, S * n_out) product.
+                    out = pt.tensordot(x, W, axes=[[1], [1]]).dimshuffle(1, 0, 2)
+                    x = out if b is None else out + b[:, None, :]
+                else:
+                    # One BLAS gemm per seed, bias rows first (beta = 1); the gradient's
+                    # transposed operands are BLAS flags, not copies (symopt._batched).
+                    x = batched_gemm(x, W, b)
             elif isinstance(layer, Dropout):
                 if not train or layer.p == 0.0:
                     continue
