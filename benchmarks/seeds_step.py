@@ -242,18 +242,23 @@ def numpy_products_contender(seeds: int) -> Contender:
 
 
 # ---------------------------------------------------------------- timing
-def time_rounds(contenders: list[Contender], rounds: int, steps: int) -> None:
-    """Every contender once per round (interleaved, so load changes hit all alike)."""
+def time_rounds(contenders: list[Contender], rounds: int, steps: int) -> list[float]:
+    """Every contender once per round (interleaved, so load changes hit all alike), and the
+    sgemm peak once per round too, so the FLOP bound sees the same load as the steps.
+    Returns the per-round peaks (GFLOP/s)."""
     for c in contenders:  # warm-up
         for i in range(2):
             c.step(i)
+    peaks = []
     for _ in range(rounds):
+        peaks.append(sgemm_peak_gflops(rounds=2))
         for c in contenders:
             n = max(2, steps if c.seeds == 1 else max(2, steps // 2))
             t = time.perf_counter()
             for i in range(n):
                 c.step(i)
             c.times.append((time.perf_counter() - t) / n / c.seeds)
+    return peaks
 
 
 def warm_compile_seconds(seeds: int, mode: str) -> float | None:
@@ -313,15 +318,21 @@ def main(argv: list[str] | None = None) -> int:
     for c in contenders:
         print(f"  built {c.name:24s} compile + first call {c.compile_s:6.1f} s  ({c.note})", flush=True)
 
-    time_rounds(contenders, args.rounds, args.steps)
-    peak = max(peak, sgemm_peak_gflops())  # the peak again after the rounds: the better of the two
+    round_peaks = time_rounds(contenders, args.rounds, args.steps)
+    best_peak = max(peak, *round_peaks)
+    # The bound at the median of the per-round peaks: on a shared machine the best single
+    # product would flatter the bound against steps timed under load.
+    peak = statistics.median(round_peaks)
     bound_ms = 1e3 * flops / (peak * 1e9)
+    result.update(sgemm_peak_best_gflops=best_peak, sgemm_peak_rounds_gflops=round_peaks,
+                  flop_bound_best_ms=1e3 * flops / (best_peak * 1e9))
     med = {c.name: 1e3 * statistics.median(c.times) for c in contenders}
     result.update(sgemm_peak_gflops=peak, seed_step_mflop=flops / 1e6, flop_bound_ms=bound_ms)
     result["per_seed_step_ms"] = {c.name: {"median": med[c.name], "rounds": [1e3 * t for t in c.times],
                                            "compile_and_first_call_s": c.compile_s, "note": c.note} for c in contenders}
     print(f"\nper seed-step, median of {args.rounds} interleaved rounds (ms); FLOP bound {bound_ms:.3f} ms "
-          f"(peak {peak:.1f} GFLOP/s)")
+          f"(sgemm peak, median of the rounds: {peak:.1f} GFLOP/s; best seen {best_peak:.1f}: "
+          f"bound {1e3 * flops / (best_peak * 1e9):.3f} ms)")
     for c in contenders:
         print(f"  {c.name:24s} {med[c.name]:8.3f}  x bound {med[c.name] / bound_ms:5.2f}")
 
