@@ -47,10 +47,20 @@ __all__ = ["BatchedGemm", "batched_gemm", "register_backends"]
 _VERSION = 1
 
 
-def _blas_core() -> Any:
-    from pytensor.tensor.blas import _core
+def _ldflags(**kwargs: Any) -> list[str]:
+    try:
+        from pytensor.tensor.blas._core import ldflags
+    except ImportError:  # PyTensor < 3.3: blas is one module
+        from pytensor.tensor.blas import ldflags
+    return ldflags(**kwargs)
 
-    return _core
+
+def _blas_headers() -> Any:
+    try:
+        from pytensor.tensor.blas.c_code import blas_headers
+    except ImportError:  # PyTensor < 3.3
+        from pytensor.tensor import blas_headers
+    return blas_headers
 
 
 class BatchedGemm(COp):
@@ -116,21 +126,19 @@ class BatchedGemm(COp):
 
     # ---- C implementation: the BLAS PyTensor links -------------------------------------
     def c_support_code(self, **kwargs: Any) -> str:
-        from pytensor.tensor.blas.c_code.blas_headers import blas_header_text
-
-        return blas_header_text() + _C_SUPPORT
+        return _blas_headers().blas_header_text() + _C_SUPPORT
 
     def c_libraries(self, **kwargs: Any) -> list[str]:
-        return _blas_core().ldflags()
+        return _ldflags()
 
     def c_compile_args(self, **kwargs: Any) -> list[str]:
-        return _blas_core().ldflags(libs=False, flags=True)
+        return _ldflags(libs=False, flags=True)
 
     def c_lib_dirs(self, **kwargs: Any) -> list[str]:
-        return _blas_core().ldflags(libs=False, libs_dir=True)
+        return _ldflags(libs=False, libs_dir=True)
 
     def c_header_dirs(self, **kwargs: Any) -> list[str]:
-        return _blas_core().ldflags(libs=False, include_dir=True)
+        return _ldflags(libs=False, include_dir=True)
 
     def c_code(self, node: Apply, name: str, inputs: Any, outputs: Any, sub: Any) -> str:
         if not self.c_libraries():
@@ -201,9 +209,7 @@ class BatchedGemm(COp):
 """
 
     def c_code_cache_version_apply(self, node: Apply) -> tuple[Any, ...]:
-        from pytensor.tensor.blas.c_code.blas_headers import blas_header_version
-
-        return (_VERSION, len(node.inputs), blas_header_version())
+        return (_VERSION, len(node.inputs), _blas_headers().blas_header_version())
 
 
 _C_SUPPORT = r"""
@@ -325,12 +331,19 @@ def _register_numba() -> None:
 
         return batched_gemm_numba
 
-    @numba_basic.register_funcify_and_cache_key(BatchedGemm)
     def numba_funcify_batched_gemm(op: BatchedGemm, node: Apply, **kwargs: Any) -> Any:
         dtype = np.dtype(node.outputs[0].type.dtype)
         has_bias = len(node.inputs) == 3
         key = f"symopt.BatchedGemm:{dtype}:{has_bias}:{_VERSION}"
         return make(dtype, has_bias), key
+
+    register = getattr(numba_basic, "register_funcify_and_cache_key", None)
+    if register is not None:
+        register(BatchedGemm)(numba_funcify_batched_gemm)
+    else:  # older PyTensor: numba_funcify returns the function alone
+        numba_basic.numba_funcify.register(BatchedGemm)(
+            lambda op, node=None, **kw: numba_funcify_batched_gemm(op, node, **kw)[0]
+        )
 
 
 def _register_jax() -> None:
