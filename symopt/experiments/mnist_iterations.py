@@ -81,7 +81,7 @@ def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
     import pytensor.tensor as pt
 
     import symopt
-    from symopt.nn import MLP, cross_entropy
+    from symopt.nn import MLP, accuracy, cross_entropy
 
     if quick:
         names, iterations = QUICK["optimizers"], QUICK["iterations"]
@@ -104,7 +104,7 @@ def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
     batch_loss = function([idx], loss)  # the loss after the update, as the seeds record it
     x_test = pt.matrix("x_test", dtype="float32")
     y_test = pt.vector("y_test", dtype="int64")
-    correct = pt.eq(pt.argmax(model.output(x_test, train=False), axis=1), y_test).sum()
+    correct = accuracy(model.output(x_test, train=False), y_test, reduction="sum")
     count_correct = function([x_test, y_test], correct)
 
     doc: dict[str, Any] = {
