@@ -216,6 +216,34 @@ def test_ema_and_lookahead_state_is_restored(dataset: symopt.data.Dataset, tmp_p
     _assert_identical(trainer.optimizer.state(), reference.optimizer.state())
 
 
+def test_combined_optimizer_state_is_restored(dataset: symopt.data.Dataset, tmp_path: Path) -> None:
+    """symopt.combine (Momentum on the weight matrices, Adam on the rest): a run crashed
+    mid-epoch and resumed from its checkpoint ends bit-identical to the uninterrupted run."""
+    def make() -> Trainer:
+        model = nn.MLP([SIDE * SIDE, 8, 3], batchnorm=True, dropout=0.25, seed=4)
+        matrices = [p for p in model.params if p.ndim == 2]
+        rest = [p for p in model.params if p.ndim != 2]
+        opt = symopt.combine(matrices=symopt.Momentum(matrices, learning_rate=0.05),
+                             rest=symopt.Adam(rest, learning_rate=1e-2))
+        return Trainer(model, opt, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
+                       batch_size=BATCH)
+
+    def state(trainer: Trainer) -> list[Any]:
+        members = trainer.optimizer.members.values()
+        slots = [var for opt in members for per_param in opt.state for var in per_param.values()]
+        return _state([*trainer.model.params, *trainer.model.buffers, *(opt.iterations for opt in members), *slots])
+
+    reference = make()
+    expected = reference.fit(2, SEED, progress=False)
+    trainer, path = make(), tmp_path / "run.ckpt"
+    trainer.train_step = Steps(trainer.train_step, at=1 + 10, action="crash")  # during step 10
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(2, SEED, progress=False, checkpoint=path, checkpoint_every=4)
+    history = _unwrapped(trainer).fit(2, SEED, progress=False, checkpoint=path, resume=True)
+    assert _numbers(history) == _numbers(expected)
+    _assert_identical(state(trainer), state(reference))
+
+
 def test_skipped_steps_survive_a_resume(dataset: symopt.data.Dataset, tmp_path: Path) -> None:
     """skip_nonfinite: the epoch's mean over finite losses and its count of skipped steps
     continue across a mid-epoch resume."""

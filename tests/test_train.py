@@ -147,6 +147,33 @@ def test_a_skipped_step_leaves_batchnorm_statistics_alone(dataset: symopt.data.D
     assert all(np.isfinite(b.get_value()).all() for b in bn.buffers)
 
 
+def test_trainer_takes_any_optimizer_like(dataset: symopt.data.Dataset) -> None:
+    """A Lookahead (not an Optimizer) trains through the Trainer as its updates do in a
+    hand-compiled step fed the same batches (rows of the generator's permutation)."""
+    import pytensor.tensor as pt
+
+    def make() -> tuple[nn.MLP, symopt.Lookahead]:
+        model = nn.MLP([SIDE * SIDE, 8, 3], seed=5)
+        return model, symopt.Lookahead(symopt.Momentum(model.params, learning_rate=0.05), k=2)
+
+    model, opt = make()
+    trainer = Trainer(model, opt, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, batch_size=32)
+    trainer.run_epoch(np.random.default_rng(3))
+
+    reference, ref_opt = make()
+    x, y = pt.matrix("x", dtype=reference.params[0].dtype), pt.vector("y", dtype="int64")
+    loss = nn.cross_entropy(reference.output(x, train=True), y)
+    step = symopt.function([x, y], loss, updates=ref_opt.updates(loss))
+    order = np.random.default_rng(3).permutation(len(dataset.x_train))
+    x_train = dataset.x_train.astype(reference.params[0].dtype)
+    for i in range(trainer.steps_per_epoch):
+        rows = order[i * 32 : (i + 1) * 32]
+        step(x_train[rows], dataset.y_train[rows].astype(np.int64))
+    assert int(ref_opt.counter.get_value()) == int(opt.counter.get_value()) == trainer.steps_per_epoch
+    for got, want in zip(model.params, reference.params):
+        np.testing.assert_allclose(got.get_value(), want.get_value(), rtol=1e-6, atol=1e-7)
+
+
 def test_trainer_rejects_bad_arguments(dataset: symopt.data.Dataset) -> None:
     model = nn.MLP([SIDE * SIDE, 4, 3], seed=0)
     opt = symopt.SGD(model.params)
