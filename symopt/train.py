@@ -127,15 +127,8 @@ class StepBuilder(Protocol):
 
 
 class ModelStep:
-    """The step of one model: the mean ``loss`` of a mini-batch, and test loss and accuracy sums.
-
-    Parameters
-    ----------
-    model
-        Exposes ``params``, ``output(x, train)`` and optionally ``extra_updates``.
-    loss
-        ``loss(logits, labels)``; softmax cross-entropy by default.
-    """
+    """The step of one ``model`` (as :class:`Trainer` takes it): the mean ``loss`` of a
+    mini-batch of its rows of ``order``, and the sums of test loss and correct answers."""
 
     streams = 1
 
@@ -290,17 +283,7 @@ class Trainer:
         """One shuffled pass over the training set; returns the mean train loss (see :meth:`epoch_tally`)."""
         return float(tally_means(self.epoch_tally(rng, progress, desc, epoch=epoch))[0])
 
-    def epoch_tally(
-        self,
-        rng: np.random.Generator,
-        progress: bool = False,
-        desc: str = "",
-        *,
-        epoch: int | None = None,
-        start: int = 0,
-        tally: np.ndarray | None = None,
-        after_step: Callable[[int, np.ndarray], None] | None = None,
-    ) -> np.ndarray:
+    def epoch_tally(self, rng: np.random.Generator, progress: bool = False, desc: str = "", **position: Any) -> np.ndarray:
         """One shuffled pass over the training set; returns its tally, shape ``(1, 3)``:
         the sum and count of the finite train losses, and the steps the optimiser skipped.
 
@@ -313,8 +296,9 @@ class Trainer:
         ``rng`` as always, so ``rng`` must be in its state at the epoch's start), with
         ``tally`` the epoch's running :func:`~symopt.checkpoint.new_tally` at that step.
         ``after_step(steps_done, tally)`` runs after every step (checkpoints, Ctrl-C).
+        These (and ``epoch``) are keywords of :meth:`_tally`.
         """
-        return self._tally([rng], progress, desc, epoch=epoch, start=start, tally=tally, after_step=after_step)
+        return self._tally([rng], progress, desc, **position)
 
     def _tally(
         self,

@@ -204,16 +204,23 @@ def test_ema_and_lookahead_state_is_restored(dataset: symopt.data.Dataset, tmp_p
         return Trainer(model, LookaheadWithEMA(model.params), dataset.x_train, dataset.y_train, dataset.x_test,
                        dataset.y_test, batch_size=BATCH)
 
+    # the memory is at step 10, the file at step 8 (mid-epoch 2, Lookahead counter 8 % 3 != 0)
+    _crash_resume_is_uninterrupted(make, lambda trainer: trainer.optimizer.state(), 11, tmp_path / "run.ckpt")
+
+
+def _crash_resume_is_uninterrupted(make: Callable[[], Trainer], state: Callable[[Trainer], list[Any]], crash: int,
+                                   path: Path) -> None:
+    """A 2-epoch run crashed during step ``crash`` (checkpoints every 4 steps) and resumed
+    ends with the uninterrupted run's history and ``state``."""
     reference = make()
     expected = reference.fit(2, SEED, progress=False)
-    trainer, path = make(), tmp_path / "run.ckpt"
-    trainer.train_step = Steps(trainer.train_step, at=1 + 11, action="crash")  # during step 11
+    trainer = make()
+    trainer.train_step = Steps(trainer.train_step, at=1 + crash, action="crash")
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.fit(2, SEED, progress=False, checkpoint=path, checkpoint_every=4)
-    # the memory is at step 10, the file at step 8 (mid-epoch 2, Lookahead counter 8 % 3 != 0)
     history = _unwrapped(trainer).fit(2, SEED, progress=False, checkpoint=path, resume=True)
     assert _numbers(history) == _numbers(expected)
-    _assert_identical(trainer.optimizer.state(), reference.optimizer.state())
+    _assert_identical(state(trainer), state(reference))
 
 
 def test_combined_optimizer_state_is_restored(dataset: symopt.data.Dataset, tmp_path: Path) -> None:
@@ -233,15 +240,7 @@ def test_combined_optimizer_state_is_restored(dataset: symopt.data.Dataset, tmp_
         slots = [var for opt in members for per_param in opt.state for var in per_param.values()]
         return _state([*trainer.model.params, *trainer.model.buffers, *(opt.iterations for opt in members), *slots])
 
-    reference = make()
-    expected = reference.fit(2, SEED, progress=False)
-    trainer, path = make(), tmp_path / "run.ckpt"
-    trainer.train_step = Steps(trainer.train_step, at=1 + 10, action="crash")  # during step 10
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        trainer.fit(2, SEED, progress=False, checkpoint=path, checkpoint_every=4)
-    history = _unwrapped(trainer).fit(2, SEED, progress=False, checkpoint=path, resume=True)
-    assert _numbers(history) == _numbers(expected)
-    _assert_identical(state(trainer), state(reference))
+    _crash_resume_is_uninterrupted(make, state, 10, tmp_path / "run.ckpt")  # the file at step 8
 
 
 def test_skipped_steps_survive_a_resume(dataset: symopt.data.Dataset, tmp_path: Path) -> None:
