@@ -123,17 +123,12 @@ class Combined:
     def updates(
         self, loss: Any = None, *, grads: Sequence[Any] | None = None, allow_unused: bool = False
     ) -> Updates:
-        """Every member's updates from one gradient computation.
+        """Every member's updates from one gradient computation, merged into one ``Updates``.
 
-        Parameters
-        ----------
-        loss
-            Scalar float loss; ``pytensor.grad(loss, params)`` is taken once for all members.
-        grads
-            Alternatively, one gradient per parameter of :attr:`params`.
-        allow_unused
-            Leave parameters the loss does not depend on unchanged (their member then
-            differentiates the loss itself) instead of raising.
+        ``loss`` is differentiated once with respect to :attr:`params` (or ``grads`` gives one
+        gradient per parameter of :attr:`params`); member ``k`` receives its slice. With
+        ``allow_unused``, a member holding a parameter the loss does not reach differentiates
+        the loss itself (and leaves that parameter alone), as :meth:`Optimizer.updates` does.
         """
         if (loss is None) == (grads is None):
             raise TypeError("Combined.updates needs exactly one of loss or grads=")
