@@ -89,7 +89,8 @@ class EpochRecord:
 class OptimizerLike(Protocol):
     """What :class:`Trainer` needs of an optimiser: an :class:`~symopt.optimizer.Optimizer`,
     a :class:`~symopt.combine.Combined`, a :class:`~symopt.wrappers.Lookahead` or any
-    object with these members. The trainer itself uses ``params`` and ``updates``;
+    object with these members (an :class:`~symopt.wrappers.EMA` goes in ``Trainer(ema=)``:
+    it averages an optimiser's updates). The trainer itself uses ``params`` and ``updates``;
     ``state_dict`` / ``load_state_dict`` restart a run (experiments), ``iterations``
     counts the applied steps."""
 
@@ -192,6 +193,9 @@ class Trainer:
         The :class:`StepBuilder` the compiled functions come from; by default
         ``ModelStep(model, loss)``. :class:`~symopt.seeds.SeedTrainer` passes a
         :class:`~symopt.seeds.StackedStep`.
+    ema
+        A :class:`~symopt.wrappers.EMA` whose averages move in the train step, after the
+        optimiser's update (only on steps the optimiser applies); checkpoints hold them.
     """
 
     def __init__(
@@ -209,6 +213,7 @@ class Trainer:
         on_nonfinite: str = "raise",
         *,
         step: StepBuilder | None = None,
+        ema: Any = None,
     ):
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
@@ -240,6 +245,9 @@ class Trainer:
         i = pt.scalar("batch", dtype="int64")
         objective, losses, extra, givens = self.step.train((self.x_train, self.y_train), self.order, i, self.batch_size)
         updates = optimizer.updates(objective)
+        if ema is not None:
+            updates = ema.updates(updates)
+        self.ema = ema
         extra = dict(extra)
         if getattr(optimizer, "skip_nonfinite", False):
             # A skipped step changes nothing: nor the batch-norm statistics of a non-finite

@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -172,6 +173,31 @@ def test_trainer_takes_any_optimizer_like(dataset: symopt.data.Dataset) -> None:
     assert int(ref_opt.counter.get_value()) == int(opt.counter.get_value()) == trainer.steps_per_epoch
     for got, want in zip(model.params, reference.params):
         np.testing.assert_allclose(got.get_value(), want.get_value(), rtol=1e-6, atol=1e-7)
+
+
+def test_trainer_moves_an_ema_after_each_step(dataset: symopt.data.Dataset) -> None:
+    """Trainer(ema=): the averages follow a_t = d a_{t-1} + (1 - d) p_t (Polyak & Juditsky)
+    over the parameters after each step, recorded from a run without the EMA."""
+    def make(ema: bool) -> tuple[Trainer, Any]:
+        model = nn.MLP([SIDE * SIDE, 8, 3], seed=6)
+        average = symopt.EMA(model.params, decay=0.8) if ema else None
+        opt = symopt.Adam(model.params, learning_rate=1e-2)
+        return Trainer(model, opt, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, batch_size=32,
+                       ema=average), average
+
+    plain, _ = make(False)
+    averages = [p.get_value().astype(np.float64) for p in plain.model.params]
+    plain.order.set_value(np.random.default_rng(0).permutation(len(dataset.x_train)))
+    for i in range(3):
+        plain.train_step(i)
+        averages = [0.8 * a + 0.2 * p.get_value() for a, p in zip(averages, plain.model.params)]
+    trainer, ema = make(True)
+    trainer.order.set_value(np.random.default_rng(0).permutation(len(dataset.x_train)))
+    for i in range(3):
+        trainer.train_step(i)
+    for got, want, p, q in zip(ema.averages, averages, trainer.model.params, plain.model.params):
+        assert np.array_equal(p.get_value(), q.get_value())  # the EMA does not touch the training
+        np.testing.assert_allclose(got.get_value(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_trainer_rejects_bad_arguments(dataset: symopt.data.Dataset) -> None:
