@@ -10,7 +10,9 @@ equally fast, AdaGrad slightly ahead.
 
 One train function per optimiser is compiled and reused for every seed (parameters set
 to a fresh ``MLP(seed=seed)``, optimiser state to the one captured at construction);
-the after-update loss comes from one eval function shared by all optimisers.
+the after-update loss comes from one eval function shared by all optimisers. Not a
+:class:`~symopt.train.Trainer`: the seeds' protocol draws every batch with replacement (a
+step takes the batch's row indices) and records each batch's loss after its update.
 """
 
 from __future__ import annotations
