@@ -8,6 +8,7 @@ the graph per step (``givens`` slices the shared data inside the compiled functi
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -336,11 +337,16 @@ class Trainer:
         skipped_base = int(counter.get_value()) - int(tally[0, 2]) if counter is not None else 0
         for i in steps:
             losses = np.asarray(self.train_step(i), dtype=np.float64).reshape(streams)
-            counted = np.isfinite(losses) | (not skipping)
-            if not skipping and self.on_nonfinite == "raise" and not np.isfinite(losses).all():
-                raise NonFiniteLossError(epoch, i + 1, float(losses[~np.isfinite(losses)][0]))
-            tally[counted, 0] += losses[counted]
-            tally[counted, 1] += 1
+            if math.isfinite(losses.sum()):  # the common case, kept cheap: a few microseconds a step
+                tally[:, 0] += losses
+                tally[:, 1] += 1
+            else:
+                finite = np.isfinite(losses)
+                if not skipping and self.on_nonfinite == "raise" and not finite.all():
+                    raise NonFiniteLossError(epoch, i + 1, float(losses[~finite][0]))
+                counted = finite | (not skipping)
+                tally[counted, 0] += losses[counted]
+                tally[counted, 1] += 1
             if counter is not None:
                 tally[:, 2] = int(counter.get_value()) - skipped_base
             if after_step is not None:
