@@ -152,8 +152,10 @@ class Combined:
         for opt in self.members.values():
             own = grads[start : start + len(opt.params)]
             start += len(opt.params)
-            if any(g is None for g in own):  # only with allow_unused: the member leaves those alone
-                made = opt.updates(loss, allow_unused=True)
+            if any(g is None for g in own):
+                if loss is None:
+                    raise ValueError("Combined: grads holds None; give a gradient for every parameter")
+                made = opt.updates(loss, allow_unused=True)  # allow_unused: the member leaves those alone
             else:
                 made = opt.updates(grads=own)
             if out.applied is None:
