@@ -231,3 +231,18 @@ def test_lookahead_member_and_trainer():
     history = trainer.fit(2, seed=0, progress=False)
     assert len(history) == 2 and int(opt.iterations.get_value()) == 8
     assert int(opt.members["weights"].counter.get_value()) == 8
+
+
+def test_lookahead_member_saves_and_loads(tmp_path: Path):
+    """A wrapper member's state (slow weights, counter) travels in the same file."""
+    W, b, loss = _problem()
+    opt = symopt.combine(symopt.Lookahead(symopt.Momentum([W], learning_rate=LR_M), k=3), symopt.Adam([b]))
+    step = symopt.function([], loss, updates=opt.updates(loss))
+    for _ in range(4):
+        step()
+    opt.save(tmp_path / "la.npz")
+    saved = [opt.member(0).slow[0].get_value(), int(opt.member(0).counter.get_value())]
+    step()
+    opt.load(tmp_path / "la.npz")
+    assert np.array_equal(opt.member(0).slow[0].get_value(), saved[0])
+    assert int(opt.member(0).counter.get_value()) == saved[1] == 4 and int(opt.iterations.get_value()) == 4
