@@ -246,11 +246,23 @@ def cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> TensorVa
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def accuracy(logits: Any, labels: Any) -> TensorVariable:
-    """Fraction of rows whose arg-max equals the label, in the logits' dtype."""
+def accuracy(logits: Any, labels: Any, reduction: str = "mean") -> TensorVariable:
+    """Which rows' arg-max equals the label.
+
+    ``reduction``: ``"mean"`` (default) the fraction of such rows, in the logits' dtype;
+    ``"sum"`` their count (int64; sums over eval batches stay exact); ``"none"`` one
+    boolean per row. Out-of-range labels raise at run time.
+    """
     logits = pt.as_tensor_variable(logits)
     labels = _checked_labels(logits, labels)
-    return pt.cast(pt.eq(pt.argmax(logits, axis=1), labels), logits.dtype).mean()
+    hits = pt.eq(pt.argmax(logits, axis=1), labels)
+    if reduction == "mean":
+        return pt.cast(hits, logits.dtype).mean()
+    if reduction == "sum":
+        return hits.sum()
+    if reduction == "none":
+        return hits
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
 # ---------------------------------------------------------------------- layers
