@@ -526,6 +526,172 @@ def floor_contender(problem: Problem) -> Contender:
     return c
 
 
+# ============================================================================ step floor
+#: The fused update of each rule for the step floor: ``(slots, body, scalars)``. ``body`` is
+#: Python for ONE element, on float32 locals: ``p`` (parameter), ``g`` (gradient, coupled
+#: weight decay already added), one local per slot, and the per-step scalars that
+#: ``scalars(h, t, carry)`` returns (``carry``: a dict for products over steps, NAdam's).
+#: Every rule's scalars also get ``lr``, ``wd`` and ``dec = 1 - lr wd``. It assigns ``p``
+#: and every slot. :func:`fused_update_kernel` turns a row into one Numba loop over the
+#: flattened arrays; a registered rule missing here has no step floor (skipped, with the
+#: reason). Same algebra as :class:`NumpyRule`, rearranged so no per-element work is
+#: repeated (bias corrections folded into scalars).
+def _adam_scalars(h: dict[str, Any], t: int, carry: dict[str, float]) -> dict[str, float]:
+    b1, b2 = h["beta1"], h["beta2"]
+    return {"b1": b1, "c1": 1.0 - b1, "b2": b2, "c2": 1.0 - b2, "eps": h["epsilon"],
+            "a": h["learning_rate"] / (1.0 - b1**t), "r2": 1.0 / math.sqrt(1.0 - b2**t)}
+
+
+def _nadam_scalars(h: dict[str, Any], t: int, carry: dict[str, float]) -> dict[str, float]:
+    b1, psi = h["beta1"], h["momentum_decay"]
+    mu = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
+    mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
+    carry["prod"] = prod = carry.get("prod", 1.0) * mu
+    lr = h["learning_rate"]
+    return {**_adam_scalars(h, t, carry), "ga": lr * (1.0 - mu) / (1.0 - prod),
+            "ma": lr * mu_next / (1.0 - prod * mu_next), "ibc2": 1.0 / (1.0 - h["beta2"] ** t)}
+
+
+def _radam_scalars(h: dict[str, Any], t: int, carry: dict[str, float]) -> dict[str, float]:
+    b1, b2 = h["beta1"], h["beta2"]
+    rho_inf = 2.0 / (1.0 - b2) - 1.0
+    rho_t = rho_inf - 2.0 * t * b2**t / (1.0 - b2**t)
+    out = {**_adam_scalars(h, t, carry), "k1": 0.0, "k0": 1.0}
+    if rho_t > 5.0:  # the denominator k1 sqrt(v) + k0 is sqrt(v) + eps when rectified, else 1
+        r = math.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))
+        out["a"] *= r * math.sqrt(1.0 - b2**t)
+        out["k1"], out["k0"] = 1.0, h["epsilon"]
+    return out
+
+
+def _decay(h: dict[str, Any], t: int, carry: dict[str, float], *names: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for n in names:
+        out[n] = h[n]
+        out["c_" + n] = 1.0 - h[n]
+    return out
+
+
+_ADAM_BODY = "m = b1 * m + c1 * g\nv = b2 * v + c2 * (g * g)\n"
+STEP_FLOOR_RULES: dict[str, tuple[tuple[str, ...], str, Callable[..., dict[str, float]]]] = {
+    "sgd": ((), "p = p - lr * g", lambda h, t, c: {}),
+    "momentum": (("b",), "b = mu * b + g\np = p - lr * b", lambda h, t, c: {"mu": h["momentum"]}),
+    "nesterov": (("b",), "b = mu * b + g\np = p - lr * (g + mu * b)", lambda h, t, c: {"mu": h["momentum"]}),
+    "adagrad": (("s",), "s = s + g * g\np = p - lr * g / (np.sqrt(s) + eps)",
+                lambda h, t, c: {"eps": h["epsilon"]}),
+    "rmsprop": (("v",), "v = rho * v + c_rho * (g * g)\np = p - lr * g / (np.sqrt(v) + eps)",
+                lambda h, t, c: {**_decay(h, t, c, "rho"), "eps": h["epsilon"]}),
+    "adadelta": (("v", "u"), "v = rho * v + c_rho * (g * g)\nd = np.sqrt(u + eps) / np.sqrt(v + eps) * g\n"
+                 "u = rho * u + c_rho * (d * d)\np = p - lr * d",
+                 lambda h, t, c: {**_decay(h, t, c, "rho"), "eps": h["epsilon"]}),
+    "adam": (("m", "v"), _ADAM_BODY + "p = p - a * m / (np.sqrt(v) * r2 + eps)", _adam_scalars),
+    "adamw": (("m", "v"), _ADAM_BODY + "p = p * dec - a * m / (np.sqrt(v) * r2 + eps)", _adam_scalars),
+    "amsgrad": (("m", "v", "w"), _ADAM_BODY + "w = max(w, v)\np = p - a * m / (np.sqrt(w) * r2 + eps)",
+                _adam_scalars),
+    "adamax": (("m", "u"), "m = b1 * m + c1 * g\nu = max(b2 * u, abs(g) + eps)\np = p - a * m / u", _adam_scalars),
+    "nadam": (("m", "v"), _ADAM_BODY + "q = np.sqrt(v * ibc2) + eps\np = p - (ga * g + ma * m) / q", _nadam_scalars),
+    "radam": (("m", "v"), _ADAM_BODY + "p = p - a * m / (k1 * np.sqrt(v) + k0)", _radam_scalars),
+    "lion": (("m",), "q = b1 * m + c1 * g\np = p * dec - lr * (np.float32(q > z) - np.float32(q < z))\n"
+             "m = b2 * m + c2 * g", lambda h, t, c: {"b1": h["beta1"], "c1": 1.0 - h["beta1"], "b2": h["beta2"],
+                                            "c2": 1.0 - h["beta2"], "z": 0.0}),
+}
+#: Rules whose weight decay shrinks the parameter (``dec`` in the body) instead of adding to the gradient.
+DECOUPLED_DECAY = frozenset({"adamw", "lion"})
+
+
+def fused_update_kernel(optimizer: str, weight_decay: bool) -> tuple[Callable[..., None], tuple[str, ...], list[str]]:
+    """One Numba-compiled loop for ``optimizer``'s update (:data:`STEP_FLOOR_RULES`).
+
+    Returns ``(kernel, slots, scalar_names)``; ``kernel(p, g, *slots, *scalars)`` updates the
+    flat float32 arrays ``p`` and the slots in place in one pass, reading ``g``. Coupled
+    weight decay (``g + wd p``) is in the loop only when ``weight_decay`` is set, so the
+    floor does no work the rule's defaults do not ask for.
+    """
+    import ast
+
+    import numba
+
+    if optimizer not in STEP_FLOOR_RULES:
+        raise KeyError(f"no fused update kernel for {optimizer!r} (STEP_FLOOR_RULES)")
+    slots, body, _ = STEP_FLOOR_RULES[optimizer]
+    if weight_decay and optimizer not in DECOUPLED_DECAY:
+        body = "g = g + wd * p\n" + body
+    tree = ast.parse(body)
+    assigned = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    names = sorted(read - assigned - {"p", "g", *slots, "np", "max", "abs"})
+    arrays = ["p", "g", *slots]
+    loads = "\n".join(f"        {a} = {a}_[i]" for a in arrays)
+    stores = "\n".join(f"        {a}_[i] = {a}" for a in ["p", *slots])
+    inner = "\n".join("        " + line for line in body.splitlines())
+    source = (f"def kernel({', '.join(a + '_' for a in arrays)}, {', '.join(names) or '_unused'}):\n"
+              f"    for i in range(p_.shape[0]):\n{loads}\n{inner}\n{stores}\n")
+    namespace: dict[str, Any] = {"np": np}
+    exec(source, namespace)  # noqa: S102 - source built above from this module's own table
+    kernel = numba.njit(error_model="numpy", boundscheck=False, nogil=True)(namespace["kernel"])
+    kernel.source = source  # type: ignore[attr-defined]
+    return kernel, slots, names
+
+
+class StepFloor:
+    """The step floor: the matmul floor plus one fused pass of the rule's update.
+
+    :class:`MatmulFloor`'s 14 products, then, per parameter, one Numba loop
+    (:func:`fused_update_kernel`) that reads parameter, gradient and state and writes
+    parameter and state once each, with the per-step scalars (bias corrections) computed
+    in Python first. The products' weights are the parameters being updated and their
+    weight gradients the gradients the update reads (bias gradients: preallocated
+    vectors). Nothing else of a step (bias adds, ReLU, softmax, bias gradient sums) is
+    done: any implementation of the step does at least this much work.
+    """
+
+    def __init__(self, optimizer: str, problem: Problem):
+        h = _rounded(hyperparameters(optimizer))
+        self.h, self.t, self.carry = h, 0, {}
+        self.kernel, slots, self.names = fused_update_kernel(optimizer, bool(h.get("weight_decay")))
+        self.scalars = STEP_FLOOR_RULES[optimizer][2]
+        self.matmuls = MatmulFloor(problem)
+        self.params = [p.copy() for p in problem.init]
+        self.matmuls.Ws = self.params[0::2]
+        rng = np.random.default_rng(problem.seed + 1)
+        bias_grads = [(rng.standard_normal(p.shape) * 0.1).astype(np.float32) for p in self.params[1::2]]
+        grads: list[np.ndarray] = []
+        for gw, gb in zip(self.matmuls.out_gW, bias_grads, strict=True):
+            gw[...] = rng.standard_normal(gw.shape) * 0.1  # defined values before the first product
+            grads += [gw, gb]
+        self.flat = [(p.reshape(-1), g.reshape(-1), tuple(np.zeros(p.size, np.float32) for _ in slots))
+                     for p, g in zip(self.params, grads, strict=True)]
+        self.update()  # compile now, not inside the first timed step
+        self.t, self.carry = 0, {}
+
+    def update(self) -> None:
+        """One fused pass over every parameter and its state."""
+        self.t += 1
+        h = self.h
+        scalars = {"lr": h["learning_rate"], "wd": h.get("weight_decay", 0.0),
+                   "dec": 1.0 - h["learning_rate"] * h.get("weight_decay", 0.0), **self.scalars(h, self.t, self.carry)}
+        args = [np.float32(scalars[n]) for n in self.names]
+        kernel = self.kernel
+        for p, g, slots in self.flat:
+            kernel(p, g, *slots, *args)
+
+    def step(self, i: int) -> None:
+        """The step's products, then the update."""
+        self.matmuls.step(i)
+        self.update()
+
+
+def step_floor_contender(optimizer: str, problem: Problem) -> Contender:
+    """The step floor (:class:`StepFloor`) as a contender (its parameters are not the step's)."""
+    floor = StepFloor(optimizer, problem)
+    n = len(floor_shapes(problem.sizes, problem.batch))
+    c = Contender("step-floor", floor.step, lambda: [],
+                  f"{n} NumPy float32 matmuls + one fused Numba pass of the update per parameter")
+    c.info["floor"] = floor
+    return c
+
+
+
 # ============================================================================ torch
 def _torch_threads(torch: Any) -> None:
     torch.set_num_threads(THREADS)
