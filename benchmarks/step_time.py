@@ -50,6 +50,15 @@ Contenders
     the matrix products of a step and nothing else, NumPy float32 on preallocated
     buffers: for ``L`` dense layers, ``L`` forward, ``L`` weight-gradient and ``L-1``
     input-gradient products (the input needs no gradient): 14 for this MLP.
+``step-floor``
+    the step floor of issue 14's target 3: ``floor``'s products plus one fused pass of
+    the rule's update over every parameter and its state, each a Numba-compiled loop
+    (:class:`StepFloor`). The loops are generated from :data:`STEP_FLOOR_RULES`, one
+    row per rule: its slots, the update of one element as a few lines of Python on
+    float32 locals, and the per-step scalars (bias corrections) computed once per step;
+    :func:`fused_update_kernel` wraps the body in a loop over the flattened arrays and
+    compiles it with ``numba.njit``. Every array is read and written once per step. A
+    rule without a row is timed without a step floor, with that reason in the output.
 
 Protocol
 --------
@@ -156,6 +165,9 @@ DEFAULT_OUT = HERE / "results" / "step_time.json"
 README = HERE / "README.md"
 README_BEGIN = "<!-- step_time:begin -->"
 README_END = "<!-- step_time:end -->"
+#: ``--readme`` section name -> (begin marker, end marker) of benchmarks/README.md.
+README_SECTIONS = {"step_time": (README_BEGIN, README_END),
+                   "target3": ("<!-- step_time_target3:begin -->", "<!-- step_time_target3:end -->")}
 
 SIZES = [784, 100, 100, 100, 100, 10]
 BATCH = 128
@@ -174,11 +186,14 @@ RTOL, ATOL = 1e-4, 1e-6
 CHECK_STEPS = 2
 CHECK_MAX_FRACTION = 1e-3
 
-# Targets of the performance issue, as (description, key in result["targets"]).
+# Targets of the performance issues, as (description, bound). The per-rule ratio targets are
+# issue 14's target 3 (step floor: matmul floor + one fused pass of the update; torch ahead on
+# every rule; JAX on the geometric mean); the matmul-floor ratio is reported for comparison with
+# the earlier issue (<= 1.35x) but is no target any more.
 TARGETS = {
-    "floor": ("symopt default <= 1.35x matmul floor", 1.35),
-    "torch": ("symopt default >= 1.5x faster than torch eager (faster of foreach/not)", 1.5),
-    "jax": ("symopt default >= 1.2x faster than JAX + optax jit", 1.2),
+    "step_floor": ("symopt default <= 1.2x the step floor, every rule", 1.2),
+    "torch": ("symopt default faster than torch eager (faster of foreach/not), every rule", 1.0),
+    "jax": ("symopt default >= 1.2x faster than JAX + optax jit, geometric mean over rules", 1.2),
     "first_compile": ("first compile <= 10 s (symopt default)", 10.0),
     "cached_compile": ("cached compile <= 2 s (symopt default)", 2.0),
 }
@@ -1053,6 +1068,8 @@ def skipped_contenders(optimizer: str, with_torch: bool = True, with_jax: bool =
     out: dict[str, str] = {}
     if optimizer not in NUMPY_SLOTS:
         out["numpy"] = f"no hand-written NumPy step for {optimizer!r} (NUMPY_SLOTS); checked against symopt[default]"
+    if optimizer not in STEP_FLOOR_RULES:
+        out["step-floor"] = f"no fused update kernel for {optimizer!r} (STEP_FLOOR_RULES)"
     if with_torch:
         if not available("torch"):
             out["torch"] = out["torch-foreach"] = "torch is not installed (pip install -e '.[bench]')"
@@ -1082,6 +1099,7 @@ def contender_builders(
     if with_jax:
         builders["jax-optax"] = lambda: jax_contender(optimizer, problem)
     builders["floor"] = lambda: floor_contender(problem)
+    builders["step-floor"] = lambda: step_floor_contender(optimizer, problem)
     skipped = skipped_contenders(optimizer, with_torch, with_jax)
     return {name: build for name, build in builders.items() if name not in skipped}
 
@@ -1242,16 +1260,19 @@ def run_optimizer(optimizer: str, problem: Problem, cfg: Config) -> dict[str, An
 
 
 def ratios(contenders: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """symopt default against the floor, torch eager (faster variant) and JAX jit, by median."""
+    """symopt default against the matmul and step floors, torch eager (faster variant) and JAX jit, by median."""
     def med(name: str) -> float | None:
         return contenders.get(name, {}).get("median_ms")
 
     default = med("symopt[default]")
     torch_times = [t for t in (med("torch"), med("torch-foreach")) if t is not None]
-    out: dict[str, float | None] = {"default_over_floor": None, "torch_over_default": None, "jax_over_default": None}
+    out: dict[str, float | None] = {"default_over_floor": None, "default_over_step_floor": None,
+                                    "torch_over_default": None, "jax_over_default": None}
     if default:
         if med("floor"):
             out["default_over_floor"] = default / med("floor")  # type: ignore[operator]
+        if med("step-floor"):
+            out["default_over_step_floor"] = default / med("step-floor")  # type: ignore[operator]
         if torch_times:
             out["torch_over_default"] = min(torch_times) / default
         if med("jax-optax"):
@@ -1334,7 +1355,7 @@ def compile_and_memory(optimizer: str, names: list[str], cfg: Config) -> dict[st
     """First and cached compile (fresh subprocesses, one compile directory) and peak memory per contender."""
     out: dict[str, Any] = {}
     for name in names:
-        if name == "floor" or name == "numpy":
+        if name in ("floor", "step-floor", "numpy"):
             out[name] = {"cached": run_worker(name, optimizer, cfg, {})}
             continue
         with tempfile.TemporaryDirectory(prefix="symopt-compiledir-") as tmp:
@@ -1468,17 +1489,19 @@ def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets from this run: geometric mean of per-optimiser ratios, worst case, met or not."""
     out: dict[str, Any] = {}
     per = result["optimizers"]
-    for key, ratio_key, better in (("floor", "default_over_floor", "le"), ("torch", "torch_over_default", "ge"),
-                                   ("jax", "jax_over_default", "ge")):
-        vals = [o["ratios"][ratio_key] for o in per.values() if o["ratios"][ratio_key] is not None]
+    # (key, ratio, how the bound applies): "le"/"gt" to every rule's ratio, "geomean" to their geometric mean.
+    for key, ratio_key, how in (("step_floor", "default_over_step_floor", "le"), ("torch", "torch_over_default", "gt"),
+                                ("jax", "jax_over_default", "geomean")):
+        vals = [o["ratios"].get(ratio_key) for o in per.values()]
+        vals = [v for v in vals if v is not None]
         text, bound = TARGETS[key]
         if not vals:
             out[key] = {"target": text, "met": None}
             continue
         g = _geomean(vals)
-        worst = max(vals) if better == "le" else min(vals)
-        met = (worst <= bound) if better == "le" else (worst >= bound)
-        out[key] = {"target": text, "geomean": g, "worst": worst, "met_by_every_optimizer": met}
+        worst = max(vals) if how == "le" else min(vals)
+        met = {"le": worst <= bound, "gt": worst > bound, "geomean": g is not None and g >= bound}[how]
+        out[key] = {"target": text, "geomean": g, "worst": worst, "met": met, "rules": len(vals)}
     for key, phase in (("first_compile", "first"), ("cached_compile", "cached")):
         text, bound = TARGETS[key]
         vals = {o: r["symopt[default]"][phase].get("build_compile_first_call_s")
@@ -1489,7 +1512,7 @@ def evaluate_targets(result: dict[str, Any]) -> dict[str, Any]:
 
 
 CONTENDER_ORDER = ["symopt[default]", "symopt[C]", "symopt[CVM]", "symopt[NUMBA]", "symopt[JAX]", "numpy",
-                   "torch", "torch-foreach", "jax-optax", "floor"]
+                   "torch", "torch-foreach", "jax-optax", "floor", "step-floor"]
 
 
 def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
@@ -1516,8 +1539,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{result['protocol']['warmup_steps']} warm-up, order rotated per round.",
         "",
         "| optimizer | " + " | ".join(f"`{n}`" for n in names)
-        + " | default / floor | torch / default | JAX / default |",
-        "|---|" + "---:|" * (len(names) + 3),
+        + " | default / floor | default / step floor | torch / default | JAX / default |",
+        "|---|" + "---:|" * (len(names) + 4),
     ]
     for opt, o in per.items():
         cells = []
@@ -1530,7 +1553,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             else:
                 cells.append(f"{c['median_ms']:.2f}")
         r = o["ratios"]
-        cells += [_fmt(r["default_over_floor"], ".2f", "x"), _fmt(r["torch_over_default"], ".2f", "x"),
+        cells += [_fmt(r["default_over_floor"], ".2f", "x"), _fmt(r.get("default_over_step_floor"), ".2f", "x"),
+                  _fmt(r["torch_over_default"], ".2f", "x"),
                   _fmt(r["jax_over_default"], ".2f", "x")]
         lines.append(f"| {opt} | " + " | ".join(cells) + " |")
     errors = {n: c["error"] for o in per.values() for n, c in o["contenders"].items() if "error" in c}
@@ -1545,11 +1569,11 @@ def render_markdown(result: dict[str, Any]) -> str:
     if rule_skips:
         lines += [""] + rule_skips
 
-    lines += ["", "Targets (ratios from this run; geometric mean over optimizers, and the worst):", ""]
+    lines += ["", "Targets (ratios from this run; geometric mean over rules, and the worst rule):", ""]
     for t in result["targets"].values():
         if "geomean" in t:
-            lines.append(f"- {t['target']}: geomean {t['geomean']:.2f}x, worst {t['worst']:.2f}x -> "
-                         f"{'met' if t['met_by_every_optimizer'] else 'NOT met'}")
+            lines.append(f"- {t['target']}: geomean {t['geomean']:.2f}x, worst {t['worst']:.2f}x over "
+                         f"{t['rules']} rules -> {'met' if t['met'] else 'NOT met'}")
         elif t.get("seconds"):
             secs = ", ".join(f"{k} {s:.1f} s" for k, s in t["seconds"].items())
             lines.append(f"- {t['target']}: {secs} -> {'met' if t['met'] else 'NOT met'}")
@@ -1612,16 +1636,18 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(markdown: str, readme: Path = README) -> bool:
-    """Replace the block between the step_time markers of ``readme``; False if it has none."""
+def update_readme(markdown: str, readme: Path = README, section: str = "step_time") -> bool:
+    """Replace the block between ``section``'s markers (:data:`README_SECTIONS`) of ``readme``;
+    False if it has none."""
+    begin, end = README_SECTIONS[section]
     if not readme.exists():
         return False
     text = readme.read_text()
-    if README_BEGIN not in text or README_END not in text:
+    if begin not in text or end not in text:
         return False
-    head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    readme.write_text(f"{head}{README_BEGIN}\n{markdown}{README_END}{tail}")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{begin}\n{markdown}{end}{tail}")
     return True
 
 
@@ -1679,6 +1705,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     parser.add_argument("--quick", action="store_true",
                         help="adam and sgd, 3 rounds x 10 steps, no compile subprocesses or thread variant")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--readme", choices=["auto", "none", *README_SECTIONS], default="auto",
+                        help="README section to replace with the table (auto: step_time when --out is the default)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
@@ -1720,8 +1748,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     print()
     print(markdown)
     print(f"wrote {json_path} and {md_path}")
-    if args.out.resolve() == DEFAULT_OUT.resolve() and update_readme(markdown):
-        print(f"updated the table in {README}")
+    section = args.readme
+    if section == "auto":
+        section = "step_time" if args.out.resolve() == DEFAULT_OUT.resolve() else "none"
+    if section != "none" and update_readme(markdown, section=section):
+        print(f"updated the {section} table in {README}")
     return result
 
 
