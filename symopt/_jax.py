@@ -77,8 +77,9 @@ class DeviceSharedJAXLinker(JAXLinker):
 
     The buffers of updated shared variables are donated to XLA (``donate_argnums``):
     XLA writes the updated parameters and optimiser state into them, as the C and Numba
-    backends update in place. Adam on the benchmark MLP: 1.80 -> 1.68 ms a step on the
-    2-core AMD EPYC (``benchmarks/jax_backend.py``); the numbers are the same. The
+    backends update in place. Adam on the benchmark MLP, 2-core AMD EPYC under load
+    (``benchmarks/jax_backend.py``): 2.43 -> 2.34 ms a step (median; 1.80 -> 1.68 in
+    another run); the numbers are the same. The
     previous value of an updated variable is then gone: ``get_value()`` (a copy) is
     safe, but an array taken with ``get_value(borrow=True)`` before a call raises
     "Array has been deleted" after it (with the C backends such an array is
