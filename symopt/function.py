@@ -52,8 +52,11 @@ not been re-measured quietly, so the default stays; ``SYMOPT_MODE=CVM`` for long
 JAX reductions returned float64 for float32 sums, which made every float32 train step
 float64 from its second call on, 2.5-2.8x slower than the same step in hand-written JAX) and
 a linker that keeps shared tensors on the device (PyTensor's copied every NumPy shared
-value, a whole training set included, to the device at every call). Measured in
-``benchmarks/jax_backend.py``.
+value, a whole training set included, to the device at every call) and donates the
+buffers of updated shared variables to XLA (in-place updates; an array taken with
+``get_value(borrow=True)`` is invalid after the next call). Measured in
+``benchmarks/jax_backend.py``: the XLA program equals hand-written JAX + optax; what is
+left is PyTensor's ``Function`` call and the NumPy batch's transfer.
 
 First compilation: before the first compilation on a machine whose PyTensor cache for
 the backend (Numba's, or the C modules') is empty, :func:`function` prints one line to
