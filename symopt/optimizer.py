@@ -39,7 +39,7 @@ from .transforms import (
     Transform,
     WeightDecay,
     _describe,
-    _Setting,
+    SettingTransform,
 )
 
 __all__ = ["Optimizer", "Updates", "HYPERPARAMETER_BOUNDS", "TRANSFORM_SETTINGS"]
@@ -358,7 +358,7 @@ class Optimizer:
         for transform in self.transforms:
             transform.bind(owner, self.params)
         self.settings: dict[str, SharedVariable] = {
-            t.keyword: t.setting for t in self.transforms if isinstance(t, _Setting) and t.keyword in SETTING_KEYWORDS
+            t.keyword: t.setting for t in self.transforms if isinstance(t, SettingTransform) and t.keyword in SETTING_KEYWORDS
         }
         builtin = {type(t): t for t in built}
         self.accumulate: int = builtin[Accumulate].k
@@ -920,9 +920,9 @@ class Optimizer:
         self.load_state_dict(self._state_from_flat(flat, path))
 
 
-def _builtin(keyword: str) -> type[_Setting]:
+def _builtin(keyword: str) -> type[SettingTransform]:
     """The built-in transform class of a numeric keyword (``clip_norm`` -> ClipNorm)."""
     for cls in BUILTIN_ORDER:
-        if cls.keyword == keyword and issubclass(cls, _Setting):
+        if cls.keyword == keyword and issubclass(cls, SettingTransform):
             return cls
     raise KeyError(keyword)

@@ -48,6 +48,7 @@ __all__ = [
     "ClipGlobalNorm",
     "WeightDecay",
     "MaxNorm",
+    "SettingTransform",
     "BUILTIN_ORDER",
     "coupling_transforms",
     "resolve_mask",
@@ -151,8 +152,13 @@ class Transform:
         return value
 
 
-class _Setting(Transform):
-    """A built-in with one positive number, kept in a float64 shared scalar."""
+class SettingTransform(Transform):
+    """A transform with one positive number (a threshold), kept in a float64 shared scalar.
+
+    With a ``keyword`` and an entry in :data:`BUILTIN_ORDER` it is a built-in: every
+    rule's constructor takes the keyword, ``opt.settings[keyword]`` holds the scalar,
+    ``set_hyperparameter(keyword, c)`` changes it and the state saves it.
+    """
 
     def __init__(self, value: float, owner: str = "Transform"):
         self.setting = pytensor.shared(np.float64(self.check(owner, value)), name=f"{owner}.{self.keyword}")
@@ -239,7 +245,7 @@ class Accumulate(Transform):
         return grads, due if applied is None else pt.and_(applied, due)
 
 
-class ClipValue(_Setting):
+class ClipValue(SettingTransform):
     """Clip each gradient element to ``[-c, c]``."""
 
     name = keyword = "clip_value"
@@ -252,7 +258,7 @@ class ClipValue(_Setting):
         return grads, applied
 
 
-class ClipNorm(_Setting):
+class ClipNorm(SettingTransform):
     """Rescale each parameter's gradient to norm at most ``c``: ``g c / max(|g|, c)``."""
 
     name = keyword = "clip_norm"
@@ -267,7 +273,7 @@ class ClipNorm(_Setting):
         return grads, applied
 
 
-class ClipGlobalNorm(_Setting):
+class ClipGlobalNorm(SettingTransform):
     """Rescale all gradients together to global norm at most ``c`` (Keras/optax)."""
 
     name = keyword = "clip_global_norm"
@@ -316,7 +322,7 @@ class WeightDecay(Transform):
         return param, grad + h.weight_decay * param
 
 
-class MaxNorm(_Setting):
+class MaxNorm(SettingTransform):
     """After the step, each unit's incoming weights (a matrix's columns) to norm <= ``c`` (Lasagne)."""
 
     name = keyword = "max_norm"
@@ -363,7 +369,7 @@ BUILTIN_ORDER: tuple[type[Transform], ...] = (
 )
 
 #: Keywords of the built-ins with one positive number (``opt.settings``).
-SETTING_KEYWORDS: tuple[str, ...] = tuple(t.keyword for t in BUILTIN_ORDER if issubclass(t, _Setting))
+SETTING_KEYWORDS: tuple[str, ...] = tuple(t.keyword for t in BUILTIN_ORDER if issubclass(t, SettingTransform))
 
 
 def coupling_transforms(opt: Any) -> list[str]:
