@@ -138,7 +138,8 @@ class _Wrapper:
     def _state_from_flat(self, flat: Mapping[str, np.ndarray], path: Any) -> dict[str, Any]:
         owner = type(self).__name__
         if str(flat.get("wrapper", "")) != owner:
-            raise ValueError(f"{owner}: {str(path)!r} is not a {owner} state file (it holds {str(flat.get('wrapper', 'no wrapper'))!r})")
+            found = str(flat["wrapper"]) if "wrapper" in flat else "no wrapper"
+            raise ValueError(f"{owner}: {str(path)!r} does not hold {owner} state (it holds {found!r})")
         state: dict[str, Any] = {}
         lists: dict[str, dict[int, np.ndarray]] = {}
         for key, value in flat.items():
