@@ -33,13 +33,12 @@ from .transforms import (
     BUILTIN_ORDER,
     SETTING_KEYWORDS,
     Accumulate,
-    MaxNorm,
+    SettingTransform,
     SkipNonFinite,
     Step,
     Transform,
     WeightDecay,
     _describe,
-    SettingTransform,
 )
 
 __all__ = ["Optimizer", "Updates", "HYPERPARAMETER_BOUNDS", "TRANSFORM_SETTINGS"]
@@ -169,6 +168,11 @@ class Optimizer:
     literals take the parameter's dtype too, so a rule written naively keeps float32
     parameters in float32 arithmetic; per-step scalar coefficients that cancel badly in
     float32 belong in ``with h.float64() as f: ...``.
+
+    Three names for three things: ``opt.hyperparameters`` the rule's values (numbers per
+    group, and options), ``opt.options`` the rule's structural booleans, ``opt.settings``
+    the built-in transforms' numbers (``clip_norm``, ...). :meth:`get_hyperparameter` and
+    :meth:`set_hyperparameter` reach all of them by name.
 
     Rules written before ``h`` existed (``update_param(self, param, grad, state)`` reading
     ``self.<hyperparameter>``, ``self.t`` and :meth:`float64_scalars`) keep working.

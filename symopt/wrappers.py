@@ -185,7 +185,11 @@ class EMA(_Wrapper):
     the averages only.
     """
 
-    def __init__(self, optimizer: Any, decay: float = 0.999):
+    def __init__(self, optimizer: Any = None, decay: float = 0.999, *, params: Sequence[SharedVariable] | None = None):
+        if (optimizer is None) == (params is None):
+            raise TypeError("EMA: give an optimiser to wrap (or, the older form, params=[...])")
+        if params is not None:
+            optimizer = params
         if _is_optimizer(optimizer):
             self.inner = optimizer
             params = list(optimizer.params)
