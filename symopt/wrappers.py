@@ -31,7 +31,8 @@ from .optimizer import Optimizer, Updates
 __all__ = ["EMA", "Lookahead"]
 
 _FORWARDED = ("set_hyperparameter", "get_hyperparameter", "hyperparameters", "state", "param_groups",
-              "skipped", "micro_steps", "transforms", "settings", "options")
+              "skipped", "micro_steps", "transforms", "settings", "options", "skip_nonfinite", "accumulate",
+              "decoupled")
 
 
 def _copies(params: Sequence[SharedVariable], tag: str) -> list[SharedVariable]:

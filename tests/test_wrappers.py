@@ -142,3 +142,31 @@ def test_wrappers_forward_hyperparameters() -> None:
     assert wrapper.get_hyperparameter("learning_rate") == 0.5 and wrapper.settings.keys() == {"clip_norm"}
     with pytest.raises(TypeError, match="EMA: params must be a non-empty list"):
         symopt.EMA([])
+
+
+def test_trainer_takes_wrapped_optimizers() -> None:
+    """Trainer(model, EMA(Lookahead(Adam))) == the same composition written the older way, bit for bit."""
+    from symopt import nn
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 6)).astype("float32"), rng.integers(0, 3, 64)
+
+    class OldForm:
+        def __init__(self, params: list[Any]):
+            self.lookahead = symopt.Lookahead(symopt.Adam(params, learning_rate=1e-2, skip_nonfinite=True), k=3)
+            self.ema, self.params = symopt.EMA(params, decay=0.9), params
+
+        def updates(self, loss: Any) -> Any:
+            return self.ema.updates(self.lookahead.updates(loss))
+
+    def run(make: Any) -> tuple[list[Any], list[np.ndarray]]:
+        model = nn.MLP([6, 5, 3], seed=1)
+        trainer = symopt.Trainer(model, make(model.params), x, y, x[:16], y[:16], batch_size=16)
+        history = trainer.fit(2, 0, progress=False)
+        return [(r.train_loss, r.test_loss, r.skipped) for r in history], [p.get_value() for p in model.params]
+
+    new = run(lambda ps: symopt.EMA(symopt.Lookahead(symopt.Adam(ps, learning_rate=1e-2, skip_nonfinite=True), k=3), decay=0.9))
+    old = run(OldForm)
+    assert new[0] == old[0]
+    for a, b in zip(new[1], old[1]):
+        np.testing.assert_array_equal(a, b)
