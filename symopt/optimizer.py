@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import inspect
 import os
 from collections import OrderedDict
@@ -106,6 +107,22 @@ def _takes_values(function: Callable[..., Any], positional: int) -> bool:
     return sum(p.kind in kinds for p in parameters) > positional or any(
         p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
     )
+
+
+def _callable_without_h(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A new-style hook that an old-style subclass may still call as ``super().update_param(p, g, s)``:
+    without ``h`` it gets the values the old-style call is being built with."""
+    if getattr(method, "_h_optional", False):
+        return method
+
+    @functools.wraps(method)
+    def hook(self: Any, *args: Any) -> Any:
+        if len(args) == method.__code__.co_argcount - 2:  # h left out
+            args = (*args, self.__dict__.get("_h"))
+        return method(self, *args)
+
+    hook._h_optional = True  # type: ignore[attr-defined]
+    return hook
 
 
 class Optimizer:
@@ -212,8 +229,12 @@ class Optimizer:
             cls.hyperparameters = _HyperparameterTable()
         if "update_param" in cls.__dict__:
             cls._explicit_values = _takes_values(cls.__dict__["update_param"], 4)
+            if cls._explicit_values:
+                cls.update_param = _callable_without_h(cls.__dict__["update_param"])  # type: ignore[method-assign]
         if "update_scalars" in cls.__dict__:
             cls._explicit_scalars = _takes_values(cls.__dict__["update_scalars"], 2)
+            if cls._explicit_scalars:
+                cls.update_scalars = _callable_without_h(cls.__dict__["update_scalars"])  # type: ignore[method-assign]
         if cls.decoupled_weight_decay and "learning_rate" not in cls._declarations:
             raise TypeError(f"{cls.__name__}: decoupled weight decay needs a 'learning_rate' hyperparameter")
 

@@ -129,3 +129,22 @@ def test_old_and_new_style_rules_agree(dtype: str) -> None:
     # bare numbers under a known name take the shared range
     with pytest.raises(ValueError, match=re.escape("OldMomentum: hyperparameter 'momentum' must lie in [0, 1)")):
         OldMomentum([pytensor.shared(init)], momentum=1.0)
+
+
+def test_old_style_subclass_may_call_a_new_style_rule() -> None:
+    """An old-style rule extending a built-in through super().update_param(param, grad, state)."""
+
+    class Halved(symopt.Momentum):
+        def update_param(self, param, grad, state):
+            new, slots = super().update_param(param, grad, state)
+            return param + 0.5 * (new - param), slots
+
+    p = pytensor.shared(np.array([1.0, -1.0]), name="p")
+    g = pt.vector("g", dtype="float64")
+    step = pytensor.function([g], [], updates=Halved([p], learning_rate=0.1, momentum=0.5).updates(grads=[g]))
+    ref, v = np.array([1.0, -1.0]), np.zeros(2)
+    for batch in ([1.0, 2.0], [-3.0, 0.5]):
+        step(np.array(batch))
+        v = 0.5 * v + np.array(batch)
+        ref = ref - 0.5 * 0.1 * v
+    np.testing.assert_allclose(p.get_value(), ref, rtol=1e-14)
