@@ -53,6 +53,10 @@ TRANSFORM_SETTINGS = SETTING_KEYWORDS
 _TRANSFORM_KEYWORDS = ("max_norm_mask", "weight_decay_mask", "accumulate", "skip_nonfinite", "decoupled_weight_decay")
 
 
+#: Attributes of the values a rule receives (``h.t``, ``h.cast``, ...), so no hyperparameter names.
+_RESERVED = frozenset({"t", "dtype", "target", "cast", "float64", "keys"})
+
+
 def _check_number(owner: str, name: str, value: Any) -> float:
     """Validate one numeric value by its name's range in :data:`HYPERPARAMETER_BOUNDS`."""
     return check_number(owner, name, value)
@@ -224,6 +228,8 @@ class Optimizer:
                     table[key] = Hyperparameter(declaration.default, base.low, base.high, base.low_inclusive,
                                                 base.high_inclusive, base.doc)
             for key, declaration in table.items():
+                if key in _RESERVED:
+                    raise TypeError(f"{cls.__name__}: a hyperparameter cannot be called {key!r} (h.{key} is taken)")
                 declaration.check(cls.__name__, key, declaration.default)
             cls._declarations = table
             cls.hyperparameters = _HyperparameterTable()
