@@ -15,7 +15,10 @@ import os as _os
 # no longer undoes it.
 _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from .hyperparameter import Hyperparameter
 from .optimizer import HYPERPARAMETER_BOUNDS, TRANSFORM_SETTINGS, Optimizer, Updates
+from . import transforms
+from .transforms import Transform
 from .registry import ENTRY_POINT_GROUP, OPTIMIZERS, UnknownOptimizerError, get, register
 from .rules import (
     AMSGrad,
@@ -49,6 +52,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Optimizer",
     "Updates",
+    "Hyperparameter",
+    "Transform",
+    "transforms",
     "TRANSFORM_SETTINGS",
     "OPTIMIZERS",
     "ENTRY_POINT_GROUP",

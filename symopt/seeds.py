@@ -43,12 +43,16 @@ from .checkpoint import tally_means
 from .nn import Activation, Dense, Dropout, Layer, Sequential, accuracy, cross_entropy, dropout_mask
 from .optimizer import Optimizer
 from .train import EpochRecord, Trainer
+from .transforms import BUILTIN_ORDER, SETTING_KEYWORDS, coupling_transforms
 
-__all__ = ["SeedStack", "SeedTrainer", "StackedStep", "seed_axis_ndim", "seed_cross_entropy", "COUPLING_SETTINGS", "STACKED_MODE"]
+__all__ = ["SeedStack", "SeedTrainer", "StackedStep", "seed_axis_ndim", "seed_cross_entropy", "coupling_transforms",
+           "COUPLING_SETTINGS", "STACKED_MODE"]
 
-#: Optimiser settings computed over whole tensors or all parameters: with a seed axis
-#: they would mix the seeds, so a SeedTrainer refuses them.
-COUPLING_SETTINGS = ("clip_norm", "clip_global_norm", "max_norm")
+#: Keywords of the built-in transforms computed over whole tensors or all parameters
+#: (``Transform.reduces``): with a seed axis they would mix the seeds, so a SeedTrainer
+#: refuses them. Derived from :data:`symopt.transforms.BUILTIN_ORDER`; an optimiser's
+#: own list, user transforms included, is :func:`coupling_transforms`.
+COUPLING_SETTINGS = tuple(t.keyword for t in BUILTIN_ORDER if t.reduces is not None and t.keyword in SETTING_KEYWORDS)
 
 
 #: The backend a SeedTrainer compiles with by default. Measured before the counter-based
@@ -273,9 +277,7 @@ class SeedTrainer(Trainer):
     ):
         step = StackedStep(stack)
         step.check(optimizer)
-        coupled = [k for k in COUPLING_SETTINGS if k in optimizer.settings]
-        if optimizer.skip_nonfinite:
-            coupled.append("skip_nonfinite")
+        coupled = coupling_transforms(optimizer)
         if coupled:
             raise ValueError(
                 f"SeedTrainer: {', '.join(coupled)} would couple the seeds (computed over whole tensors); "
