@@ -77,10 +77,13 @@ class Combined:
             raise ValueError("combine: give at least one optimiser")
         owner: dict[int, str] = {}
         for name, opt in members.items():
+            if "inner" in getattr(opt, "__dict__", {}) and opt.inner is None:  # EMA(params): averages, nothing to step
+                raise TypeError(f"combine: member {name!r} is an {type(opt).__name__} over parameters with no "
+                                f"optimiser to step; wrap the optimiser instead: {type(opt).__name__}(opt)")
             for attr in ("params", "updates", "state_dict", "load_state_dict", "iterations"):
                 if not hasattr(opt, attr):
                     raise TypeError(f"combine: member {name!r} ({type(opt).__name__}) has no {attr!r}; "
-                                    f"give symopt optimisers (or Lookahead wrappers)")
+                                    f"give symopt optimisers (or EMA/Lookahead wrappers)")
             if getattr(opt, "skip_nonfinite", False):
                 raise ValueError(
                     f"combine: member {name!r} has skip_nonfinite=True; a member skipping steps on its own "

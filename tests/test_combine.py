@@ -203,7 +203,9 @@ def test_members_that_cannot_step_together_refused():
         symopt.combine(symopt.SGD([W], accumulate=2), symopt.Adam([b]))
     with pytest.raises(ValueError, match="at least one"):
         symopt.combine()
-    with pytest.raises(TypeError, match="state_dict"):
+    with pytest.raises(TypeError, match="has no 'params'"):
+        symopt.combine(W)
+    with pytest.raises(TypeError, match="no optimiser to step"):
         symopt.combine(symopt.EMA([W]))
 
 
