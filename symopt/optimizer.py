@@ -212,6 +212,9 @@ class Optimizer:
     }
     _explicit_values: ClassVar[bool] = True
     _explicit_scalars: ClassVar[bool] = True
+    #: Rules that differentiate the loss again inside the step (SAM, Sophia): ``grads=`` is
+    #: refused and :meth:`from_loss` supplies the step's gradients and extra inputs.
+    needs_loss: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -486,6 +489,19 @@ class Optimizer:
         """New values of the optimiser-wide ``scalar_slots`` (float64), once per step."""
         return {}
 
+    def from_loss(
+        self, loss: TensorVariable, grads: list[TensorVariable | None]
+    ) -> tuple[list[TensorVariable | None], list[dict[str, TensorVariable]]]:
+        """Rules with ``needs_loss``: the gradients the step uses and per-parameter extra inputs.
+
+        Called once per :meth:`build` with the scalar loss and its gradients (in the
+        parameters' dtypes, ``None`` for unused parameters). Returns the gradients the
+        transforms and :meth:`update_param` receive, and per parameter a dict of further
+        symbolic values that :meth:`update_param` finds in ``state`` under their names
+        (a Hessian-diagonal estimate, ...).
+        """
+        return grads, [{} for _ in grads]
+
     def _values(self, group: _Group, dtype: str, target: str) -> Values:
         """The group's hyperparameters in ``dtype``, built under the current floatX."""
         values: dict[str, Any] = {}
@@ -545,6 +561,11 @@ class Optimizer:
         owner = type(self).__name__
         if (loss is None) == (grads is None):
             raise TypeError(f"{owner}.updates needs exactly one of loss or grads=")
+        if grads is not None and self.needs_loss:
+            raise ValueError(
+                f"{owner} differentiates the loss again inside its step, so it needs the loss: "
+                f"call updates(loss), not updates(grads=...)"
+            )
         if grads is not None:
             if len(grads) != len(self.params):
                 raise ValueError(f"{owner}: got {len(grads)} gradients for {len(self.params)} parameters")
@@ -593,6 +614,9 @@ class Optimizer:
         """
         grads = self._gradients(loss, grads, allow_unused)
         grads = [None if g is None else (pt.cast(g, p.dtype) if g.dtype != p.dtype else g) for p, g in zip(self.params, grads)]
+        extras: list[dict[str, TensorVariable]] = [{} for _ in grads]
+        if self.needs_loss:
+            grads, extras = self.from_loss(pt.as_tensor_variable(loss), grads)
         live = [i for i, g in enumerate(grads) if g is not None]
         active = [t for t in self.transforms if t.active]
 
@@ -625,6 +649,7 @@ class Optimizer:
                     for transform in active:
                         current, grad = transform.before_rule(index, current, grad, h)
                     view.update(scalars)  # float64: use inside h.float64() and cast
+                    view.update(extras[index])
                     new_value, slot_values = self._rule_step(current, grad, view, h)
                     for transform in active:
                         new_value = transform.after_rule(index, new_value, h)

@@ -408,3 +408,111 @@ REFERENCES: dict[str, type[ReferenceRule]] = {
     "radam": RAdam,
     "lion": Lion,
 }
+
+
+# ---------------------------------------------------------------------- second-order rules (SAM, Sophia)
+# Rules that evaluate the loss more than once per step: their references take the model's
+# gradient (and Hessian-vector product) as functions of the parameters.
+
+class SAMReference:
+    r"""Foret et al. (ICLR 2021), Algorithm 1 with one ascent step, around a base reference:
+
+    .. math:: \hat\epsilon = \rho g / \lVert g \rVert_2 \;(\text{global norm}), \qquad
+              \tilde g = \nabla L(p + \hat\epsilon), \qquad p \leftarrow \mathrm{base}(p, \tilde g)
+
+    ``gradient(params) -> grads`` is the model's gradient (without weight decay); the
+    base reference holds the parameters and state. The norm is accumulated in float64
+    and ``rho / norm`` rounded once to each parameter's dtype.
+    """
+
+    def __init__(self, base: ReferenceRule, gradient, rho: float = 0.05) -> None:
+        self.base, self.gradient, self.rho = base, gradient, float(rho)
+
+    @property
+    def params(self) -> list[Array]:
+        return self.base.params
+
+    def step(self) -> None:
+        grads = [np.asarray(g, dtype=p.dtype) for g, p in zip(self.gradient(self.params), self.params)]
+        norm = math.sqrt(sum(float(np.sum(np.square(g.astype(np.float64)))) for g in grads))
+        scale = self.rho / norm if norm > 0 else 0.0
+        perturbed = [p + g * p.dtype.type(scale) for p, g in zip(self.params, grads)]
+        self.base.step([np.asarray(g, dtype=p.dtype) for g, p in zip(self.gradient(perturbed), self.params)])
+
+
+# SplitMix64 (Steele, Lea & Flood, OOPSLA 2014): element j of step t of key k is output
+# number (t + 1) 2**32 + j + 1 of the stream seeded with k; Sophia's u_j is -1 when its
+# top bit is 0, else +1. Transcribed here from the published constants.
+_SPLITMIX_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_SPLITMIX_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_SPLITMIX_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def rademacher_signs(seed: int, index: int, step: int, shape: tuple[int, ...], dtype: np.dtype) -> Array:
+    """Sophia's ``u`` for parameter ``index`` at 0-based ``step``: ``+-1`` of ``shape``."""
+    key = np.uint64(int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]) >> 1)
+    j = np.arange(int(np.prod(shape)), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = key + ((np.uint64(step + 1) << np.uint64(32)) + j + np.uint64(1)) * _SPLITMIX_GAMMA
+        z = (z ^ (z >> np.uint64(30))) * _SPLITMIX_M1
+        z = (z ^ (z >> np.uint64(27))) * _SPLITMIX_M2
+        z = z ^ (z >> np.uint64(31))
+    return np.where((z >> np.uint64(63)) == 0, -1.0, 1.0).astype(dtype).reshape(shape)
+
+
+class Sophia(ReferenceRule):
+    r"""Sophia-H (Liu et al. 2023) in optax.contrib.sophia's order, with Hutchinson's
+    estimate :math:`u \odot (H u)`, Rademacher :math:`u`, every ``update_interval`` steps:
+
+    .. math:: m_t = \beta_1 m + (1-\beta_1) g, \quad
+              p_t = p(1 - \eta\lambda) - \eta\,\mathrm{clip}\bigl(\tfrac{m_t / (1-\beta_1^t)}
+              {\max(\gamma h_{t-1}, \epsilon)}, \pm c\bigr), \quad
+              h_t = \beta_2 h_{t-1} + (1-\beta_2)\, u \odot (H u) \text{ if } (t-1) \bmod k = 0
+
+    ``step(grads, hvp)``: ``hvp(signs) -> [H u]`` at the parameters before the step (only
+    called on Hessian steps); ``signs`` default to :func:`rademacher_signs` of ``seed``.
+    """
+
+    defaults = {
+        "learning_rate": 1e-3,
+        "beta1": 0.965,
+        "beta2": 0.99,
+        "epsilon": 1e-8,
+        "gamma": 0.01,
+        "clip_threshold": 1.0,
+        "weight_decay": 1e-4,
+    }
+    decoupled_weight_decay = True
+
+    def __init__(self, params: Sequence[np.ndarray], update_interval: int = 10, seed: int = 0,
+                 **hyperparameters: float) -> None:
+        super().__init__(params, **hyperparameters)
+        self.update_interval, self.seed = int(update_interval), int(seed)
+        self._estimate: list[Array | None] = [None] * len(self.params)
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("exp_avg", "hessian")
+
+    def signs(self, step: int) -> list[Array]:
+        return [rademacher_signs(self.seed, i, step, p.shape, p.dtype) for i, p in enumerate(self.params)]
+
+    def step(self, grads: Sequence[np.ndarray], hvp=None, signs: list[Array] | None = None) -> None:  # type: ignore[override]
+        due = self.t % self.update_interval == 0  # t: steps taken so far (optax's count)
+        if due:
+            u = signs if signs is not None else self.signs(self.t)
+            products = hvp(u)
+            self._estimate = [np.asarray(ui * np.asarray(hu, dtype=p.dtype), dtype=p.dtype)
+                              for ui, hu, p in zip(u, products, self.params)]
+        self._due = due
+        super().step(grads)
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        m = h.beta1 * state["exp_avg"] + (1.0 - h.beta1) * g
+        correction = 1.0 / (1.0 - h.beta1**self.t)
+        ratio = (m * correction) / np.maximum(h.gamma * state["hessian"], h.epsilon)
+        new = p - h.learning_rate * np.clip(ratio, -h.clip_threshold, h.clip_threshold)
+        index = next(i for i, s in enumerate(self.state) if s is state)
+        if self._due:
+            state["hessian"] = h.beta2 * state["hessian"] + (1.0 - h.beta2) * self._estimate[index]
+        state["exp_avg"] = m
+        return new
