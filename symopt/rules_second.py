@@ -20,7 +20,11 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.replace import clone_replace
-from pytensor.ifelse import ifelse
+
+try:
+    from pytensor.conditional.op import ifelse
+except ImportError:  # PyTensor before the `conditional` package
+    from pytensor.ifelse import ifelse
 from pytensor.tensor.variable import TensorVariable
 
 from ._random import dropout_uniform
@@ -35,9 +39,12 @@ __all__ = ["SAM", "Sophia", "hutchinson_keys"]
 def _base_rule(owner: str, base: Any) -> type[Optimizer]:
     """The base rule class from a registry name or a class."""
     if isinstance(base, str):
-        from .registry import get  # the registry imports the rules: not at module import
+        from .registry import OPTIMIZERS  # the registry imports the rules: not at module import
 
-        base = get(base)
+        if base.strip().lower() not in OPTIMIZERS:
+            raise ValueError(f"{owner}: base must be a registered rule name or an Optimizer subclass, got {base!r} "
+                             f"(registered: {', '.join(sorted(OPTIMIZERS))})")
+        base = OPTIMIZERS[base.strip().lower()]
     if not (isinstance(base, type) and issubclass(base, Optimizer)):
         raise ValueError(f"{owner}: base must be a registered rule name or an Optimizer subclass, got {base!r}")
     if issubclass(base, SAM) or base.needs_loss:
