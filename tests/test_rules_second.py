@@ -302,11 +302,13 @@ def test_sophia_converges_to_the_quadratic_minimum(compiled: Callable[[str, str]
 
     start = distance()
     assert start > 2.0
-    for rate in (0.1, 0.01, 0.001):
+    # Clipped steps move each coordinate by about the rate; unclipped ones contract like
+    # a diagonally preconditioned Newton step. Observed: 3e-6 (the NumPy reference too).
+    for rate, steps in ((0.1, 600), (0.01, 300)):
         c.opt.set_hyperparameter("learning_rate", rate)
-        for _ in range(300):
+        for _ in range(steps):
             c.step()
-    assert distance() < 1e-3, f"ended {distance():.3g} from the minimum (start {start:.3g})"
+    assert distance() < 1e-4, f"ended {distance():.3g} from the minimum (start {start:.3g})"
 
 
 def test_sophia_resumes_exactly(compiled: Callable[[str, str], Compiled]) -> None:
