@@ -206,9 +206,11 @@ class Sophia(Optimizer):
     ----------
     update_interval
         :math:`k`, an integer ``>= 1``, fixed at construction. The Hessian-vector product
-        sits under an ``ifelse``: the C-VM backends (``CVM``, PyTensor's default) skip it
-        on the other steps; Numba and JAX evaluate both branches, so there it costs on
-        every step.
+        sits under an ``ifelse`` on the step counter, so the other steps can skip it.
+        Measured on a two-layer tanh net (300x300, batch 512, 2-core AMD EPYC under load
+        ~7): Numba 0.11 s per step with ``k=1``, 0.055 s with ``k=1000`` (the product
+        skipped); the CVM backend 0.12-0.16 s against 0.10-0.12 s, so there most of the
+        product's cost remains on every step.
     seed
         Seeds the Rademacher draws (:func:`hutchinson_keys`): a pure function of the
         seed, the parameter's position and the step counter, so resuming from a saved
@@ -264,7 +266,7 @@ class Sophia(Optimizer):
         hvp = pytensor.grad(directional, [self.params[i] for i in live], disconnected_inputs="ignore",
                             return_disconnected="zero")
         estimates = [pt.cast(signs[i] * h, self.params[i].dtype) for i, h in zip(live, hvp)]
-        # ifelse: the lazy C-VM evaluates the Hessian-vector product only on due steps.
+        # ifelse: a backend that evaluates it lazily computes the product only on due steps.
         zeros = [pt.zeros_like(self.params[i]) for i in live]
         chosen = ifelse(due, estimates, zeros)
         chosen = chosen if isinstance(chosen, list) else [chosen]
