@@ -358,3 +358,22 @@ def test_sophia_refuses_bad_settings(kwargs: dict[str, Any], match: str) -> None
     p = pytensor.shared(np.zeros(2), name="p")
     with pytest.raises(ValueError, match=match):
         symopt.Sophia([p], **kwargs)
+
+
+def test_sam_state_file_round_trip(compiled: Callable[[str, str], Compiled], tmp_path: Any) -> None:
+    """SAM[Adam]'s state (the base's slots, rho) goes through save/load like any rule's."""
+    c = compiled("sam-adam", "float64")
+    c.reset({"rho": 0.2})
+    for _ in range(3):
+        c.step()
+    c.opt.save(tmp_path / "sam.npz")
+    params = [pytensor.shared(v.copy(), name=n) for n, v in zip(SHAPES, c.values())]
+    fresh = symopt.SAM(params, base="adam")
+    fresh.load(tmp_path / "sam.npz")
+    assert fresh.get_hyperparameter("rho") == 0.2 and int(fresh.iterations.get_value()) == 3
+    for mine, theirs in zip(fresh.state, c.opt.state):
+        for slot in ("exp_avg", "exp_avg_sq"):
+            np.testing.assert_array_equal(mine[slot].get_value(), theirs[slot].get_value())
+    other = symopt.SAM(params, base="sgd")
+    with pytest.raises(ValueError, match="saved from 'SAM\\[Adam\\]'"):
+        other.load(tmp_path / "sam.npz")
