@@ -377,3 +377,24 @@ def test_sam_state_file_round_trip(compiled: Callable[[str, str], Compiled], tmp
     other = symopt.SAM(params, base="sgd")
     with pytest.raises(ValueError, match="saved from 'SAM\\[Adam\\]'"):
         other.load(tmp_path / "sam.npz")
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")  # RandomStream's, as users still write it
+def test_sam_uses_the_same_random_draws_at_both_points() -> None:
+    """A dropout-like mask from a RandomStream is drawn once per call: the cloned loss sees it too."""
+    from pytensor.tensor.random.utils import RandomStream
+
+    w = pytensor.shared(np.array([1.0, -2.0, 3.0, 0.5]), name="w")
+    mask = RandomStream(1).bernoulli(0.5, size=(4,)).astype("float64")
+    opt = symopt.SAM([w], rho=0.1, learning_rate=0.1)
+    step = pytensor.function([], mask, updates=opt.updates(pt.sum(pt.square(w * mask))))
+    masks = []
+    for _ in range(4):
+        before = w.get_value().copy()
+        m = step()
+        masks.append(m)
+        g = 2 * before * m * m
+        norm = np.linalg.norm(g)
+        ascent = 0.1 * g / norm if norm > 0 else 0 * g
+        np.testing.assert_allclose(w.get_value(), before - 0.1 * 2 * (before + ascent) * m * m, rtol=1e-14, atol=1e-15)
+    assert len({tuple(m) for m in masks}) > 1, "the mask must change between calls"
