@@ -31,6 +31,7 @@ from ._random import dropout_uniform
 from .hyperparameter import Hyperparameter
 from .optimizer import Optimizer
 from .rules import SGD
+from .transforms import Transform
 
 __all__ = ["SAM", "Sophia", "hutchinson_keys"]
 
@@ -50,6 +51,18 @@ def _base_rule(owner: str, base: Any) -> type[Optimizer]:
     if issubclass(base, SAM) or base.needs_loss:
         raise ValueError(f"{owner}: base {base.__name__} differentiates the loss itself; SAM needs a first-order rule")
     return base
+
+
+class _AscentNorm(Transform):
+    """Marks SAM's ascent step, whose gradient norm is taken over all parameters together.
+
+    It changes nothing itself; ``reduces = "parameters"`` lets
+    :func:`~symopt.transforms.coupling_transforms` report it, so a
+    :class:`~symopt.seeds.SeedTrainer` refuses SAM (the norm would mix the stacked seeds).
+    """
+
+    name = "sam_global_gradient_norm"
+    reduces = "parameters"
 
 
 @functools.cache
@@ -119,7 +132,10 @@ class SAM(Optimizer):
 
     def __init__(self, params: Sequence[SharedVariable] | Sequence[Mapping[str, Any]], *, base: Any = "sgd",
                  **hyperparameters: Any):
-        super().__init__(params, **hyperparameters)
+        transforms = hyperparameters.pop("transforms", ())
+        if isinstance(transforms, Sequence) and not isinstance(transforms, (str, bytes)):
+            transforms = [*transforms, _AscentNorm()]  # anything else: the base class's error
+        super().__init__(params, transforms=transforms, **hyperparameters)
 
     @classmethod
     def validate(cls, **hyperparameters: Any) -> dict[str, Any]:

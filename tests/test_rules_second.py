@@ -236,6 +236,9 @@ def test_sam_classes_and_protocol(compiled: Callable[[str, str], Compiled]) -> N
     with pytest.raises(ValueError, match="needs the loss: call updates\\(loss\\)"):
         c.opt.updates(grads=[pt.zeros((3, 2)), pt.zeros(2)])
     assert symopt.SAM.validate(base="adam", rho=0.1)["beta2"] == 0.999
+    # The ascent's global norm would mix a SeedTrainer's stacked seeds: it is reported as coupling.
+    assert symopt.transforms.coupling_transforms(c.opt) == ["sam_global_gradient_norm"]
+    assert symopt.transforms.coupling_transforms(symopt.Sophia(c.params)) == []
 
 
 @pytest.mark.parametrize(
