@@ -30,6 +30,7 @@ from pytensor.tensor.variable import TensorVariable
 from ._random import dropout_uniform
 from .hyperparameter import Hyperparameter
 from .optimizer import Optimizer
+from .registry import register
 from .rules import SGD
 from .transforms import Transform
 
@@ -73,6 +74,7 @@ def _sam_class(base: type[Optimizer]) -> type[SAM]:
                                                        "__module__": __name__, "__doc__": SAM.__doc__})
 
 
+@register("sam")
 class SAM(Optimizer):
     r"""Sharpness-Aware Minimization (Foret, Kleiner, Mobahi & Neyshabur, ICLR 2021) around any rule.
 
@@ -151,7 +153,7 @@ class SAM(Optimizer):
         if not live:
             return grads, [{} for _ in grads]
         # The global norm in float64: a float32 sum of squares over many parameters loses digits.
-        norm = pt.sqrt(pt.sum(pt.stack([pt.cast(pt.sum(pt.square(grads[i])), "float64") for i in live])))
+        norm = pt.sqrt(functools.reduce(pt.add, [pt.cast(pt.sum(pt.square(grads[i])), "float64") for i in live]))
         rho_of = {id(p): group.symbolic("rho", self.iterations) for group in self.param_groups for p in group.params}
         stand_ins: dict[SharedVariable, TensorVariable] = {}
         perturbed: dict[TensorVariable, TensorVariable] = {}
@@ -186,6 +188,7 @@ def hutchinson_keys(seed: int, count: int) -> list[int]:
     return [int(np.random.SeedSequence([int(seed), i]).generate_state(1, np.uint64)[0]) >> 1 for i in range(count)]
 
 
+@register("sophia")
 class Sophia(Optimizer):
     r"""Sophia-H (Liu, Li, Hall, Liang & Ma, "Sophia: A Scalable Stochastic Second-order
     Optimizer for Language Model Pre-training", ICLR 2024) as ``optax.contrib.sophia``.
@@ -267,7 +270,8 @@ class Sophia(Optimizer):
         shape = param.get_value(borrow=True).shape
         uniform = dropout_uniform(np.int64(self.keys[index]), counter, shape, param.dtype)
         # uniform < 1/2 exactly when the hash's top bit is 0, in float32 and float64 alike.
-        return pt.switch(pt.lt(uniform, 0.5), np.asarray(-1, dtype=param.dtype), np.asarray(1, dtype=param.dtype))
+        half, one = np.asarray(0.5, dtype=param.dtype), np.asarray(1, dtype=param.dtype)
+        return pt.switch(pt.lt(uniform, half), -one, one)
 
     def from_loss(
         self, loss: TensorVariable, grads: list[TensorVariable | None]
@@ -278,7 +282,7 @@ class Sophia(Optimizer):
             return grads, extras
         due = pt.eq(self.iterations % self.update_interval, 0)
         signs = {i: self.rademacher(i, self.iterations) for i in live}
-        directional = pt.sum(pt.stack([pt.sum(grads[i] * signs[i]) for i in live]))
+        directional = functools.reduce(pt.add, [pt.sum(grads[i] * signs[i]) for i in live])
         hvp = pytensor.grad(directional, [self.params[i] for i in live], disconnected_inputs="ignore",
                             return_disconnected="zero")
         estimates = [pt.cast(signs[i] * h, self.params[i].dtype) for i, h in zip(live, hvp)]

@@ -516,3 +516,49 @@ class Sophia(ReferenceRule):
             state["hessian"] = h.beta2 * state["hessian"] + (1.0 - h.beta2) * self._estimate[index]
         state["exp_avg"] = m
         return new
+
+
+class SAMOverSGD(ReferenceRule):
+    """``sam`` as registered (SGD base) for tests/test_rules.py: the harness passes the
+    gradient at the current point only, so the gradient at the perturbed point comes from
+    that module's model (:func:`tests.test_rules.numpy_gradients`)."""
+
+    defaults = {"learning_rate": 0.01, "rho": 0.05, "weight_decay": 0.0}
+
+    def step(self, grads: Sequence[np.ndarray]) -> None:
+        from .test_rules import numpy_gradients
+
+        base = {k: v for k, v in self.hyperparameters.items() if k != "rho"}
+        sam = SAMReference(SGD(self.params, **base), lambda ps: numpy_gradients(ps, 1.0, 0.0),
+                           rho=float(self.hyperparameters["rho"]))
+        sam.step()
+        self.params = sam.params
+        self.t += 1
+
+
+class SophiaHarness(Sophia):
+    r"""``sophia`` for tests/test_rules.py: the exact ``H u`` of that module's model
+    :math:`L = \tfrac1n \lVert \tanh(XW) v - y \rVert^2`, differentiated by hand in float64
+    (forward mode through its gradient, at the parameters before the step)."""
+
+    def step(self, grads: Sequence[np.ndarray], hvp=None, signs=None) -> None:  # type: ignore[override]
+        from .test_rules import X, Y
+
+        W, v = (p.astype(np.float64) for p in self.params)
+
+        def exact(u: list[Array]) -> list[Array]:
+            U, w = (x.astype(np.float64) for x in u)
+            n = len(Y)
+            h = np.tanh(X @ W)
+            r = h @ v - Y
+            dh = (1.0 - h**2) * (X @ U)
+            dr = dh @ v + h @ w
+            d_gv = (2.0 / n) * (dh.T @ r + h.T @ dr)
+            dD = (2.0 / n) * ((np.outer(dr, v) + np.outer(r, w)) * (1.0 - h**2) + np.outer(r, v) * (-2.0 * h * dh))
+            return [(X.T @ dD).astype(self.params[0].dtype), d_gv.astype(self.params[1].dtype)]
+
+        super().step(grads, hvp or exact, signs)
+
+
+REFERENCES["sam"] = SAMOverSGD
+REFERENCES["sophia"] = SophiaHarness

@@ -217,6 +217,9 @@ NONDEFAULT: dict[str, dict[str, float]] = {
     # RAdam switches to the rectified branch at step 6 here as with the default beta2.
     "radam": {"learning_rate": 3e-3, "beta1": 0.8, "beta2": 0.95, "epsilon": 1e-2, "weight_decay": 0.1},
     "lion": {"learning_rate": 3e-3, "beta1": 0.8, "beta2": 0.95, "weight_decay": 0.1},
+    "sam": {"learning_rate": 0.2, "rho": 0.1, "weight_decay": 0.1},
+    "sophia": {"learning_rate": 0.02, "beta1": 0.9, "beta2": 0.8, "gamma": 1.0, "clip_threshold": 0.5,
+               "epsilon": 1e-4, "weight_decay": 0.1},
 }
 # More numeric settings on the default build: options that are plain numbers.
 EXTRA_NUMERIC: dict[str, list[tuple[str, dict[str, float]]]] = {
@@ -395,6 +398,11 @@ CONVERGENCE: dict[str, tuple[Phases, float]] = {
     "nadam": (decaying(0.05, 400), 1e-9),
     "radam": (decaying(0.1, 400), 1e-6),
     "lion": (decaying(0.01, 500, phases=4), 1e-4),
+    # SAM's ascent has length rho however close p is to c: rho falls with the phases (observed 4e-6).
+    "sam": ([({"learning_rate": 0.5, "rho": 0.05}, 100), ({"rho": 5e-4}, 100), ({"rho": 5e-6}, 100)], 1e-4),
+    # gamma=1: unclipped steps near c are Newton-like; decay off, it moves the minimum (observed 4e-6).
+    "sophia": ([({"learning_rate": 0.05, "gamma": 1.0, "weight_decay": 0.0}, 400), ({"learning_rate": 0.005}, 400)],
+               1e-4),
 }
 # float32 resolves a coordinate of size ~1 to ~6e-8, and the adaptive rules keep
 # jittering by a few ulps: their distance floor is ~1e-6 over 16 coordinates.
