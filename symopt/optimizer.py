@@ -34,6 +34,7 @@ from .transforms import (
     BUILTIN_ORDER,
     SETTING_KEYWORDS,
     Accumulate,
+    MaxNorm,
     SettingTransform,
     SkipNonFinite,
     Step,
@@ -50,7 +51,7 @@ __all__ = ["Optimizer", "Updates", "HYPERPARAMETER_BOUNDS", "TRANSFORM_SETTINGS"
 TRANSFORM_SETTINGS = SETTING_KEYWORDS
 
 #: The constructor keywords that configure transforms rather than the rule.
-_TRANSFORM_KEYWORDS = ("max_norm_mask", "weight_decay_mask", "accumulate", "skip_nonfinite", "decoupled_weight_decay")
+_TRANSFORM_KEYWORDS = ("max_norm_mask", "max_norm_axes", "weight_decay_mask", "accumulate", "skip_nonfinite", "decoupled_weight_decay")
 
 
 #: Attributes of the values a rule receives (``h.t``, ``h.cast``, ...), so no hyperparameter names.
@@ -142,10 +143,11 @@ class Optimizer:
         Clip each gradient element to ``[-c, c]``; rescale each parameter's gradient,
         then all gradients together, to norm at most ``c`` (``g * c / max(norm, c)``,
         Keras/optax semantics). Applied in that order, before weight decay.
-    max_norm, max_norm_mask
+    max_norm, max_norm_mask, max_norm_axes
         After the step, rescale each unit's incoming weights (columns of a matrix,
         Lasagne's norm constraint) to norm at most ``max_norm``; the mask (callable
-        ``param -> bool`` or a list) picks the parameters, by default those with ``ndim >= 2``.
+        ``param -> bool`` or a list) picks the parameters, by default those with ``ndim >= 2``;
+        ``max_norm_axes`` (Lasagne's ``norm_axes``) the axes each norm sums over.
     weight_decay_mask
         Which parameters weight decay applies to (callable or list), e.g.
         :func:`symopt.masks.exclude_bias_and_norm`; coupled and decoupled alike.
@@ -286,6 +288,8 @@ class Optimizer:
             out["skip_nonfinite"] = SkipNonFinite(transform_options["skip_nonfinite"], owner).enabled
         if transform_options.get("decoupled_weight_decay") is not None:
             out["decoupled_weight_decay"] = WeightDecay(transform_options["decoupled_weight_decay"], owner=owner).decoupled
+        if transform_options.get("max_norm_axes") is not None:
+            out["max_norm_axes"] = MaxNorm.check_axes(owner, transform_options["max_norm_axes"])
         return out
 
     @classmethod
@@ -311,6 +315,7 @@ class Optimizer:
         clip_global_norm: float | None = None,
         max_norm: float | None = None,
         max_norm_mask: Any = None,
+        max_norm_axes: int | Sequence[int] | None = None,
         weight_decay_mask: Any = None,
         decoupled_weight_decay: bool | None = None,
         accumulate: int = 1,
@@ -377,6 +382,7 @@ class Optimizer:
             "skip_nonfinite": skip_nonfinite,
             "weight_decay_mask": weight_decay_mask,
             "max_norm_mask": max_norm_mask,
+            "max_norm_axes": max_norm_axes,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
         if isinstance(transforms, Transform) or not isinstance(transforms, Sequence):
