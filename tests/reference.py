@@ -237,6 +237,10 @@ class Adam(ReferenceRule):
     ``beta1_decay`` (:math:`\gamma`) is the first preprint's decaying first-moment
     coefficient :math:`\beta_{1,t} = \beta_1 \gamma^{t-1}`; the bias correction keeps
     :math:`1 - \beta_1^t`.
+
+    ``epsilon_hat``: the order of computation of Kingma & Ba's section 2 as the
+    ``tf.compat.v1.train.AdamOptimizer`` documentation writes it, ``lr_t = lr *
+    sqrt(1 - beta2^t) / (1 - beta1^t)``, ``p -= lr_t * m / (sqrt(v) + epsilon_hat)``.
     """
 
     defaults = {
@@ -246,6 +250,7 @@ class Adam(ReferenceRule):
         "epsilon": 1e-8,
         "beta1_decay": 1.0,
         "amsgrad": False,
+        "epsilon_hat": False,
         "weight_decay": 0.0,
     }
 
@@ -262,6 +267,9 @@ class Adam(ReferenceRule):
         if h.amsgrad:
             v = np.maximum(state["max_exp_avg_sq"], v)
             state["max_exp_avg_sq"] = v
+        if h.epsilon_hat:
+            lr_t = h.learning_rate * math.sqrt(1.0 - h.beta2**t) / (1.0 - h.beta1**t)
+            return p - lr_t * m / (np.sqrt(v) + h.epsilon)
         m_hat = m / (1.0 - h.beta1**t)
         v_hat = v / (1.0 - h.beta2**t)
         return p - h.learning_rate * m_hat / (np.sqrt(v_hat) + h.epsilon)

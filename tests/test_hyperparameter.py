@@ -35,7 +35,8 @@ def test_bounds_table_is_derived_from_the_declarations() -> None:
     assert declared["amsgrad"].is_option and declared["amsgrad"].default is False
     assert symopt.AdamW.declarations()["weight_decay"].default == 0.01
     assert symopt.Adam.hyperparameters == {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8,
-                                           "beta1_decay": 1.0, "amsgrad": False, "weight_decay": 0.0}
+                                           "beta1_decay": 1.0, "amsgrad": False, "epsilon_hat": False,
+                                           "weight_decay": 0.0}
 
 
 @pytest.mark.parametrize(

@@ -484,3 +484,38 @@ def test_float32_keeps_float32(trainers: Callable[[str, str, Build], Trainer], r
         for group in trainer.opt.param_groups:
             for name, var in group.scalars.items():
                 assert var.get_value().ndim == 0, f"{where}: scalar slot {name}"
+
+
+# --------------------------------------------------------------------------- epsilon_hat
+@pytest.mark.parametrize("rule", ["adam", "adamw", "amsgrad"])
+def test_epsilon_hat_is_the_default_form_with_a_rescaled_epsilon(
+    trainers: Callable[[str, str, Build], Trainer], rule: str
+) -> None:
+    """Kingma & Ba, section 2: epsilon_hat = epsilon * sqrt(1 - beta2**t).
+
+    The default build with epsilon set to eps_hat / sqrt(1 - beta2**t) before each step
+    follows the epsilon_hat build to float64 rounding; with a constant epsilon it does not.
+    """
+    setting = {"learning_rate": 3e-3, "beta2": 0.99, "epsilon": 1e-2}
+    hat = trainers(rule, "float64", (("epsilon_hat", True),))
+    plain = trainers(rule, "float64", ())
+    constant = REFERENCES[rule](initial_params("float64"), **setting)  # the default placement
+    hat.reset(setting)
+    plain.reset(setting)
+    for t in range(1, 11):
+        plain.opt.set_hyperparameter("epsilon", setting["epsilon"] / math.sqrt(1 - setting["beta2"] ** t))
+        hat.step()
+        plain.step()
+        constant.step(numpy_gradients(constant.params, 1.0, 0.0))
+        for a, b in zip(hat.values(), plain.values()):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14, err_msg=f"{rule} step {t}")
+    # 1e-2 against sqrt(v) ~ 1e-1: the placement changes the trajectory far beyond rounding.
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(hat.values(), constant.params)) > 1e-4
+
+
+def test_epsilon_hat_must_be_a_boolean() -> None:
+    W = pytensor.shared(np.zeros(2), name="W")
+    with pytest.raises(TypeError, match="Adam: option 'epsilon_hat' must be True or False, got 1"):
+        symopt.Adam([W], epsilon_hat=1)
+    assert symopt.AdamW.validate(epsilon_hat=True)["epsilon_hat"] is True
+    assert "epsilon_hat" not in symopt.NAdam.hyperparameters and "epsilon_hat" not in symopt.Adamax.hyperparameters
