@@ -31,7 +31,7 @@ learning rate, ``weight_decay > 0``, and every option torch also has: ``amsgrad`
    mean anything, and the script fails. (Only run when all rules are selected.)
 
 Mapping: sgd->SGD; momentum->SGD(momentum, dampening=0); nesterov->SGD(nesterov=True);
-adagrad->Adagrad(lr_decay=0, initial_accumulator_value=0); rmsprop->RMSprop (symopt
+adagrad->Adagrad(lr_decay=0, initial_accumulator_value=0); adafactor->Adafactor; rmsprop->RMSprop (symopt
 ``rho`` is torch ``alpha``); adadelta->Adadelta; adam, amsgrad->Adam(amsgrad);
 adamw->AdamW; adamax->Adamax; nadam->NAdam; radam->RAdam. torch 2.13.0 has no
 ``torch.optim.Lion``, so lion is compared with an independent implementation written
@@ -225,6 +225,13 @@ SETTINGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("lr=3e-3, betas=(0.95, 0.98)", {"learning_rate": 3e-3, "beta1": 0.95, "beta2": 0.98}),
         ("lr=3e-3, wd=1.0 (decoupled)", {"learning_rate": 3e-3, "weight_decay": 1.0}),
     ],
+    # symopt/rules_contrib.py
+    "adafactor": [
+        ("defaults", {}),
+        ("lr=0.05, beta2_decay=-0.5, eps=(1e-6, 1e-2), d=1.2",
+         {"learning_rate": 0.05, "beta2_decay": -0.5, "epsilon1": 1e-6, "epsilon2": 1e-2, "d": 1.2}),
+        ("lr=0.05, wd=0.2 (decoupled)", {"learning_rate": 0.05, "weight_decay": 0.2}),
+    ],
 }
 
 # Options symopt has and torch does not: not compared here.
@@ -302,6 +309,10 @@ def torch_optimizer(torch: Any, rule: str, hp: dict[str, Any], params: list[Any]
             return optim.Lion(params, **kw), "torch.optim.Lion", kw
         ref = make_lion_reference(torch)
         return ref(params, **kw), "independent Lion from Chen et al. 2023, Algorithm 2 (torch.optim has no Lion)", kw
+    if rule == "adafactor":  # symopt's epsilon1=0 is torch's None: the dtype's machine epsilon
+        kw = {"lr": lr, "beta2_decay": hp["beta2_decay"], "eps": (hp["epsilon1"] or None, hp["epsilon2"]),
+              "d": hp["d"], "weight_decay": wd, "foreach": False}
+        return optim.Adafactor(params, **kw), "torch.optim.Adafactor", kw
     raise KeyError(rule)
 
 

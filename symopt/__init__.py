@@ -32,6 +32,7 @@ from .rules import (
     RAdam,
     RMSprop,
 )
+from .rules_contrib import Adafactor
 
 from . import data, masks, nn, schedules, seeds  # noqa: E402  (after the BLAS setting above)
 from .function import function  # noqa: E402
@@ -68,6 +69,7 @@ __all__ = [
     "NAdam",
     "RAdam",
     "Lion",
+    "Adafactor",
     "data",
     "nn",
     "masks",

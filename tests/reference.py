@@ -408,3 +408,107 @@ REFERENCES: dict[str, type[ReferenceRule]] = {
     "radam": RAdam,
     "lion": Lion,
 }
+
+
+# ---------------------------------------------------------------------- rules that reduce over tensors
+# Adafactor, Muon, Prodigy and Schedule-Free (symopt/rules_contrib.py), written from the
+# papers' equations in the forms torch.optim / optax.contrib document. Their weight decay
+# is part of their own step and some state is not parameter-shaped, so they drive their
+# own steps; a parameter's leading seed axis, when ``seed_axis=True``, is a batch axis.
+class WholeTensorRule(ReferenceRule):
+    """Base of the rules below: ``update`` sees the raw gradient and applies its own decay.
+
+    ``seed_axis=True`` (a keyword of the constructor) treats each parameter's first axis
+    as a stack of independent seeds: reductions over a tensor are taken per seed.
+    """
+
+    #: Optimiser-wide scalars, name -> initial value (float64).
+    scalars: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, params: Sequence[np.ndarray], *, seed_axis: bool = False, **hyperparameters: float | bool) -> None:
+        super().__init__(params, **hyperparameters)
+        self.lead = 1 if seed_axis else 0
+        self.scalar = dict(self.scalars)
+        for p, state in zip(self.params, self.state):
+            for slot in state:
+                state[slot] = np.zeros(self.slot_shape(p, slot), dtype=p.dtype)
+
+    def slot_shape(self, p: Array, slot: str) -> tuple[int, ...]:
+        return p.shape
+
+    def scalar_state(self) -> dict[str, float]:
+        return dict(self.scalar)
+
+    def rms(self, x: Array) -> Array:
+        """sqrt(mean(x**2)) per seed (a float for an unstacked tensor)."""
+        axes = tuple(range(self.lead, x.ndim))
+        if not axes:
+            return np.abs(x)
+        value = np.sqrt(np.mean(np.square(x), axis=axes, keepdims=True))
+        return value if self.lead else value.reshape(())
+
+    def before(self, grads: list[Array], hs: list[SimpleNamespace]) -> None:
+        """Hook for optimiser-wide quantities computed from all gradients (Prodigy)."""
+
+    def step(self, grads: Sequence[np.ndarray]) -> None:
+        if len(grads) != len(self.params):
+            raise ValueError(f"got {len(grads)} gradients for {len(self.params)} parameters")
+        self.t += 1
+        grads = [np.asarray(g, dtype=p.dtype) for p, g in zip(self.params, grads)]
+        hs = [self.rounded(p.dtype) for p in self.params]
+        self.before(grads, hs)
+        for i, (p, g, h) in enumerate(zip(self.params, grads, hs)):
+            new = self.update(p, g, self.state[i], h)
+            for what, arr in [("parameter", new), *self.state[i].items()]:
+                if arr.dtype != p.dtype:
+                    raise AssertionError(f"{type(self).__name__}: {what} became {arr.dtype}")
+            self.params[i] = new
+
+
+class Adafactor(WholeTensorRule):
+    r"""Shazeer & Stern (2018), Algorithm 4 (factored second moments) with the relative step
+    size and update clipping of their section 8, as torch.optim.Adafactor documents it:
+    :math:`\hat\beta_t = t^{c}`, :math:`\rho_t = \min(\eta, t^{-1/2})`, no first moment,
+    decoupled decay after :math:`\alpha_t` is measured."""
+
+    defaults = {
+        "learning_rate": 1e-2,
+        "beta2_decay": -0.8,
+        "epsilon1": 0.0,
+        "epsilon2": 1e-3,
+        "d": 1.0,
+        "weight_decay": 0.0,
+    }
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("row_var", "col_var", "variance")
+
+    def factored(self, p: Array) -> bool:
+        return p.ndim - self.lead >= 2
+
+    def slot_shape(self, p: Array, slot: str) -> tuple[int, ...]:
+        if self.factored(p):
+            return {"row_var": p.shape[:-1], "col_var": p.shape[:-2] + p.shape[-1:]}.get(slot, ())
+        return p.shape if slot == "variance" else ()
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        t = self.t
+        beta = t**h.beta2_decay
+        rho = min(h.learning_rate, 1.0 / math.sqrt(t))
+        eps1 = h.epsilon1 if h.epsilon1 > 0 else float(np.finfo(p.dtype).eps)
+        alpha = np.maximum(h.epsilon2, self.rms(p)) * rho
+        p = p * (1.0 - h.learning_rate * h.weight_decay)
+        if self.factored(p):
+            row = (1.0 - beta) * state["row_var"] + beta * np.mean(np.square(g), axis=-1)
+            col = (1.0 - beta) * state["col_var"] + beta * np.mean(np.square(g), axis=-2)
+            state["row_var"], state["col_var"] = row, col
+            v = row[..., :, None] * col[..., None, :] / np.maximum(np.mean(row, axis=-1), eps1)[..., None, None]
+        else:
+            v = state["variance"] = (1.0 - beta) * state["variance"] + beta * np.square(g)
+        u = g / np.sqrt(np.maximum(v, eps1 * eps1))
+        return p - (alpha / np.maximum(1.0, self.rms(u) / h.d)) * u
+
+
+REFERENCES.update({
+    "adafactor": Adafactor,
+})

@@ -217,6 +217,11 @@ NONDEFAULT: dict[str, dict[str, float]] = {
     # RAdam switches to the rectified branch at step 6 here as with the default beta2.
     "radam": {"learning_rate": 3e-3, "beta1": 0.8, "beta2": 0.95, "epsilon": 1e-2, "weight_decay": 0.1},
     "lion": {"learning_rate": 3e-3, "beta1": 0.8, "beta2": 0.95, "weight_decay": 0.1},
+    # Rules of symopt/rules_contrib.py. epsilon1 = 1e-3 so that its clamp binds for tiny
+    # factored variances; d = 1.5 so that the update clipping binds in the first steps only.
+    "adafactor": {
+        "learning_rate": 0.05, "beta2_decay": -0.5, "epsilon1": 1e-3, "epsilon2": 0.1, "d": 1.5, "weight_decay": 0.1,
+    },
 }
 # More numeric settings on the default build: options that are plain numbers.
 EXTRA_NUMERIC: dict[str, list[tuple[str, dict[str, float]]]] = {
@@ -395,6 +400,8 @@ CONVERGENCE: dict[str, tuple[Phases, float]] = {
     "nadam": (decaying(0.05, 400), 1e-9),
     "radam": (decaying(0.1, 400), 1e-6),
     "lion": (decaying(0.01, 500, phases=4), 1e-4),
+    # Rules of symopt/rules_contrib.py.
+    "adafactor": (decaying(0.1, 400), 1e-8),
 }
 # float32 resolves a coordinate of size ~1 to ~6e-8, and the adaptive rules keep
 # jittering by a few ulps: their distance floor is ~1e-6 over 16 coordinates.
@@ -450,7 +457,15 @@ def test_radam_float32_rectification(trainers: Callable[[str, str, Build], Train
 
 
 def is_float64_array(var: Any) -> bool:
-    """A float64 tensor of ndim >= 1 (float64 scalars are fine: hyperparameters are float64)."""
+    """A float64 tensor of ndim >= 1 (float64 scalars are fine: hyperparameters are float64).
+
+    A statically one-element tensor is a scalar too: PyTensor's scalarisation of fused
+    reductions (rules that reduce over tensors, e.g. Adafactor) leaves ``ExpandDims`` of a
+    float64 hyperparameter to shape ``(1,)`` followed at once by ``Squeeze``.
+    """
+    shape = getattr(var.type, "shape", ())
+    if shape and all(s == 1 for s in shape):
+        return False
     return getattr(var.type, "dtype", None) == "float64" and getattr(var.type, "ndim", 0) >= 1
 
 

@@ -1,0 +1,194 @@
+"""The rules of :mod:`symopt.rules_contrib` against the NumPy references in :mod:`tests.reference`.
+
+``tests/test_rules.py`` runs them on its shared problem (a 3x4 matrix and a vector) where
+they fit; here: parameter shapes that problem lacks (3-D and 0-d tensors, tall and wide
+matrices), seed stacks (per-seed reductions equal separate runs), weight-decay masks,
+float32, bad hyperparameters, and Schedule-Free's evaluation parameters. Every compiled
+function is built once per module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+import pytest
+
+import symopt
+
+from .reference import REFERENCES
+
+STEPS = 40
+_rng = np.random.default_rng(20261203)
+
+
+def relative_error(actual: np.ndarray, desired: np.ndarray) -> float:
+    """max |a - r| / (|r| + 1e-3 max|r|): float64 round-off is ~1e-13 here; 1e-9 is the bound."""
+    desired = np.asarray(desired, dtype=np.float64)
+    atol = 1e-3 * float(np.max(np.abs(desired), initial=0.0)) or np.finfo(np.float64).tiny
+    return float(np.max(np.abs(np.asarray(actual, np.float64) - desired) / (np.abs(desired) + atol), initial=0.0))
+
+
+class Problem:
+    """A fixed non-convex loss over parameters of given shapes, with a hand-derived gradient.
+
+    ``loss = sum_k mean(tanh(p_k * A_k + B_k)**2)``: element-wise, so its gradient is
+    ``2 A_k tanh(u) (1 - tanh(u)**2) / size`` in NumPy, independent of PyTensor's autodiff.
+    """
+
+    def __init__(self, shapes: list[tuple[int, ...]], seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.shapes = shapes
+        self.A = [rng.uniform(0.5, 2.0, size=s) for s in shapes]
+        self.B = [rng.normal(size=s) for s in shapes]
+        self.start = [rng.normal(size=s) for s in shapes]
+
+    def loss(self, params: list[Any], dtype: str) -> Any:
+        return sum(pt.mean(pt.tanh(p * a.astype(dtype) + b.astype(dtype)) ** 2) for p, a, b in zip(params, self.A, self.B))
+
+    def grads(self, values: list[np.ndarray]) -> list[np.ndarray]:
+        out = []
+        for p, a, b in zip(values, self.A, self.B):
+            h = np.tanh(p * a + b)
+            out.append((2.0 * a * h * (1.0 - h * h) / max(p.size, 1)).astype(p.dtype))
+        return out
+
+
+def compile_step(rule: str, problem: Problem, dtype: str = "float64", **kwargs: Any) -> tuple[Any, list[Any], Any]:
+    params = [pytensor.shared(v.astype(dtype), name=f"p{i}") for i, v in enumerate(problem.start)]
+    with pytensor.config.change_flags(floatX=dtype):
+        loss = problem.loss(params, dtype)
+    opt = symopt.get(rule)(params, **kwargs)
+    return opt, params, pytensor.function([], [], updates=opt.updates(loss))
+
+
+def run_against_reference(rule: str, problem: Problem, kwargs: dict[str, Any], steps: int = STEPS,
+                          compiled: tuple[Any, list[Any], Any] | None = None) -> float:
+    """Worst relative error of parameters and slots over ``steps`` steps (float64)."""
+    opt, params, step = compiled or compile_step(rule, problem, **kwargs)
+    reference = REFERENCES[rule]([v.copy() for v in problem.start], **kwargs)
+    worst = 0.0
+    for t in range(1, steps + 1):
+        reference.step(problem.grads(reference.params))
+        step()
+        for i, p in enumerate(params):
+            worst = max(worst, relative_error(p.get_value(), reference.params[i]))
+            for slot, var in opt.state[i].items():
+                assert var.get_value().shape == reference.state[i][slot].shape, f"{rule} {slot} shape"
+                worst = max(worst, relative_error(var.get_value(), reference.state[i][slot]))
+    moved = max(float(np.max(np.abs(p.get_value() - s))) for p, s in zip(params, problem.start))
+    assert moved > 1e-3, f"{rule} barely moved ({moved:g}): the check would test nothing"
+    return worst
+
+
+# --------------------------------------------------------------------------- Adafactor
+ADAFACTOR_SHAPES = [(2, 3, 4), (5, 2), ()]  # factored over the last two axes, tall matrix, scalar
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"learning_rate": 0.05, "beta2_decay": -0.6, "epsilon1": 1e-4, "epsilon2": 0.05, "d": 1.1, "weight_decay": 0.2}],
+    ids=["defaults", "nondefault"],
+)
+def test_adafactor_matches_reference_on_3d_and_scalar(kwargs: dict[str, Any]) -> None:
+    problem = Problem(ADAFACTOR_SHAPES)
+    assert run_against_reference("adafactor", problem, kwargs) < 1e-9
+
+
+def test_adafactor_slot_shapes() -> None:
+    problem = Problem(ADAFACTOR_SHAPES)
+    params = [pytensor.shared(v) for v in problem.start]
+    opt = symopt.Adafactor(params)
+    shapes = [{k: v.get_value().shape for k, v in s.items()} for s in opt.state]
+    assert shapes == [
+        {"row_var": (2, 3), "col_var": (2, 4), "variance": ()},
+        {"row_var": (5,), "col_var": (2,), "variance": ()},
+        {"row_var": (), "col_var": (), "variance": ()},
+    ]
+
+
+def test_adafactor_weight_decay_mask() -> None:
+    """A masked parameter takes the step without decay (the reference run with weight_decay=0)."""
+    problem = Problem([(4, 3), (3,)])
+    params = [pytensor.shared(v.copy(), name=f"p{i}") for i, v in enumerate(problem.start)]
+    opt = symopt.Adafactor(params, weight_decay=0.5, learning_rate=0.05, weight_decay_mask=[params[0]])
+    step = pytensor.function([], [], updates=opt.updates(problem.loss(params, "float64")))
+    decayed = REFERENCES["adafactor"]([problem.start[0].copy()], weight_decay=0.5, learning_rate=0.05)
+    plain = REFERENCES["adafactor"]([problem.start[1].copy()], weight_decay=0.0, learning_rate=0.05)
+    for _ in range(10):
+        grads = problem.grads([decayed.params[0], plain.params[0]])
+        decayed.step(grads[:1])
+        plain.step(grads[1:])
+        step()
+    assert relative_error(params[0].get_value(), decayed.params[0]) < 1e-10
+    assert relative_error(params[1].get_value(), plain.params[0]) < 1e-10
+
+
+# --------------------------------------------------------------------------- seed stacks
+def stacked_matches_separate_runs(rule: str, shapes: list[tuple[int, ...]], seeds: int, **kwargs: Any) -> float:
+    """Train ``seeds`` stacked copies (tag.seed_axis) and each copy alone in NumPy; worst error."""
+    problems = [Problem(shapes, seed=s) for s in range(seeds)]
+    start = [np.stack([pr.start[k] for pr in problems]) for k in range(len(shapes))]
+    params = []
+    for k, value in enumerate(start):
+        var = pytensor.shared(value.copy(), name=f"s{k}")
+        var.tag.seed_axis = True
+        params.append(var)
+    # Sum over seeds of each seed's own loss: the gradient of slice s is seed s's gradient.
+    loss = 0
+    for s, problem in enumerate(problems):
+        loss = loss + problem.loss([p[s] for p in params], "float64")
+    opt = symopt.get(rule)(params, **kwargs)
+    step = pytensor.function([], [], updates=opt.updates(loss))
+    references = [REFERENCES[rule]([v.copy() for v in pr.start], **kwargs) for pr in problems]
+    worst = 0.0
+    for _ in range(20):
+        for pr, ref in zip(problems, references):
+            ref.step(pr.grads(ref.params))
+        step()
+        for k, p in enumerate(params):
+            for s, ref in enumerate(references):
+                worst = max(worst, relative_error(p.get_value()[s], ref.params[k]))
+    return worst
+
+
+def test_adafactor_seed_stack_equals_separate_runs() -> None:
+    assert stacked_matches_separate_runs("adafactor", [(3, 4), (4,)], seeds=3, learning_rate=0.05, weight_decay=0.1) < 1e-9
+
+
+# --------------------------------------------------------------------------- dtypes and errors
+@pytest.mark.parametrize("rule", ["adafactor"])
+def test_float32_stays_float32_and_follows_the_reference(rule: str) -> None:
+    problem = Problem([(3, 4), (4,)])
+    opt, params, step = compile_step(rule, problem, "float32")
+    reference = REFERENCES[rule]([v.astype(np.float32) for v in problem.start])
+    for _ in range(10):
+        reference.step(problem.grads(reference.params))
+        step()
+    for i, p in enumerate(params):
+        assert p.get_value().dtype == np.float32
+        assert all(v.get_value().dtype == np.float32 for v in opt.state[i].values())
+        # float32 round-off over 10 steps of size ~1e-2 on parameters of size ~1: 1e-5 relative.
+        np.testing.assert_allclose(p.get_value(), reference.params[i], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("rule", "kwargs", "message"),
+    [
+        ("adafactor", {"beta2_decay": 0.5}, "'beta2_decay' must lie in"),
+        ("adafactor", {"d": 0.5}, "'d' must lie in"),
+        ("adafactor", {"epsilon1": -1e-3}, "'epsilon1' must lie in"),
+        ("adafactor", {"epsilon2": -1.0}, "'epsilon2' must lie in"),
+    ],
+)
+def test_bad_hyperparameters_are_refused(rule: str, kwargs: dict[str, Any], message: str) -> None:
+    W = pytensor.shared(np.ones((2, 3)), name="W")
+    with pytest.raises(ValueError, match=message):
+        symopt.get(rule)([W], **kwargs)
+    opt = symopt.get(rule)([W])
+    name, value = next(iter(kwargs.items()))
+    with pytest.raises(ValueError, match=message):
+        opt.set_hyperparameter(name, value)
