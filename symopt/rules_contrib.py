@@ -158,5 +158,5 @@ class Adafactor(Optimizer):
             estimate = (1 - beta) * state["variance"] + beta * square
             new = {"variance": estimate}
         update = grad / pt.sqrt(pt.maximum(estimate, eps1 * eps1))
-        denom = pt.maximum(1.0, _rms(update, lead) / self.d)
+        denom = pt.maximum(1, _rms(update, lead) / self.d)  # an int: a float literal would be float32
         return param * shrink - (alpha / denom) * update, new
