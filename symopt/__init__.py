@@ -32,7 +32,7 @@ from .rules import (
     RAdam,
     RMSprop,
 )
-from .rules_contrib import Adafactor
+from .rules_contrib import Adafactor, Muon
 
 from . import data, masks, nn, schedules, seeds  # noqa: E402  (after the BLAS setting above)
 from .function import function  # noqa: E402
@@ -70,6 +70,7 @@ __all__ = [
     "RAdam",
     "Lion",
     "Adafactor",
+    "Muon",
     "data",
     "nn",
     "masks",

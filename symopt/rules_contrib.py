@@ -29,7 +29,7 @@ from .optimizer import HYPERPARAMETER_BOUNDS, Optimizer, _describe
 from .registry import register
 from .schedules import Schedule
 
-__all__ = ["Adafactor"]
+__all__ = ["Adafactor", "Muon"]
 
 # The valid ranges of these rules' own hyperparameter names (the table holds every
 # name's range once, so set_hyperparameter and load_state_dict check them too).
@@ -160,3 +160,117 @@ class Adafactor(Optimizer):
         update = grad / pt.sqrt(pt.maximum(estimate, eps1 * eps1))
         denom = pt.maximum(1, _rms(update, lead) / self.d)  # an int: a float literal would be float32
         return param * shrink - (alpha / denom) * update, new
+
+
+# --------------------------------------------------------------------------- Muon
+#: torch.optim.Muon's quintic Newton-Schulz coefficients (Keller Jordan's) and step count.
+MUON_NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+MUON_NS_STEPS = 5
+_ADJUST_LR = ("original", "match_rms_adamw")
+
+
+@register("muon")
+class Muon(Optimizer):
+    r"""Muon, momentum orthogonalised by Newton-Schulz (Jordan et al., 2024) as ``torch.optim.Muon``.
+
+    For each matrix :math:`p \in \mathbb{R}^{A \times B}`:
+
+    .. math::
+        B_t &= \mu B_{t-1} + (1 - \mu) g_t, \qquad
+        \tilde B_t = (1 - \mu) g_t + \mu B_t \ \text{(nesterov; else } \tilde B_t = B_t) \\
+        X_0 &= \tilde B_t / \max(\lVert \tilde B_t \rVert_F, \epsilon)
+            \quad\text{(transposed first when } A > B) \\
+        X_{k+1} &= a X_k + (b\, G_k + c\, G_k^2) X_k, \quad G_k = X_k X_k^\top,
+            \qquad k = 0 \ldots K-1 \\
+        p_t &= (1 - \eta\lambda)\, p_{t-1} - \eta\, s(A, B)\, X_K
+
+    with :math:`(a, b, c)` = ``ns_coefficients``, :math:`K` = ``ns_steps`` and the
+    learning-rate adjustment :math:`s = \sqrt{\max(1, A/B)}` (``adjust_lr_fn=None`` or
+    ``"original"``, Keller Jordan's) or :math:`0.2 \sqrt{\max(A, B)}`
+    (``"match_rms_adamw"``, Liu et al., "Muon is Scalable for LLM Training", 2025).
+    Weight decay is decoupled. torch runs the iteration in bfloat16; symopt in the
+    parameter's dtype (``benchmarks/validate_torch.py`` compares with torch's
+    iteration in float64 and reports the bfloat16 difference).
+
+    Matrices only, as torch: any other parameter is refused; optimise biases, gains and
+    embeddings with AdamW through ``symopt.combine``. On a seed stack
+    (``tag.seed_axis``) each seed's matrix is orthogonalised on its own.
+
+    Defaults (torch's): ``learning_rate=1e-3``, ``momentum=0.95``, ``nesterov=True``,
+    ``epsilon=1e-7``, ``weight_decay=0.1``; ``ns_coefficients=(3.4445, -4.775, 2.0315)``,
+    ``ns_steps=5`` and ``adjust_lr_fn=None`` are fixed at construction (they shape the graph).
+    """
+
+    reference = "torch.optim.Muon"
+    hyperparameters = {
+        "learning_rate": 1e-3,
+        "momentum": 0.95,
+        "epsilon": 1e-7,
+        "weight_decay": 0.1,
+        "nesterov": True,
+    }
+    slots = {"momentum_buffer": 0.0}
+    decoupled_weight_decay = True
+
+    @_with_base_keywords
+    def __init__(
+        self,
+        params: Any,
+        *,
+        ns_coefficients: Sequence[float] = MUON_NS_COEFFICIENTS,
+        ns_steps: int = MUON_NS_STEPS,
+        adjust_lr_fn: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        owner = type(self).__name__
+        if isinstance(ns_steps, bool) or not isinstance(ns_steps, (int, np.integer)) or not 1 <= ns_steps < 100:
+            raise ValueError(f"{owner}: ns_steps must be an integer in [1, 100), got {ns_steps!r}")
+        try:
+            coefficients = tuple(float(c) for c in ns_coefficients)
+        except (TypeError, ValueError):
+            coefficients = ()
+        if len(coefficients) != 3 or not all(math.isfinite(c) for c in coefficients):
+            raise ValueError(f"{owner}: ns_coefficients must be three finite numbers (a, b, c), got {ns_coefficients!r}")
+        if adjust_lr_fn is not None and adjust_lr_fn not in _ADJUST_LR:
+            raise ValueError(f"{owner}: adjust_lr_fn must be None, 'original' or 'match_rms_adamw', got {adjust_lr_fn!r}")
+        self.ns_coefficients, self.ns_steps, self.adjust_lr_fn = coefficients, int(ns_steps), adjust_lr_fn
+        super().__init__(params, **kwargs)
+        for index, param in enumerate(self.params):
+            if param.ndim - _lead(param) != 2:
+                shape = param.get_value(borrow=True).shape
+                stacked = " (after its seed axis)" if _lead(param) else ""
+                raise ValueError(
+                    f"{owner}: {_describe(param, index)} has shape {shape}{stacked}; Muon orthogonalises "
+                    f"2-D weight matrices only. Optimise the other parameters (biases, gains, embeddings) "
+                    f"with AdamW and join the two rules with symopt.combine"
+                )
+
+    def lr_ratio(self, shape: tuple[int, ...]) -> float:
+        """torch's ``_adjust_lr`` factor for a matrix of ``shape`` (rows, columns)."""
+        rows, cols = shape
+        if self.adjust_lr_fn == "match_rms_adamw":
+            return 0.2 * math.sqrt(max(rows, cols))
+        return math.sqrt(max(1.0, rows / cols))
+
+    def orthogonalise(self, update: Any, tall: bool) -> Any:
+        """Newton-Schulz iteration on the last two axes (a batch of matrices on a seed stack)."""
+        # constants of the parameter's dtype: a Python float exact in float32 (2.0) would
+        # otherwise become a float32 constant in a float64 graph
+        a, b, c = (np.asarray(v, dtype=update.dtype) for v in self.ns_coefficients)
+        x = pt.swapaxes(update, -1, -2) if tall else update
+        norm = pt.sqrt(pt.sum(x * x, axis=(-2, -1), keepdims=True))
+        x = x / pt.maximum(norm, self.epsilon)
+        for _ in range(self.ns_steps):
+            gram = pt.matmul(x, pt.swapaxes(x, -1, -2))
+            x = a * x + pt.matmul(b * gram + c * pt.matmul(gram, gram), x)
+        return pt.swapaxes(x, -1, -2) if tall else x
+
+    def update_param(self, param, grad, state):
+        var = self.current_param
+        rows, cols = var.get_value(borrow=True).shape[_lead(var):]
+        mu = self.momentum
+        buffer = mu * state["momentum_buffer"] + (1 - mu) * grad
+        update = (1 - mu) * grad + mu * buffer if self.nesterov else buffer
+        with self.float64_scalars() as cast:
+            step = cast(self.learning_rate * self.lr_ratio((rows, cols)))
+        return param - step * self.orthogonalise(update, rows > cols), {"momentum_buffer": buffer}

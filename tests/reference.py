@@ -512,3 +512,44 @@ class Adafactor(WholeTensorRule):
 REFERENCES.update({
     "adafactor": Adafactor,
 })
+
+
+class Muon(WholeTensorRule):
+    r"""Jordan et al. (2024) as torch.optim.Muon documents it: momentum as a running average
+    (``lerp``), Nesterov's look-ahead, a quintic Newton-Schulz iteration on the Frobenius-
+    normalised matrix (transposed when tall), the learning rate scaled by the shape, and
+    decoupled decay. ``ns_coefficients``, ``ns_steps`` and ``adjust_lr_fn`` are constructor
+    keywords, as in symopt."""
+
+    defaults = {"learning_rate": 1e-3, "momentum": 0.95, "epsilon": 1e-7, "weight_decay": 0.1, "nesterov": True}
+
+    def __init__(self, params: Sequence[np.ndarray], *, ns_coefficients: Sequence[float] = (3.4445, -4.7750, 2.0315),
+                 ns_steps: int = 5, adjust_lr_fn: str | None = None, **kwargs: float | bool) -> None:
+        super().__init__(params, **kwargs)
+        self.ns_coefficients, self.ns_steps, self.adjust_lr_fn = tuple(ns_coefficients), ns_steps, adjust_lr_fn
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("momentum_buffer",)
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        mu = h.momentum
+        p = p * (1.0 - h.learning_rate * h.weight_decay)
+        buffer = state["momentum_buffer"] = mu * state["momentum_buffer"] + (1.0 - mu) * g
+        x = (1.0 - mu) * g + mu * buffer if h.nesterov else buffer
+        rows, cols = p.shape[self.lead:]
+        if rows > cols:
+            x = np.swapaxes(x, -1, -2)
+        x = x / np.maximum(np.sqrt(np.sum(np.square(x), axis=(-2, -1), keepdims=True)), h.epsilon)
+        a, b, c = (float(np.dtype(p.dtype).type(v)) for v in self.ns_coefficients)
+        for _ in range(self.ns_steps):
+            gram = x @ np.swapaxes(x, -1, -2)
+            x = a * x + (b * gram + c * gram @ gram) @ x
+        if rows > cols:
+            x = np.swapaxes(x, -1, -2)
+        ratio = 0.2 * math.sqrt(max(rows, cols)) if self.adjust_lr_fn == "match_rms_adamw" else math.sqrt(max(1.0, rows / cols))
+        return p - (h.learning_rate * ratio) * x
+
+
+REFERENCES.update({
+    "muon": Muon,
+})

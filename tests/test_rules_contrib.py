@@ -127,6 +127,73 @@ def test_adafactor_weight_decay_mask() -> None:
     assert relative_error(params[1].get_value(), plain.params[0]) < 1e-10
 
 
+# --------------------------------------------------------------------------- Muon
+MUON_SHAPES = [(3, 5), (6, 2)]  # wide, and tall (orthogonalised transposed)
+MUON_NONDEFAULT = {"learning_rate": 0.02, "momentum": 0.8, "epsilon": 1e-3, "weight_decay": 0.05, "nesterov": False,
+                   "ns_coefficients": (2.0, -1.5, 0.5), "ns_steps": 3, "adjust_lr_fn": "match_rms_adamw"}
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"learning_rate": 0.02, "adjust_lr_fn": "original"}, MUON_NONDEFAULT], ids=["defaults", "lr", "nondefault"]
+)
+def test_muon_matches_reference(kwargs: dict[str, Any]) -> None:
+    assert run_against_reference("muon", Problem(MUON_SHAPES), kwargs) < 1e-9
+
+
+def test_muon_orthogonalises() -> None:
+    """Enough Newton-Schulz steps with the cubic coefficients (1.5, -0.5, 0) give U V^T of the SVD."""
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=(4, 7))
+    W = pytensor.shared(np.zeros((4, 7)), name="W")
+    opt = symopt.Muon([W], learning_rate=1.0, momentum=0.0, weight_decay=0.0, ns_coefficients=(1.5, -0.5, 0.0), ns_steps=60)
+    pytensor.function([], [], updates=opt.updates(grads=[pt.constant(g)]))()
+    u, _, vt = np.linalg.svd(g, full_matrices=False)
+    np.testing.assert_allclose(-W.get_value(), u @ vt, atol=1e-8)
+
+
+def test_muon_refuses_non_matrices_and_points_to_combine() -> None:
+    W = pytensor.shared(np.ones((3, 4)), name="W")
+    b = pytensor.shared(np.ones(4), name="b")
+    with pytest.raises(ValueError, match=r"parameter 'b' \(index 1\) has shape \(4,\).*AdamW.*symopt\.combine"):
+        symopt.Muon([W, b])
+    stacked = pytensor.shared(np.ones((2, 4)), name="stacked_b")
+    stacked.tag.seed_axis = True
+    with pytest.raises(ValueError, match=r"'stacked_b'.*after its seed axis"):
+        symopt.Muon([stacked])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ns_steps": 0}, "ns_steps must be an integer in"),
+        ({"ns_steps": 2.5}, "ns_steps must be an integer in"),
+        ({"ns_coefficients": (1.0, 2.0)}, "ns_coefficients must be three finite numbers"),
+        ({"adjust_lr_fn": "rms"}, "adjust_lr_fn must be None, 'original' or 'match_rms_adamw'"),
+        ({"momentum": 1.0}, "'momentum' must lie in"),
+    ],
+)
+def test_muon_bad_settings(kwargs: dict[str, Any], message: str) -> None:
+    W = pytensor.shared(np.ones((3, 4)), name="W")
+    with pytest.raises(ValueError, match=message):
+        symopt.Muon([W], **kwargs)
+
+
+def test_muon_converges_on_a_matrix_quadratic() -> None:
+    """0.5 * sum(a * (W - C)**2): with a decaying rate Muon ends near C (start 4.1 away)."""
+    rng = np.random.default_rng(5)
+    a, centre = rng.uniform(0.5, 2.0, size=(4, 6)), rng.normal(size=(4, 6))
+    W = pytensor.shared(np.zeros((4, 6)), name="W")
+    opt = symopt.Muon([W], learning_rate=0.1, weight_decay=0.0)
+    step = pytensor.function([], [], updates=opt.updates(0.5 * pt.sum(a * (W - centre) ** 2)))
+    start = np.linalg.norm(centre)
+    for rate in (0.1, 0.01, 0.001, 0.0001):
+        opt.set_hyperparameter("learning_rate", rate)
+        for _ in range(300):
+            step()
+    # Each step moves the singular values by ~lr; the last rate bounds the distance.
+    assert np.linalg.norm(W.get_value() - centre) < 1e-3 < start
+
+
 # --------------------------------------------------------------------------- seed stacks
 def stacked_matches_separate_runs(rule: str, shapes: list[tuple[int, ...]], seeds: int, **kwargs: Any) -> float:
     """Train ``seeds`` stacked copies (tag.seed_axis) and each copy alone in NumPy; worst error."""
@@ -159,10 +226,17 @@ def test_adafactor_seed_stack_equals_separate_runs() -> None:
     assert stacked_matches_separate_runs("adafactor", [(3, 4), (4,)], seeds=3, learning_rate=0.05, weight_decay=0.1) < 1e-9
 
 
+def test_muon_seed_stack_equals_separate_runs() -> None:
+    assert stacked_matches_separate_runs("muon", [(3, 4), (5, 2)], seeds=3, learning_rate=0.02) < 1e-9
+
+
 # --------------------------------------------------------------------------- dtypes and errors
-@pytest.mark.parametrize("rule", ["adafactor"])
+FLOAT32_SHAPES = {"adafactor": [(3, 4), (4,)], "muon": [(3, 4), (5, 2)]}
+
+
+@pytest.mark.parametrize("rule", sorted(FLOAT32_SHAPES))
 def test_float32_stays_float32_and_follows_the_reference(rule: str) -> None:
-    problem = Problem([(3, 4), (4,)])
+    problem = Problem(FLOAT32_SHAPES[rule])
     opt, params, step = compile_step(rule, problem, "float32")
     reference = REFERENCES[rule]([v.astype(np.float32) for v in problem.start])
     for _ in range(10):
