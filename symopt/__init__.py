@@ -32,7 +32,7 @@ from .rules import (
     RAdam,
     RMSprop,
 )
-from .rules_contrib import Adafactor, Muon
+from .rules_contrib import Adafactor, Muon, Prodigy
 
 from . import data, masks, nn, schedules, seeds  # noqa: E402  (after the BLAS setting above)
 from .function import function  # noqa: E402
@@ -71,6 +71,7 @@ __all__ = [
     "Lion",
     "Adafactor",
     "Muon",
+    "Prodigy",
     "data",
     "nn",
     "masks",

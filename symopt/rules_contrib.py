@@ -25,11 +25,11 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 
-from .optimizer import HYPERPARAMETER_BOUNDS, Optimizer, _describe
+from .optimizer import HYPERPARAMETER_BOUNDS, Optimizer, _check_number, _describe
 from .registry import register
 from .schedules import Schedule
 
-__all__ = ["Adafactor", "Muon"]
+__all__ = ["Adafactor", "Muon", "Prodigy"]
 
 # The valid ranges of these rules' own hyperparameter names (the table holds every
 # name's range once, so set_hyperparameter and load_state_dict check them too).
@@ -274,3 +274,122 @@ class Muon(Optimizer):
         with self.float64_scalars() as cast:
             step = cast(self.learning_rate * self.lr_ratio((rows, cols)))
         return param - step * self.orthogonalise(update, rows > cols), {"momentum_buffer": buffer}
+
+
+# --------------------------------------------------------------------------- Prodigy
+def _refuse_seed_stacks(owner: str, params: list[SharedVariable], why: str) -> None:
+    for index, param in enumerate(params):
+        if _lead(param):
+            raise ValueError(
+                f"{owner}: {_describe(param, index)} is a seed stack (tag.seed_axis); {why}, so the "
+                f"seeds would not train independently. Train the seeds separately with {owner}"
+            )
+
+
+@register("prodigy")
+class Prodigy(Optimizer):
+    r"""Prodigy, D-Adaptation's faster learning-rate-free Adam (Mishchenko & Defazio, ICML 2024),
+    as ``optax.contrib.prodigy``.
+
+    With :math:`d_{t-1}` the distance estimate (:math:`d_0` = ``estim_lr0``),
+    :math:`\eta_t` the learning rate (a schedule with base 1) and sums over all the
+    parameters of the param group:
+
+    .. math::
+        \hat\eta_t &= d_{t-1}\, \eta_t\, \sqrt{1 - \beta_2^t} / (1 - \beta_1^t) \\
+        m_t &= \beta_1 m_{t-1} + (1 - \beta_1)\, d_{t-1} g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2)\, d_{t-1}^2 g_t^2 \\
+        s_t &= \beta_3 s_{t-1} + \frac{\hat\eta_t\, d_{t-1}}{d_0} g_t
+            \quad\text{(safeguard\_warmup: } \tfrac{d_{t-1}^2}{d_0} g_t) \\
+        r_t &= \beta_3 r_{t-1} + \frac{d_{t-1}}{d_0} \hat\eta_t \sum \langle g_t, p_0 - p_{t-1} \rangle,
+        \qquad d_t = \max\Big(d_{t-1},\ c\, \frac{r_t}{\sum \lVert s_t \rVert_1}\Big) \\
+        p_t &= p_{t-1} - \lambda \hat\eta_t\, p_{t-1} - \hat\eta_t \frac{m_t}{\sqrt{v_t} + d_t \epsilon}
+
+    :math:`c` is ``estim_lr_coef``, :math:`p_0` the parameters at the first step.
+    Scalar state: ``estim_lr`` (:math:`d_t`, 0 until the first step) and
+    ``numerator_weighted`` (:math:`r_t`), one pair per param group; slots ``exp_avg``,
+    ``exp_avg_sq``, ``grad_sum`` (:math:`s`) and ``params0``. The estimate couples every
+    parameter, so seed stacks are refused.
+
+    Defaults (optax's): ``learning_rate=1.0``, ``beta1=0.9``, ``beta2=0.999``,
+    ``beta3=None`` (:math:`\sqrt{\beta_2}` of the construction-time ``beta2``),
+    ``epsilon=1e-8``, ``estim_lr0=1e-6``, ``estim_lr_coef=1.0``, ``weight_decay=0.0``,
+    ``safeguard_warmup=False``.
+    """
+
+    reference = "optax.contrib.prodigy"
+    hyperparameters = {
+        "learning_rate": 1.0,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "beta3": math.sqrt(0.999),
+        "epsilon": 1e-8,
+        "estim_lr0": 1e-6,
+        "estim_lr_coef": 1.0,
+        "weight_decay": 0.0,
+        "safeguard_warmup": False,
+    }
+    slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0, "grad_sum": 0.0, "params0": 0.0}
+    scalar_slots = {"estim_lr": 0.0, "numerator_weighted": 0.0}
+    weight_decay_in_rule = True
+
+    @_with_base_keywords
+    def __init__(self, params: Any, *, beta3: float | None = None, **kwargs: Any) -> None:
+        owner = type(self).__name__
+
+        def root(beta2: Any, where: str) -> float:
+            if isinstance(beta2, Schedule):
+                raise ValueError(f"{owner}: beta2 follows a schedule{where}; give beta3 explicitly")
+            return math.sqrt(_check_number(owner, "beta2", beta2))
+
+        if beta3 is None:
+            beta3 = root(kwargs.get("beta2", 0.999), "")
+            if isinstance(params, Sequence) and params and all(isinstance(g, dict) for g in params):
+                params = [
+                    {**g, "beta3": root(g["beta2"], f" in param group {i}")} if "beta2" in g and "beta3" not in g else g
+                    for i, g in enumerate(params)
+                ]
+        super().__init__(params, beta3=beta3, **kwargs)
+        _refuse_seed_stacks(owner, self.params, "Prodigy's distance estimate sums over all parameters")
+
+    def _coefficients(self) -> tuple[Any, Any, Any]:
+        """float64: d_{t-1}, the step size d * lr * bias correction, and the grad_sum coefficient."""
+        first = pt.eq(self.iterations, 0)
+        d = pt.switch(first, self.estim_lr0, self._ctx_group.scalars["estim_lr"])
+        t = self.t
+        dlr = d * self.learning_rate * pt.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
+        return d, dlr, (d if self.safeguard_warmup else dlr) / self.estim_lr0
+
+    @staticmethod
+    def _grad_sum(grad: Any, grad_sum: Any, d: Any, coef: Any, beta3: Any) -> Any:
+        dtype = grad.dtype
+        return pt.cast(beta3, dtype) * grad_sum + pt.cast(coef, dtype) * (pt.cast(d, dtype) * grad)
+
+    def update_group_scalars(self, state, params, grads, slots):
+        d, _, coef = self._coefficients()
+        first = pt.eq(self.iterations, 0)
+        numerator, denominator = [], []
+        for param, grad, slot in zip(params, grads, slots):
+            start = pt.switch(first, param, slot["params0"])
+            numerator.append(pt.cast(pt.sum(grad * (start - param)), "float64"))
+            grad_sum = self._grad_sum(grad, slot["grad_sum"], d, coef, self.beta3)
+            denominator.append(pt.cast(pt.sum(pt.abs(grad_sum)), "float64"))
+        _, dlr, _ = self._coefficients()
+        weighted = self.beta3 * state["numerator_weighted"] + (d / self.estim_lr0) * dlr * pt.add(*numerator)
+        estimate = self.estim_lr_coef * weighted / pt.add(*denominator)
+        return {"estim_lr": pt.maximum(d, estimate), "numerator_weighted": weighted}
+
+    def update_param(self, param, grad, state):
+        with self.float64_scalars() as cast:
+            d, dlr, coef = self._coefficients()
+            beta3 = self.beta3
+            step, decay = cast(dlr), cast(self.weight_decay * dlr)
+            eps = cast(state["estim_lr"] * self.epsilon)  # the new estimate d_t
+        beta1, beta2 = self.beta1, self.beta2
+        scaled = pt.cast(d, param.dtype) * grad
+        exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * scaled
+        exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * scaled * scaled
+        grad_sum = self._grad_sum(grad, state["grad_sum"], d, coef, beta3)
+        start = pt.switch(pt.eq(self.iterations, 0), param, state["params0"])
+        new = param - decay * param - step * exp_avg / (pt.sqrt(exp_avg_sq) + eps)
+        return new, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "grad_sum": grad_sum, "params0": start}

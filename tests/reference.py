@@ -553,3 +553,58 @@ class Muon(WholeTensorRule):
 REFERENCES.update({
     "muon": Muon,
 })
+
+
+class Prodigy(WholeTensorRule):
+    r"""Mishchenko & Defazio (2024), Algorithm 4 (Prodigy with Adam), in the form of
+    optax.contrib.prodigy: the estimate :math:`d` scales the gradients entering the moments,
+    the step :math:`\hat\eta_t = d_{t-1}\eta\sqrt{1-\beta_2^t}/(1-\beta_1^t)` and the
+    weighted sums :math:`r_t`, :math:`s_t` over *all* parameters give
+    :math:`d_t = \max(d_{t-1}, c\, r_t / \lVert s_t \rVert_1)`, used (times eps) in this
+    step's denominator. ``params0`` is the parameters at the first step."""
+
+    defaults = {
+        "learning_rate": 1.0,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "beta3": math.sqrt(0.999),
+        "epsilon": 1e-8,
+        "estim_lr0": 1e-6,
+        "estim_lr_coef": 1.0,
+        "weight_decay": 0.0,
+        "safeguard_warmup": False,
+    }
+    scalars = {"estim_lr": 0.0, "numerator_weighted": 0.0}
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq", "grad_sum", "params0")
+
+    def before(self, grads: list[Array], hs: list[SimpleNamespace]) -> None:
+        h = SimpleNamespace(**self.hyperparameters)  # scalars in float64, as optax's for float64 params
+        t = self.t
+        d = h.estim_lr0 if t == 1 else self.scalar["estim_lr"]
+        dlr = d * h.learning_rate * math.sqrt(1.0 - h.beta2**t) / (1.0 - h.beta1**t)
+        numerator, denominator = 0.0, 0.0
+        for p, g, state in zip(self.params, grads, self.state):
+            if t == 1:
+                state["params0"] = p.copy()
+            numerator += float(np.sum(g * (state["params0"] - p)))
+            coef = (d if h.safeguard_warmup else dlr) / h.estim_lr0
+            state["grad_sum"] = h.beta3 * state["grad_sum"] + coef * (d * g)
+            denominator += float(np.sum(np.abs(state["grad_sum"])))
+        weighted = h.beta3 * self.scalar["numerator_weighted"] + (d / h.estim_lr0) * dlr * numerator
+        self.scalar["numerator_weighted"] = weighted
+        self.scalar["estim_lr"] = max(d, h.estim_lr_coef * weighted / denominator)
+        self.d, self.dlr = d, dlr
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        dg = self.d * g
+        m = state["exp_avg"] = h.beta1 * state["exp_avg"] + (1.0 - h.beta1) * dg
+        v = state["exp_avg_sq"] = h.beta2 * state["exp_avg_sq"] + (1.0 - h.beta2) * np.square(dg)
+        eps = self.scalar["estim_lr"] * self.hyperparameters["epsilon"]
+        return p - (self.hyperparameters["weight_decay"] * self.dlr) * p - self.dlr * m / (np.sqrt(v) + eps)
+
+
+REFERENCES.update({
+    "prodigy": Prodigy,
+})

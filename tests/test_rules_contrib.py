@@ -194,6 +194,40 @@ def test_muon_converges_on_a_matrix_quadratic() -> None:
     assert np.linalg.norm(W.get_value() - centre) < 1e-3 < start
 
 
+# --------------------------------------------------------------------------- Prodigy
+PRODIGY_SHAPES = [(2, 3, 4), (5,), ()]  # the distance estimate sums over all of them
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"learning_rate": 0.7, "beta1": 0.8, "beta2": 0.99, "beta3": 0.95, "epsilon": 1e-4, "estim_lr0": 1e-3,
+          "estim_lr_coef": 1.5, "weight_decay": 0.1, "safeguard_warmup": True}],
+    ids=["defaults", "nondefault"],
+)
+def test_prodigy_matches_reference(kwargs: dict[str, Any]) -> None:
+    assert run_against_reference("prodigy", Problem(PRODIGY_SHAPES), kwargs) < 1e-9
+
+
+def test_prodigy_beta3_defaults_to_sqrt_beta2_at_construction() -> None:
+    W = pytensor.shared(np.ones((2, 2)), name="W")
+    b = pytensor.shared(np.ones(2), name="b")
+    assert symopt.Prodigy([W]).get_hyperparameter("beta3") == pytest.approx(0.999**0.5, rel=1e-15)
+    assert symopt.Prodigy([W], beta2=0.99).get_hyperparameter("beta3") == pytest.approx(0.99**0.5, rel=1e-15)
+    assert symopt.Prodigy([W], beta2=0.99, beta3=0.5).get_hyperparameter("beta3") == 0.5
+    grouped = symopt.Prodigy([{"params": [W]}, {"params": [b], "beta2": 0.9}], beta2=0.99)
+    assert grouped.get_hyperparameter("beta3", group=0) == pytest.approx(0.99**0.5, rel=1e-15)
+    assert grouped.get_hyperparameter("beta3", group=1) == pytest.approx(0.9**0.5, rel=1e-15)
+    with pytest.raises(ValueError, match="beta2 follows a schedule; give beta3 explicitly"):
+        symopt.Prodigy([W], beta2=symopt.schedules.LinearWarmup(peak=0.99, warmup_steps=10))
+
+
+def test_prodigy_refuses_seed_stacks() -> None:
+    stacked = pytensor.shared(np.ones((3, 2, 2)), name="S")
+    stacked.tag.seed_axis = True
+    with pytest.raises(ValueError, match=r"'S'.*seed stack.*sums over all parameters"):
+        symopt.Prodigy([stacked])
+
+
 # --------------------------------------------------------------------------- seed stacks
 def stacked_matches_separate_runs(rule: str, shapes: list[tuple[int, ...]], seeds: int, **kwargs: Any) -> float:
     """Train ``seeds`` stacked copies (tag.seed_axis) and each copy alone in NumPy; worst error."""
@@ -231,7 +265,7 @@ def test_muon_seed_stack_equals_separate_runs() -> None:
 
 
 # --------------------------------------------------------------------------- dtypes and errors
-FLOAT32_SHAPES = {"adafactor": [(3, 4), (4,)], "muon": [(3, 4), (5, 2)]}
+FLOAT32_SHAPES = {"adafactor": [(3, 4), (4,)], "muon": [(3, 4), (5, 2)], "prodigy": [(3, 4), (4,)]}
 
 
 @pytest.mark.parametrize("rule", sorted(FLOAT32_SHAPES))
@@ -256,6 +290,9 @@ def test_float32_stays_float32_and_follows_the_reference(rule: str) -> None:
         ("adafactor", {"d": 0.5}, "'d' must lie in"),
         ("adafactor", {"epsilon1": -1e-3}, "'epsilon1' must lie in"),
         ("adafactor", {"epsilon2": -1.0}, "'epsilon2' must lie in"),
+        ("prodigy", {"estim_lr0": 0.0}, "'estim_lr0' must lie in"),
+        ("prodigy", {"beta3": 1.0}, "'beta3' must lie in"),
+        ("prodigy", {"estim_lr_coef": -1.0}, "'estim_lr_coef' must lie in"),
     ],
 )
 def test_bad_hyperparameters_are_refused(rule: str, kwargs: dict[str, Any], message: str) -> None:
