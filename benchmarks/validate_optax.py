@@ -66,6 +66,20 @@ SETTINGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
          {"estim_lr0": 1e-3, "estim_lr_coef": 2.0, "weight_decay": 0.1}),
         ("safeguard_warmup, beta2=0.99 (beta3 = sqrt(0.99))", {"safeguard_warmup": True, "beta2": 0.99}),
     ],
+    # Schedule-Free: parameters y and evaluation parameters x are both compared.
+    "schedule_free_sgd": [
+        ("lr=0.1", {"learning_rate": 0.1}),
+        ("lr=0.2, b1=0.8, weight_lr_power=1, wd=0.05",
+         {"learning_rate": 0.2, "beta1": 0.8, "weight_lr_power": 1.0, "weight_decay": 0.05}),
+        ("lr=0.1, warmup_steps=10", {"learning_rate": 0.1, "warmup_steps": 10}),
+    ],
+    "schedule_free_adamw": [
+        ("defaults", {}),
+        ("lr=0.02, b1=0.95, b2=0.99, eps=1e-4, wd=0.1",
+         {"learning_rate": 0.02, "beta1": 0.95, "beta2": 0.99, "epsilon": 1e-4, "weight_decay": 0.1}),
+        ("lr=0.02, warmup_steps=10, weight_lr_power=3",
+         {"learning_rate": 0.02, "warmup_steps": 10, "weight_lr_power": 3.0}),
+    ],
 }
 
 
@@ -77,11 +91,68 @@ def optax_transform(optax: Any, rule: str, hp: dict[str, Any]) -> tuple[Any, str
             eps=hp["epsilon"], estim_lr0=hp["estim_lr0"], estim_lr_coef=hp["estim_lr_coef"],
             weight_decay=hp["weight_decay"], safeguard_warmup=hp["safeguard_warmup"],
         ), "optax.contrib.prodigy"
+    if rule.startswith("schedule_free") and hp.get("warmup_steps") is not None:
+        # optax's warmup_constant_schedule returns float32 even under jax_enable_x64, which
+        # shows at 1e-5 here; the same warm-up in float64, wired as schedule_free_sgd /
+        # schedule_free_adamw wire theirs (optax/contrib/_schedule_free.py).
+        import jax.numpy as jnp
+
+        peak, steps = hp["learning_rate"], hp["warmup_steps"]
+
+        def schedule(count: Any) -> Any:
+            return peak * jnp.minimum(jnp.asarray(count, jnp.float64) / steps, 1.0)
+
+        if rule == "schedule_free_sgd":
+            base = optax.sgd(schedule)
+            if hp["weight_decay"]:
+                base = optax.chain(optax.add_decayed_weights(hp["weight_decay"]), base)
+        else:
+            base = optax.chain(
+                optax.scale_by_rms(decay=hp["beta2"], eps=hp["epsilon"], eps_in_sqrt=False, bias_correction=True),
+                optax.add_decayed_weights(hp["weight_decay"]),
+                optax.scale_by_learning_rate(schedule),
+            )
+        return optax.contrib.schedule_free(base, learning_rate=schedule, b1=hp["beta1"],
+                                           weight_lr_power=hp["weight_lr_power"]), \
+            f"optax.contrib.{rule} wiring, float64 linear warm-up (optax's own schedule is float32)"
+    if rule == "schedule_free_sgd":
+        return optax.contrib.schedule_free_sgd(
+            learning_rate=hp["learning_rate"], warmup_steps=hp.get("warmup_steps"), b1=hp["beta1"],
+            weight_decay=hp["weight_decay"] or None, weight_lr_power=hp["weight_lr_power"],
+        ), "optax.contrib.schedule_free_sgd"
+    if rule == "schedule_free_adamw":
+        return optax.contrib.schedule_free_adamw(
+            learning_rate=hp["learning_rate"], warmup_steps=hp.get("warmup_steps"), b1=hp["beta1"], b2=hp["beta2"],
+            eps=hp["epsilon"], weight_decay=hp["weight_decay"], weight_lr_power=hp["weight_lr_power"],
+        ), "optax.contrib.schedule_free_adamw"
     raise KeyError(rule)
 
 
+def symopt_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """optax's ``warmup_steps=N`` is symopt's linear warm-up schedule as the learning rate."""
+    import symopt
+
+    kwargs = dict(kwargs)
+    steps = kwargs.pop("warmup_steps", None)
+    if steps is not None:
+        kwargs["learning_rate"] = symopt.schedules.linear_warmup(peak=kwargs["learning_rate"], warmup_steps=steps)
+    return kwargs
+
+
+def _optax_eval(optax: Any, state: Any, params: Any) -> list[np.ndarray]:
+    # schedule_free wraps its state in optax's chain/extra-args tuple on some versions
+    inner = state
+    while not hasattr(inner, "z") and isinstance(inner, tuple) and inner:
+        inner = inner[0]
+    x = optax.contrib.schedule_free_eval_params(inner, params)
+    return [np.asarray(x["W"]), np.asarray(x["b"])]
+
+
 #: Rules with evaluation parameters: (symopt getter, optax getter), both -> [W, b].
-EVAL: dict[str, tuple[Callable[[Any], list[np.ndarray]], Callable[[Any, Any, Any], list[np.ndarray]]]] = {}
+EVAL: dict[str, tuple[Callable[[Any], list[np.ndarray]], Callable[[Any, Any, Any], list[np.ndarray]]]] = {
+    "schedule_free_sgd": (lambda opt: opt.eval_param_values(), _optax_eval),
+    "schedule_free_adamw": (lambda opt: opt.eval_param_values(), _optax_eval),
+}
 
 
 # ---------------------------------------------------------------------------- runs
@@ -96,7 +167,7 @@ def run_symopt(rule: str, kwargs: dict[str, Any], data: dict[str, np.ndarray], s
     b = pytensor.shared(data["b0"].copy(), name="b")
     out_ = pt.dot(pt.tanh(pt.dot(pt.constant(data["x"]), W) + b), pt.constant(data["v"]))
     loss = pt.mean((out_ - pt.constant(data["y"])) ** 2)
-    opt = symopt.get(rule)([W, b], **kwargs)
+    opt = symopt.get(rule)([W, b], **symopt_kwargs(kwargs))
     train = pytensor.function([], loss, updates=opt.updates(loss))
     out = []
     for _ in range(steps):

@@ -32,7 +32,7 @@ from .rules import (
     RAdam,
     RMSprop,
 )
-from .rules_contrib import Adafactor, Muon, Prodigy
+from .rules_contrib import Adafactor, Muon, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD
 
 from . import data, masks, nn, schedules, seeds  # noqa: E402  (after the BLAS setting above)
 from .function import function  # noqa: E402
@@ -72,6 +72,8 @@ __all__ = [
     "Adafactor",
     "Muon",
     "Prodigy",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
     "data",
     "nn",
     "masks",

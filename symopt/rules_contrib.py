@@ -29,7 +29,7 @@ from .optimizer import HYPERPARAMETER_BOUNDS, Optimizer, _check_number, _describ
 from .registry import register
 from .schedules import Schedule
 
-__all__ = ["Adafactor", "Muon", "Prodigy"]
+__all__ = ["Adafactor", "Muon", "Prodigy", "ScheduleFreeAdamW", "ScheduleFreeSGD"]
 
 # The valid ranges of these rules' own hyperparameter names (the table holds every
 # name's range once, so set_hyperparameter and load_state_dict check them too).
@@ -393,3 +393,170 @@ class Prodigy(Optimizer):
         start = pt.switch(pt.eq(self.iterations, 0), param, state["params0"])
         new = param - decay * param - step * exp_avg / (pt.sqrt(exp_avg_sq) + eps)
         return new, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "grad_sum": grad_sum, "params0": start}
+
+
+# --------------------------------------------------------------------------- Schedule-Free
+class _ScheduleFree(Optimizer):
+    r"""Schedule-Free averaging (Defazio et al., "The Road Less Scheduled", NeurIPS 2024) as
+    ``optax.contrib.schedule_free`` wraps a momentum-free base rule.
+
+    The parameter holds :math:`y`, where gradients are taken; the state holds the base
+    iterate :math:`z`; the evaluation point :math:`x` is recovered from both:
+
+    .. math::
+        z_t &= z_{t-1} - \eta_t\, u_t \quad\text{(the base rule's step)}, \qquad
+        x_{t-1} = \big(y_{t-1} - (1 - \beta_1) z_{t-1}\big) / \beta_1 \\
+        L_t &= \max(L_{t-1}, \eta'_t), \qquad W_t = W_{t-1} + L_t^{k}, \qquad
+        c_t = L_t^{k} / W_t \ (0 \text{ while } W_t = 0) \\
+        x_t &= (1 - c_t)\, x_{t-1} + c_t z_t, \qquad y_t = \beta_1 x_t + (1 - \beta_1) z_t
+
+    :math:`k` is ``weight_lr_power``; :math:`z_0 = y_0` (the parameters at the first step).
+    :math:`\eta'_t` is the learning rate one step later than the base rule's
+    :math:`\eta_t`, as optax evaluates a schedule at its 1-based step count for the
+    weights and at the 0-based count for the base rule; optax's ``warmup_steps=N`` is
+    ``learning_rate=symopt.schedules.linear_warmup(peak=lr, warmup_steps=N)``. Scalar
+    state: ``max_lr`` (:math:`L`) and ``weight_sum`` (:math:`W`) per param group.
+
+    Evaluate at :math:`x`: ``with opt.eval_params(): ...`` swaps it into the parameters
+    (as :meth:`symopt.EMA.average_parameters`), ``opt.eval_param_values()`` returns it
+    (optax's ``schedule_free_eval_params``). ``beta1`` must be > 0.
+    """
+
+    slots = {"z": 0.0}
+    scalar_slots = {"max_lr": 0.0, "weight_sum": 0.0}
+
+    @_with_base_keywords
+    def __init__(self, params: Any, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
+        for gi, group in enumerate(self.param_groups):
+            beta1 = group.values["beta1"]
+            if not isinstance(beta1, Schedule):
+                self._check_beta1(float(beta1.get_value()), gi)
+
+    def _check_beta1(self, value: float, group: int | None = None) -> None:
+        if value <= 0:
+            where = "" if group is None or len(self.param_groups) == 1 else f" (param group {group})"
+            raise ValueError(
+                f"{type(self).__name__}: hyperparameter 'beta1' must be > 0 for Schedule-Free{where} "
+                f"(x is recovered as (y - (1 - beta1) z) / beta1), got {value}"
+            )
+
+    def set_hyperparameter(self, name: str, value: float, group: int | None = None) -> None:
+        if name == "beta1" and isinstance(value, (int, float, np.integer, np.floating)):
+            self._check_beta1(float(value), group)
+        super().set_hyperparameter(name, value, group)
+
+    def _weight_rate(self) -> Any:
+        """float64: the learning rate at the 1-based step (optax's schedule(step_count))."""
+        value = self._ctx_group.values["learning_rate"]
+        return value.symbolic(self.iterations + 1) if isinstance(value, Schedule) else value
+
+    def update_scalars(self, state):
+        max_lr = pt.maximum(state["max_lr"], self._weight_rate())
+        return {"max_lr": max_lr, "weight_sum": state["weight_sum"] + max_lr**self.weight_lr_power}
+
+    def base_step(self, param: Any, grad: Any, state: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """The base rule's update :math:`-\\eta_t u_t` of ``z`` and its own new slot values."""
+        raise NotImplementedError
+
+    def update_param(self, param, grad, state):
+        with self.float64_scalars() as cast:
+            total = state["weight_sum"]  # already advanced by update_scalars
+            weight = state["max_lr"] ** self.weight_lr_power
+            ck = cast(pt.switch(total > 0, weight / pt.switch(total > 0, total, 1), 0))
+        beta1 = self.beta1
+        z_prev = pt.switch(pt.eq(self.iterations, 0), param, state["z"])
+        delta, new = self.base_step(param, grad, state)
+        z = z_prev + delta
+        x_prev = (param - (1 - beta1) * z_prev) / beta1
+        x = (1 - ck) * x_prev + ck * z
+        return beta1 * x + (1 - beta1) * z, {"z": z, **new}
+
+    def eval_param_values(self) -> list[np.ndarray]:
+        """The evaluation point :math:`x = (y - (1 - \\beta_1) z) / \\beta_1` of every parameter,
+        in its dtype (the parameters themselves before the first step)."""
+        if int(self.iterations.get_value()) == 0:
+            return [p.get_value(borrow=False) for p in self.params]
+        beta1_of = {}
+        for group in self.param_groups:
+            beta1 = group.current("beta1", self.iterations)
+            beta1_of.update({id(p): beta1 for p in group.params})
+        out = []
+        for index, param in enumerate(self.params):
+            y = param.get_value(borrow=False)
+            z = self.state[index]["z"].get_value(borrow=True)
+            beta1 = y.dtype.type(beta1_of[id(param)])
+            out.append(((y - (1 - beta1) * z) / beta1).astype(y.dtype, copy=False))
+        return out
+
+    @contextlib.contextmanager
+    def eval_params(self) -> Iterator[None]:
+        """Inside the block the parameters hold the evaluation point :math:`x`; afterwards
+        :math:`y` again. Evaluate only: a training step inside the block would start from x."""
+        values = self.eval_param_values()
+        saved = [p.get_value(borrow=False) for p in self.params]
+        for param, value in zip(self.params, values):
+            param.set_value(value)
+        try:
+            yield
+        finally:
+            for param, value in zip(self.params, saved):
+                param.set_value(value)
+
+
+@register("schedule_free_sgd")
+class ScheduleFreeSGD(_ScheduleFree):
+    r"""Schedule-Free SGD (Defazio et al., NeurIPS 2024) as ``optax.contrib.schedule_free_sgd``.
+
+    The base step is plain gradient descent, :math:`u_t = g_t` (weight decay, when
+    given, is L2 added to the gradient at :math:`y`, as optax's
+    ``add_decayed_weights`` before ``sgd``). Then Schedule-Free averaging:
+    """
+
+    reference = "optax.contrib.schedule_free_sgd"
+    hyperparameters = {"learning_rate": 1.0, "beta1": 0.9, "weight_lr_power": 2.0, "weight_decay": 0.0}
+
+    def base_step(self, param, grad, state):
+        return -self.learning_rate * grad, {}
+
+
+@register("schedule_free_adamw")
+class ScheduleFreeAdamW(_ScheduleFree):
+    r"""Schedule-Free AdamW (Defazio et al., NeurIPS 2024) as ``optax.contrib.schedule_free_adamw``.
+
+    The base step is AdamW without momentum:
+
+    .. math::
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \qquad
+        u_t = \frac{g_t}{\sqrt{v_t / (1 - \beta_2^t)} + \epsilon} + \lambda y_{t-1}
+
+    (slot ``exp_avg_sq``). Then Schedule-Free averaging:
+    """
+
+    reference = "optax.contrib.schedule_free_adamw"
+    hyperparameters = {
+        "learning_rate": 0.0025,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "epsilon": 1e-8,
+        "weight_lr_power": 2.0,
+        "weight_decay": 0.0,
+    }
+    slots = {"z": 0.0, "exp_avg_sq": 0.0}
+    weight_decay_in_rule = True
+
+    def base_step(self, param, grad, state):
+        with self.float64_scalars() as cast:
+            bias_correction = cast(1 - self.beta2**self.t)
+        beta2 = self.beta2
+        exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
+        direction = grad / (pt.sqrt(exp_avg_sq / bias_correction) + self.epsilon) + self.weight_decay * param
+        return -self.learning_rate * direction, {"exp_avg_sq": exp_avg_sq}
+
+
+# The subclasses' docstrings end with the shared equations.
+for _cls in (ScheduleFreeSGD, ScheduleFreeAdamW):
+    _shared = inspect.cleandoc(_ScheduleFree.__doc__.split("\n", 2)[2])
+    _cls.__doc__ = inspect.cleandoc(_cls.__doc__) + "\n\n" + _shared + (
+        "\n\nDefaults (optax's): " + ", ".join(f"``{k}={v!r}``" for k, v in _cls.hyperparameters.items()) + "."
+    )
