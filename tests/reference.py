@@ -608,3 +608,73 @@ class Prodigy(WholeTensorRule):
 REFERENCES.update({
     "prodigy": Prodigy,
 })
+
+
+class ScheduleFreeSGD(WholeTensorRule):
+    r"""Defazio et al. (2024), Algorithm 1 (Schedule-Free SGD) with the warm-up weighting
+    :math:`c_t = L_t^k / \sum_{i \le t} L_i^k`, :math:`L_t = \max_{i \le t} \eta'_i`, as
+    optax.contrib.schedule_free: :math:`z \leftarrow z - \eta (g + \lambda y)`,
+    :math:`x \leftarrow (1 - c_t) x + c_t z`, :math:`y = \beta_1 x + (1 - \beta_1) z`, with
+    :math:`x` recovered from :math:`y` and :math:`z`; :math:`z_0 = y_0`. ``rate_at(t)``
+    gives :math:`\eta'_t` (the learning rate; a subclass or test may override it)."""
+
+    defaults = {"learning_rate": 1.0, "beta1": 0.9, "weight_lr_power": 2.0, "weight_decay": 0.0}
+    scalars = {"max_lr": 0.0, "weight_sum": 0.0}
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("z",)
+
+    def before(self, grads: list[Array], hs: list[SimpleNamespace]) -> None:
+        h = self.hyperparameters
+        self.scalar["max_lr"] = max(self.scalar["max_lr"], h["learning_rate"])
+        weight = self.scalar["max_lr"] ** h["weight_lr_power"]
+        self.scalar["weight_sum"] += weight
+        total = self.scalar["weight_sum"]
+        self.ck = weight / total if total > 0 else 0.0
+
+    def direction(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        return g + h.weight_decay * p
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        z_prev = p if self.t == 1 else state["z"]
+        z = state["z"] = z_prev - h.learning_rate * self.direction(p, g, state, h)
+        x_prev = (p - (1.0 - h.beta1) * z_prev) / h.beta1
+        x = (1.0 - self.ck) * x_prev + self.ck * z
+        return h.beta1 * x + (1.0 - h.beta1) * z
+
+    def eval_params(self) -> list[Array]:
+        """x = (y - (1 - beta1) z) / beta1, optax's schedule_free_eval_params."""
+        out = []
+        for p, state in zip(self.params, self.state):
+            b1 = float(np.dtype(p.dtype).type(self.hyperparameters["beta1"]))
+            out.append(p.copy() if self.t == 0 else (p - (1.0 - b1) * state["z"]) / b1)
+        return out
+
+
+class ScheduleFreeAdamW(ScheduleFreeSGD):
+    r"""Schedule-Free AdamW (Defazio et al., 2024, Algorithm 2 without warm-up in the
+    bias correction), as optax.contrib.schedule_free_adamw: the base step is
+    :math:`g / (\sqrt{v_t / (1 - \beta_2^t)} + \epsilon) + \lambda y`."""
+
+    defaults = {
+        "learning_rate": 0.0025,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "epsilon": 1e-8,
+        "weight_lr_power": 2.0,
+        "weight_decay": 0.0,
+    }
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("z", "exp_avg_sq")
+
+    def direction(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        v = state["exp_avg_sq"] = h.beta2 * state["exp_avg_sq"] + (1.0 - h.beta2) * np.square(g)
+        v_hat = v / (1.0 - h.beta2**self.t)
+        return g / (np.sqrt(v_hat) + h.epsilon) + h.weight_decay * p
+
+
+REFERENCES.update({
+    "schedule_free_sgd": ScheduleFreeSGD,
+    "schedule_free_adamw": ScheduleFreeAdamW,
+})

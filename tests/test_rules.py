@@ -242,6 +242,10 @@ NONDEFAULT: dict[str, dict[str, float]] = {
         "learning_rate": 0.5, "beta1": 0.8, "beta2": 0.99, "beta3": 0.9, "epsilon": 1e-3, "estim_lr0": 1e-3,
         "estim_lr_coef": 2.0, "weight_decay": 0.1,
     },
+    "schedule_free_sgd": {"learning_rate": 0.2, "beta1": 0.8, "weight_lr_power": 1.0, "weight_decay": 0.1},
+    "schedule_free_adamw": {
+        "learning_rate": 0.02, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-2, "weight_lr_power": 3.0, "weight_decay": 0.1,
+    },
 }
 # More numeric settings on the default build: options that are plain numbers.
 EXTRA_NUMERIC: dict[str, list[tuple[str, dict[str, float]]]] = {
@@ -425,6 +429,16 @@ CONVERGENCE: dict[str, tuple[Phases, float]] = {
     # Rules of symopt/rules_contrib.py.
     "adafactor": (decaying(0.1, 400), 1e-8),
     "prodigy": (decaying(1.0, 400), 1e-8),  # learning_rate is a multiplier of the estimated d
+    # Schedule-Free replaces the decay by averaging whose weights grow with the largest rate
+    # so far (power 2): a rising rate (the warm-up it is meant for) lets the average forget
+    # the start; with a constant rate it is a uniform average, O(1/t) from the minimum.
+    "schedule_free_sgd": ([({"learning_rate": 0.05}, 100), ({"learning_rate": 0.2}, 100),
+                           ({"learning_rate": 0.6}, 400)], 1e-5),
+    # AdamW's normalised steps keep z jumping by ~lr near the minimum, where float32 runs
+    # become erratic (distances 1e-4 to 1e-2); epsilon 0.1 and beta2 0.9 make the final
+    # steps gradient-sized (SGD with rate lr / epsilon), as its averaging assumes.
+    "schedule_free_adamw": ([({"learning_rate": 0.02, "epsilon": 0.1, "beta2": 0.9}, 200),
+                             ({"learning_rate": 0.05}, 200), ({"learning_rate": 0.08}, 600)], 1e-7),
 }
 # float32 resolves a coordinate of size ~1 to ~6e-8, and the adaptive rules keep
 # jittering by a few ulps: their distance floor is ~1e-6 over 16 coordinates.

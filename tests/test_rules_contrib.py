@@ -228,6 +228,114 @@ def test_prodigy_refuses_seed_stacks() -> None:
         symopt.Prodigy([stacked])
 
 
+# --------------------------------------------------------------------------- Schedule-Free
+SF_SHAPES = [(2, 3, 4), (5,), ()]
+SF_CASES = [
+    ("schedule_free_sgd", {"learning_rate": 0.3}),
+    ("schedule_free_sgd", {"learning_rate": 0.5, "beta1": 0.7, "weight_lr_power": 1.0, "weight_decay": 0.1}),
+    ("schedule_free_adamw", {"learning_rate": 0.05}),
+    ("schedule_free_adamw", {"learning_rate": 0.05, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-3,
+                             "weight_lr_power": 3.0, "weight_decay": 0.1}),
+]
+
+
+@pytest.fixture(scope="module")
+def schedule_free() -> Iterator[Callable[[str], tuple[Any, list[Any], Any]]]:
+    """One compiled step per Schedule-Free rule on SF_SHAPES; settings change through set_hyperparameter."""
+    cache: dict[str, tuple[Any, list[Any], Any, dict[str, Any]]] = {}
+    problem = Problem(SF_SHAPES)
+
+    def get(rule: str, kwargs: dict[str, Any]) -> tuple[Any, list[Any], Any]:
+        if rule not in cache:
+            opt, params, step = compile_step(rule, problem)
+            cache[rule] = (opt, params, step, opt.state_dict())
+        opt, params, step, fresh = cache[rule]
+        for var, value in zip(params, problem.start):
+            var.set_value(value.copy())
+        opt.load_state_dict(fresh)
+        for name, value in kwargs.items():
+            opt.set_hyperparameter(name, value)
+        return opt, params, step
+
+    yield get
+    cache.clear()
+
+
+@pytest.mark.parametrize(("rule", "kwargs"), SF_CASES, ids=[f"{r}-{i}" for i, (r, _) in enumerate(SF_CASES)])
+def test_schedule_free_matches_reference_with_eval_params(schedule_free: Any, rule: str, kwargs: dict[str, Any]) -> None:
+    problem = Problem(SF_SHAPES)
+    compiled = schedule_free(rule, kwargs)
+    opt, params, _ = compiled
+    assert run_against_reference(rule, problem, kwargs, compiled=compiled) < 1e-9
+    reference = REFERENCES[rule]([v.copy() for v in problem.start], **kwargs)
+    for _ in range(STEPS):
+        reference.step(problem.grads(reference.params))
+    for mine, theirs in zip(opt.eval_param_values(), reference.eval_params()):
+        assert relative_error(mine, theirs) < 1e-9
+    assert scalar_state_close(opt, reference)
+
+
+def scalar_state_close(opt: Any, reference: Any) -> bool:
+    saved = opt.state_dict()["scalars"][0]
+    return all(float(saved[k]) == pytest.approx(v, rel=1e-12) for k, v in reference.scalar_state().items())
+
+
+def test_eval_params_swaps_x_in_and_restores_y(schedule_free: Any) -> None:
+    opt, params, step = schedule_free("schedule_free_sgd", {"learning_rate": 0.3})
+    before = [p.get_value() for p in params]
+    with opt.eval_params():  # before the first step x = y
+        assert all(np.array_equal(p.get_value(), b) for p, b in zip(params, before))
+    for _ in range(5):
+        step()
+    y = [p.get_value() for p in params]
+    b1 = opt.get_hyperparameter("beta1")
+    # x from its definition y = b1 x + (1 - b1) z, with z read from the state
+    x = [(yi - (1 - b1) * opt.state[i]["z"].get_value()) / b1 for i, yi in enumerate(y)]
+    assert not np.allclose(x[0], y[0])
+    with opt.eval_params():
+        for p, xi in zip(params, x):
+            np.testing.assert_allclose(p.get_value(), xi, rtol=1e-14, atol=1e-14)
+    for p, yi in zip(params, y):
+        assert np.array_equal(p.get_value(), yi)
+    with pytest.raises(RuntimeError, match="inside"), opt.eval_params():
+        raise RuntimeError("inside")
+    assert all(np.array_equal(p.get_value(), yi) for p, yi in zip(params, y))
+
+
+def test_schedule_free_weights_use_the_next_steps_rate() -> None:
+    """A linear warm-up: the averaging weight of step t uses the rate at t (optax's step_count),
+    the z step the rate at t - 1; the reference runs the same two sequences by hand."""
+    problem = Problem([(3, 2)])
+    W = pytensor.shared(problem.start[0].copy(), name="W")
+    opt = symopt.ScheduleFreeSGD([W], learning_rate=symopt.schedules.linear_warmup(peak=0.4, warmup_steps=5))
+    step = pytensor.function([], [], updates=opt.updates(problem.loss([W], "float64")))
+    y = z = problem.start[0].copy()
+    max_lr = weight_sum = 0.0
+    for t in range(1, 12):
+        rate_z, rate_w = 0.4 * min((t - 1) / 5, 1.0), 0.4 * min(t / 5, 1.0)
+        max_lr = max(max_lr, rate_w)
+        weight_sum += max_lr**2
+        ck = max_lr**2 / weight_sum
+        g = problem.grads([y])[0]
+        x_prev = (y - 0.1 * z) / 0.9
+        z = z - rate_z * g
+        x = (1 - ck) * x_prev + ck * z
+        y = 0.9 * x + 0.1 * z
+        step()
+        assert relative_error(W.get_value(), y) < 1e-12, f"step {t}"
+
+
+@pytest.mark.parametrize("rule", ["schedule_free_sgd", "schedule_free_adamw"])
+def test_schedule_free_refuses_beta1_zero(rule: str) -> None:
+    W = pytensor.shared(np.ones((2, 2)), name="W")
+    with pytest.raises(ValueError, match="'beta1' must be > 0 for Schedule-Free"):
+        symopt.get(rule)([W], beta1=0.0)
+    opt = symopt.get(rule)([W])
+    with pytest.raises(ValueError, match="'beta1' must be > 0 for Schedule-Free"):
+        opt.set_hyperparameter("beta1", 0.0)
+    assert opt.get_hyperparameter("beta1") == 0.9
+
+
 # --------------------------------------------------------------------------- seed stacks
 def stacked_matches_separate_runs(rule: str, shapes: list[tuple[int, ...]], seeds: int, **kwargs: Any) -> float:
     """Train ``seeds`` stacked copies (tag.seed_axis) and each copy alone in NumPy; worst error."""
@@ -260,12 +368,17 @@ def test_adafactor_seed_stack_equals_separate_runs() -> None:
     assert stacked_matches_separate_runs("adafactor", [(3, 4), (4,)], seeds=3, learning_rate=0.05, weight_decay=0.1) < 1e-9
 
 
+def test_schedule_free_adamw_seed_stack_equals_separate_runs() -> None:
+    assert stacked_matches_separate_runs("schedule_free_adamw", [(3, 4), (4,)], seeds=2, learning_rate=0.05) < 1e-9
+
+
 def test_muon_seed_stack_equals_separate_runs() -> None:
     assert stacked_matches_separate_runs("muon", [(3, 4), (5, 2)], seeds=3, learning_rate=0.02) < 1e-9
 
 
 # --------------------------------------------------------------------------- dtypes and errors
-FLOAT32_SHAPES = {"adafactor": [(3, 4), (4,)], "muon": [(3, 4), (5, 2)], "prodigy": [(3, 4), (4,)]}
+FLOAT32_SHAPES = {"adafactor": [(3, 4), (4,)], "muon": [(3, 4), (5, 2)], "prodigy": [(3, 4), (4,)],
+                  "schedule_free_adamw": [(3, 4), (4,)], "schedule_free_sgd": [(3, 4), (4,)]}
 
 
 @pytest.mark.parametrize("rule", sorted(FLOAT32_SHAPES))
