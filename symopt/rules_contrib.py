@@ -355,7 +355,7 @@ class Prodigy(Optimizer):
     def _coefficients(self) -> tuple[Any, Any, Any]:
         """float64: d_{t-1}, the step size d * lr * bias correction, and the grad_sum coefficient."""
         first = pt.eq(self.iterations, 0)
-        d = pt.switch(first, self.estim_lr0, self._ctx_group.scalars["estim_lr"])
+        d = pt.switch(first, self.estim_lr0, self.current_group.scalars["estim_lr"])
         t = self.t
         dlr = d * self.learning_rate * pt.sqrt(1 - self.beta2**t) / (1 - self.beta1**t)
         return d, dlr, (d if self.safeguard_warmup else dlr) / self.estim_lr0
@@ -365,7 +365,11 @@ class Prodigy(Optimizer):
         dtype = grad.dtype
         return pt.cast(beta3, dtype) * grad_sum + pt.cast(coef, dtype) * (pt.cast(d, dtype) * grad)
 
-    def update_group_scalars(self, state, params, grads, slots):
+    def update_group_scalars(self, state, h, params, grads, slots):
+        with self._legacy(h):  # self.<hyperparameter> in float64, as in update_param
+            return self._group_scalars(state, params, grads, slots)
+
+    def _group_scalars(self, state, params, grads, slots):
         d, _, coef = self._coefficients()
         first = pt.eq(self.iterations, 0)
         numerator, denominator = [], []
@@ -448,7 +452,7 @@ class _ScheduleFree(Optimizer):
 
     def _weight_rate(self) -> Any:
         """float64: the learning rate at the 1-based step (optax's schedule(step_count))."""
-        value = self._ctx_group.values["learning_rate"]
+        value = self.current_group.values["learning_rate"]
         return value.symbolic(self.iterations + 1) if isinstance(value, Schedule) else value
 
     def update_scalars(self, state):
