@@ -440,3 +440,29 @@ def test_save_and_load_resume_exactly(rule: str, tmp_path: Any) -> None:
         fresh_step()
     for p, e in zip(fresh_params, expected):
         np.testing.assert_array_equal(p.get_value(), e)
+
+
+# --------------------------------------------------------------------------- with the rest of symopt
+def test_muon_for_matrices_adamw_for_biases_through_combine() -> None:
+    """The combination the refusal message points to: each member's numbers are its own
+    rule's (the NumPy references), stepped together in one compiled function."""
+    problem = Problem([(3, 4), (4,)])
+    W, b = (pytensor.shared(v.copy(), name=n) for v, n in zip(problem.start, ("W", "b")))
+    both = symopt.combine(symopt.Muon([W], learning_rate=0.02), symopt.AdamW([b], learning_rate=0.02))
+    step = pytensor.function([], [], updates=both.updates(problem.loss([W, b], "float64")))
+    muon = REFERENCES["muon"]([problem.start[0].copy()], learning_rate=0.02)
+    adamw = REFERENCES["adamw"]([problem.start[1].copy()], learning_rate=0.02)
+    for _ in range(10):
+        grads = problem.grads([muon.params[0], adamw.params[0]])
+        muon.step(grads[:1])
+        adamw.step(grads[1:])
+        step()
+    assert relative_error(W.get_value(), muon.params[0]) < 1e-9
+    assert relative_error(b.get_value(), adamw.params[0]) < 1e-9
+
+
+@pytest.mark.parametrize("rule", ["adafactor", "prodigy", "schedule_free_adamw"])
+def test_rules_with_their_own_decay_refuse_decoupled_weight_decay(rule: str) -> None:
+    W = pytensor.shared(np.ones((2, 2)), name="W")
+    with pytest.raises(ValueError, match="applies weight decay in its own step"):
+        symopt.get(rule)([W], decoupled_weight_decay=True)
