@@ -40,8 +40,12 @@ Algorithm 2 (used only if ``torch.optim`` has no ``Lion``; the JSON says which).
 Every hyperparameter, defaults included, is passed to both sides explicitly, because
 some of symopt's defaults differ from torch's (RMSprop, Adadelta).
 
-Not checked here, because torch has no counterpart: Adam/AdamW/AMSGrad
-``beta1_decay != 1``, AdaGrad/RMSprop ``epsilon_inside_sqrt=True`` (and, in the other
+Adam/AdamW/AMSGrad ``epsilon_hat=True`` (TF1/Keras placement, epsilon added to sqrt(v)
+before the bias correction) has no torch option; it is compared with torch's Adam/AdamW
+whose ``eps`` is set to ``epsilon_hat / sqrt(1 - beta2^t)`` before step ``t``, the same
+update (Kingma & Ba, section 2). Not checked here, because torch has no counterpart:
+Adam/AdamW/AMSGrad ``beta1_decay != 1``, ``max_norm_axes`` (torch.optim has no max-norm
+constraint), EMA's ``overwrite_frequency`` (a Keras option), AdaGrad/RMSprop ``epsilon_inside_sqrt=True`` (and, in the other
 direction, torch-only options such as NAdam/RAdam ``decoupled_weight_decay``,
 Adagrad ``lr_decay``, SGD ``dampening``, ``maximize``). Rules registered in
 ``symopt.OPTIMIZERS`` that are not in the mapping (plug-ins) are listed as skipped.
@@ -191,17 +195,20 @@ SETTINGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("amsgrad", {"learning_rate": 0.02, "amsgrad": True}),
         ("lr=0.02, wd=0.05", {"learning_rate": 0.02, "weight_decay": 0.05}),
         ("amsgrad, wd=0.05", {"learning_rate": 0.02, "amsgrad": True, "weight_decay": 0.05}),
+        ("epsilon_hat, eps=1e-3", {"learning_rate": 0.02, "epsilon_hat": True, "epsilon": 1e-3}),
     ],
     "amsgrad": [
         ("defaults", {}),
         ("lr=0.02, betas=(0.8, 0.99)", {"learning_rate": 0.02, "beta1": 0.8, "beta2": 0.99}),
         ("lr=0.02, wd=0.05", {"learning_rate": 0.02, "weight_decay": 0.05}),
+        ("epsilon_hat, eps=1e-3", {"learning_rate": 0.02, "epsilon_hat": True, "epsilon": 1e-3}),
     ],
     "adamw": [
         ("defaults (wd=0.01)", {}),
         ("wd=0", {"weight_decay": 0.0}),
         ("lr=0.02, wd=0.1", {"learning_rate": 0.02, "weight_decay": 0.1}),
         ("amsgrad, lr=0.02, wd=0.1", {"learning_rate": 0.02, "weight_decay": 0.1, "amsgrad": True}),
+        ("epsilon_hat, eps=1e-3, wd=0.1", {"learning_rate": 0.02, "weight_decay": 0.1, "epsilon_hat": True, "epsilon": 1e-3}),
     ],
     "adamax": [
         ("defaults", {}),
@@ -268,6 +275,8 @@ NEGATIVE_CONTROLS: list[tuple[str, str, dict[str, Any], str, dict[str, Any]]] = 
      "adam", {"learning_rate": 0.02, "weight_decay": 0.05}, "adamw", {"learning_rate": 0.02, "weight_decay": 0.05}),
     ("symopt adamw wd=0.1 (decoupled) vs torch Adam wd=0.1 (L2)",
      "adamw", {"learning_rate": 0.02, "weight_decay": 0.1}, "adam", {"learning_rate": 0.02, "weight_decay": 0.1}),
+    ("symopt adam epsilon_hat, eps=1e-3 vs torch Adam eps=1e-3 (constant)",
+     "adam", {"learning_rate": 0.02, "epsilon_hat": True, "epsilon": 1e-3}, "adam", {"learning_rate": 0.02, "epsilon": 1e-3}),
     ("symopt adam beta1_decay=0.99 vs torch Adam",
      "adam", {"learning_rate": 0.02, "beta1_decay": 0.99}, "adam", {"learning_rate": 0.02}),
     ("symopt rmsprop epsilon_inside_sqrt, eps=1e-4 vs torch RMSprop eps=1e-4",
@@ -370,6 +379,9 @@ def run_torch(torch: Any, rule: str, hp: dict[str, Any], data: dict[str, np.ndar
     b = torch.tensor(data["b0"].copy(), dtype=torch.float64, requires_grad=True)
     x, y, v = (torch.tensor(data[k], dtype=torch.float64) for k in ("x", "y", "v"))
     opt, reference, kw = torch_optimizer(torch, rule, hp, [W] if rule in MATRIX_ONLY else [W, b])
+    epsilon_hat = bool(hp.get("epsilon_hat")) and rule in ("adam", "amsgrad", "adamw")
+    if epsilon_hat:
+        reference += " with eps = epsilon_hat / sqrt(1 - beta2**t) set before step t"
     if bfloat16:
         reference = reference.split(" with ")[0] + " as shipped (bfloat16 Newton-Schulz)"
     out = []
@@ -379,7 +391,12 @@ def run_torch(torch: Any, rule: str, hp: dict[str, Any], data: dict[str, np.ndar
             # a copy, as the cast makes: torch divides the result in place, and without
             # nesterov it is the momentum buffer itself
             torch.Tensor.bfloat16 = lambda self, *args, **kwargs: self.clone()
-        for _ in range(steps):
+        for t in range(1, steps + 1):
+            if epsilon_hat:
+                # Kingma & Ba, sec. 2: the epsilon_hat order of computation is the
+                # default one with epsilon = epsilon_hat / sqrt(1 - beta2**t)
+                for group in opt.param_groups:
+                    group["eps"] = hp["epsilon"] / (1 - hp["beta2"] ** t) ** 0.5
             opt.zero_grad(set_to_none=True)
             loss = torch_loss(W, b, x, y, v)
             loss.backward()
