@@ -23,7 +23,7 @@ How to run
 ----------
 Keras is not a dependency of symopt::
 
-    pip install keras jax         # the JAX backend, CPU is enough
+    pip install -e ".[bench]"      # keras with the JAX backend, CPU is enough
     python benchmarks/validate_keras.py
 
 Without Keras it says so and exits 0. Measured with Keras 3.15.1 (JAX 0.12.0.1): all 7 cases
