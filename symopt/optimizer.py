@@ -211,6 +211,11 @@ class Optimizer:
     #: Decoupled rules (AdamW, Lion) shrink the parameter by ``1 - lr * wd`` before the
     #: step instead of adding ``wd * p`` to the gradient.
     decoupled_weight_decay: ClassVar[bool] = False
+    #: Rules whose decay is part of their own step (Adafactor, Prodigy, schedule-free AdamW)
+    #: apply ``self.weight_decay`` in :meth:`update_param`; the base class then neither adds
+    #: it to the gradient nor shrinks the parameter, and ``self.weight_decay`` reads 0 for
+    #: parameters that ``weight_decay_mask`` excludes.
+    weight_decay_in_rule: ClassVar[bool] = False
     #: Registry name, set by :func:`symopt.register`.
     name: ClassVar[str | None] = None
     _defaults: ClassVar[dict[str, Any]] = {"weight_decay": 0.0}
@@ -247,6 +252,10 @@ class Optimizer:
         owner = type(self).__name__
         self._ctx_group: _Group | None = None
         self._ctx_dtype: str | None = None
+        self._ctx_no_decay = False
+        #: Inside update_param: the shared variable whose step is being built (its static
+        #: shape and tags, e.g. ``tag.seed_axis``, for rules that reduce over a tensor).
+        self.current_param: SharedVariable | None = None
         self._check_keywords(hyperparameters)
         self.options: dict[str, bool] = {}
         numeric: dict[str, float] = {}
@@ -388,9 +397,13 @@ class Optimizer:
 
     def _make_slot(self, param: SharedVariable, index: int, slot: str, fill: float) -> SharedVariable:
         """The one place state variables are made: the parameter's shape and dtype."""
-        value = param.get_value(borrow=True)
+        shape = self.slot_shape(param, slot) if slot != "grad_accum" else param.get_value(borrow=True).shape
         label = param.name or f"param{index}"
-        return pytensor.shared(np.full(value.shape, fill, dtype=param.dtype), name=f"{label}.{slot}")
+        return pytensor.shared(np.full(shape, fill, dtype=param.dtype), name=f"{label}.{slot}")
+
+    def slot_shape(self, param: SharedVariable, slot: str) -> tuple[int, ...]:
+        """Shape of ``slot`` for ``param``: the parameter's; override for factored state (Adafactor)."""
+        return tuple(param.get_value(borrow=True).shape)
 
     # ------------------------------------------------------------------ the rule API
     def active_slots(self) -> dict[str, float]:
@@ -412,6 +425,18 @@ class Optimizer:
         """New values of the optimiser-wide ``scalar_slots`` (float64), once per step."""
         return {}
 
+    def update_group_scalars(
+        self,
+        state: dict[str, TensorVariable],
+        params: list[TensorVariable],
+        grads: list[TensorVariable],
+        slots: list[dict[str, TensorVariable]],
+    ) -> dict[str, TensorVariable]:
+        """:meth:`update_scalars` seeing the whole param group, for scalars that reduce over
+        all its parameters (Prodigy's distance estimate): the live parameters before this
+        step, their gradients (after clipping, before coupled weight decay) and their slots."""
+        return self.update_scalars(state)
+
     @property
     def t(self) -> TensorVariable:
         """The 1-based number of the step being built, as a symbolic float."""
@@ -425,6 +450,8 @@ class Optimizer:
                 group = self.__dict__.get("_ctx_group") or groups[0]
                 var = group.symbolic(name, self.iterations)
                 dtype = self.__dict__.get("_ctx_dtype")
+                if name == "weight_decay" and self.__dict__.get("_ctx_no_decay"):
+                    var = pt.zeros((), dtype=var.dtype)  # weight_decay_in_rule, masked out
                 return pt.cast(var, dtype) if dtype and dtype != var.dtype else var
             if name in self.__dict__.get("options", {}):
                 return self.options[name]
@@ -560,8 +587,13 @@ class Optimizer:
         new_params.applied = apply
         new_state: list[tuple[SharedVariable, TensorVariable]] = []
         for group in self.param_groups:
+            live_params = [p for p in group.params if grad_of[id(p)] is not None]
             with self._context(group, "float64"):
-                scalars = self._checked(self.update_scalars(dict(group.scalars)), group.scalars, "update_scalars")
+                scalars = self.update_group_scalars(
+                    dict(group.scalars), live_params, [grad_of[id(p)] for p in live_params],
+                    [self.state[index_of[id(p)]] for p in live_params],
+                )
+                scalars = self._checked(scalars, group.scalars, "update_scalars")
             new_state += [(group.scalars[k], v) for k, v in scalars.items()]
             for param in group.params:
                 grad = grad_of[id(param)]
@@ -570,15 +602,20 @@ class Optimizer:
                 index = index_of[id(param)]
                 slots = {k: v for k, v in self.state[index].items() if k != "grad_accum"}
                 with self._context(group, param.dtype):
+                    self.current_param = param
+                    self._ctx_no_decay = not self._decays[index]
                     source, view = self._same_static_shape(param, grad, slots)
                     current: TensorVariable = source
-                    if self._decays[index]:
+                    if self._decays[index] and not self.weight_decay_in_rule:
                         if self.decoupled_weight_decay:
                             current = source * (1 - self.learning_rate * self.weight_decay)
                         else:
                             grad = grad + self.weight_decay * source
                     view.update(scalars)  # float64: use inside float64_scalars() and cast
-                    new_value, slot_values = self.update_param(current, grad, view)
+                    try:
+                        new_value, slot_values = self.update_param(current, grad, view)
+                    finally:
+                        self.current_param, self._ctx_no_decay = None, False
                     if "max_norm" in self.settings and self._max_norms[index]:
                         new_value = self._constrain_norm(pt.as_tensor_variable(new_value), param.dtype)
                 slot_values = self._checked(slot_values, slots, "update_param")
