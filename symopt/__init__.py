@@ -32,6 +32,7 @@ from .rules import (
     RAdam,
     RMSprop,
 )
+from .rules_modern import ADOPT, ASGD, LAMB, LARS, AdaBelief, AdEMAMix, Rprop
 
 from . import data, masks, nn, schedules, seeds  # noqa: E402  (after the BLAS setting above)
 from .function import function  # noqa: E402
@@ -68,6 +69,13 @@ __all__ = [
     "NAdam",
     "RAdam",
     "Lion",
+    "Rprop",
+    "ASGD",
+    "AdaBelief",
+    "ADOPT",
+    "AdEMAMix",
+    "LAMB",
+    "LARS",
     "data",
     "nn",
     "masks",
