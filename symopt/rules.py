@@ -10,10 +10,17 @@ Numerics follow the algorithm documented for the matching ``torch.optim`` class.
 
 from __future__ import annotations
 
+import math
+
 import pytensor.tensor as pt
 
-from .optimizer import Optimizer
+from .optimizer import HYPERPARAMETER_BOUNDS, Optimizer
 from .registry import register
+
+# torch.optim.Adagrad's options, new names in the shared table of valid ranges.
+HYPERPARAMETER_BOUNDS.update(
+    {"initial_accumulator_value": (0.0, math.inf, True, False), "lr_decay": (0.0, math.inf, True, False)}
+)
 
 __all__ = [
     "SGD",
@@ -41,6 +48,7 @@ class SGD(Optimizer):
     Defaults: ``learning_rate=0.01`` (the method has no canonical value).
     """
 
+    reference = "torch.optim.SGD"
     hyperparameters = {"learning_rate": 0.01}
 
     def update_param(self, param, grad, state):
@@ -58,6 +66,7 @@ class Momentum(Optimizer):
     Defaults: ``learning_rate=0.01``, ``momentum=0.9``.
     """
 
+    reference = "torch.optim.SGD(momentum, dampening=0)"
     hyperparameters = {"learning_rate": 0.01, "momentum": 0.9}
     slots = {"velocity": 0.0}
 
@@ -77,6 +86,8 @@ class Nesterov(Momentum):
     Defaults: ``learning_rate=0.01``, ``momentum=0.9``.
     """
 
+    reference = "torch.optim.SGD(nesterov=True)"
+
     def update_param(self, param, grad, state):
         velocity = self.momentum * state["velocity"] + grad
         return param - self.learning_rate * (grad + self.momentum * velocity), {"velocity": velocity}
@@ -87,22 +98,39 @@ class AdaGrad(Optimizer):
     r"""AdaGrad (Duchi, Hazan & Singer, JMLR 2011).
 
     .. math::
-        s_t = s_{t-1} + g_t^2, \qquad p_t = p_{t-1} - \eta \frac{g_t}{\sqrt{s_t} + \epsilon}
+        s_t = s_{t-1} + g_t^2, \qquad
+        p_t = p_{t-1} - \frac{\eta}{1 + (t - 1)\,\delta} \frac{g_t}{\sqrt{s_0 + s_t} + \epsilon}
 
-    With ``epsilon_inside_sqrt=True`` the denominator is :math:`\sqrt{s_t + \epsilon}`
-    (the Theano seed's form). Defaults: ``learning_rate=0.01``, ``epsilon=1e-10``.
+    :math:`s_0` is ``initial_accumulator_value`` and :math:`\delta` ``lr_decay``
+    (torch's options; the slot ``sum_sq`` holds :math:`s_t` from 0, torch's ``sum`` is
+    :math:`s_0 + s_t`). With ``epsilon_inside_sqrt=True`` the denominator is
+    :math:`\sqrt{s_0 + s_t + \epsilon}` (the Theano seed's form). Defaults:
+    ``learning_rate=0.01``, ``epsilon=1e-10``, ``initial_accumulator_value=0``,
+    ``lr_decay=0``.
     """
 
-    hyperparameters = {"learning_rate": 0.01, "epsilon": 1e-10, "epsilon_inside_sqrt": False}
+    reference = "torch.optim.Adagrad"
+    hyperparameters = {
+        "learning_rate": 0.01,
+        "epsilon": 1e-10,
+        "epsilon_inside_sqrt": False,
+        "initial_accumulator_value": 0.0,
+        "lr_decay": 0.0,
+    }
     slots = {"sum_sq": 0.0}
 
     def update_param(self, param, grad, state):
         sum_sq = state["sum_sq"] + grad * grad
+        # s_0 enters the denominator rather than the slot's fill, so that it is a live
+        # hyperparameter like the others (0 + s is exactly s: the default changes nothing).
+        accumulated = self.initial_accumulator_value + sum_sq
         if self.epsilon_inside_sqrt:
-            denom = pt.sqrt(sum_sq + self.epsilon)
+            denom = pt.sqrt(accumulated + self.epsilon)
         else:
-            denom = pt.sqrt(sum_sq) + self.epsilon
-        return param - self.learning_rate * grad / denom, {"sum_sq": sum_sq}
+            denom = pt.sqrt(accumulated) + self.epsilon
+        with self.float64_scalars() as cast:
+            clr = cast(self.learning_rate / (1 + (self.t - 1) * self.lr_decay))
+        return param - clr * grad / denom, {"sum_sq": sum_sq}
 
 
 @register("rmsprop")
@@ -124,6 +152,7 @@ class RMSprop(Optimizer):
     ``momentum=0``.
     """
 
+    reference = "torch.optim.RMSprop"
     hyperparameters = {
         "learning_rate": 1e-3,
         "rho": 0.9,
@@ -185,6 +214,7 @@ class AdaDelta(Optimizer):
     (``learning_rate=1.0``).
     """
 
+    reference = "torch.optim.Adadelta"
     hyperparameters = {"learning_rate": 1.0, "rho": 0.95, "epsilon": 1e-6}
     slots = {"square_avg": 0.0, "acc_delta": 0.0}
 
@@ -214,6 +244,7 @@ class Adam(Optimizer):
     ``epsilon=1e-8``.
     """
 
+    reference = "torch.optim.Adam"
     hyperparameters = {
         "learning_rate": 1e-3,
         "beta1": 0.9,
@@ -256,6 +287,7 @@ class AdamW(Adam):
     ``weight_decay=0.01`` (torch's).
     """
 
+    reference = "torch.optim.AdamW"
     hyperparameters = {**Adam.hyperparameters, "weight_decay": 1e-2}
     decoupled_weight_decay = True
 
@@ -268,6 +300,7 @@ class AMSGrad(Adam):
     so the effective step size never grows. Defaults: Adam's.
     """
 
+    reference = "torch.optim.Adam(amsgrad=True)"
     hyperparameters = {**Adam.hyperparameters, "amsgrad": True}
 
 
@@ -284,6 +317,7 @@ class Adamax(Optimizer):
     ``epsilon=1e-8`` as torch.
     """
 
+    reference = "torch.optim.Adamax"
     hyperparameters = {"learning_rate": 2e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
     slots = {"exp_avg": 0.0, "exp_inf": 0.0}
 
@@ -313,6 +347,7 @@ class NAdam(Optimizer):
     ``beta1=0.9``, ``beta2=0.999``, ``epsilon=1e-8``, ``momentum_decay=4e-3``.
     """
 
+    reference = "torch.optim.NAdam"
     hyperparameters = {
         "learning_rate": 2e-3,
         "beta1": 0.9,
@@ -362,6 +397,7 @@ class RAdam(Optimizer):
     ``epsilon=1e-8``.
     """
 
+    reference = "torch.optim.RAdam"
     hyperparameters = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
     slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
 
@@ -404,6 +440,7 @@ class Lion(Optimizer):
     (the paper advises 3-10x below AdamW's), ``weight_decay=0``.
     """
 
+    reference = "Chen et al. 2023, Algorithm 2 (torch.optim has no Lion)"
     hyperparameters = {"learning_rate": 1e-4, "beta1": 0.9, "beta2": 0.99}
     slots = {"exp_avg": 0.0}
     decoupled_weight_decay = True
