@@ -217,6 +217,25 @@ NONDEFAULT: dict[str, dict[str, float]] = {
     # RAdam switches to the rectified branch at step 6 here as with the default beta2.
     "radam": {"learning_rate": 3e-3, "beta1": 0.8, "beta2": 0.95, "epsilon": 1e-2, "weight_decay": 0.1},
     "lion": {"learning_rate": 3e-3, "beta1": 0.8, "beta2": 0.95, "weight_decay": 0.1},
+    # Rules of symopt/rules_modern.py. Rprop's bounds bind (0.05 within 25 steps of growth
+    # by 1.5); ASGD's t0 = 5 starts the averaging at step 7.
+    "rprop": {
+        "learning_rate": 0.02, "eta_minus": 0.3, "eta_plus": 1.5, "step_size_min": 1e-3, "step_size_max": 0.05,
+        "weight_decay": 0.1,
+    },
+    "asgd": {"learning_rate": 0.1, "lambd": 0.05, "alpha": 0.6, "t0": 5.0, "weight_decay": 0.1},
+    "adabelief": {
+        "learning_rate": 3e-3, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-3, "epsilon_root": 1e-4, "weight_decay": 0.1,
+    },
+    "adopt": {"learning_rate": 3e-3, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-2, "weight_decay": 0.1},
+    "ademamix": {
+        "learning_rate": 3e-3, "beta1": 0.8, "beta2": 0.99, "beta3": 0.95, "alpha": 2.0, "epsilon": 1e-3,
+        "epsilon_root": 1e-4, "weight_decay": 0.1,
+    },
+    "lamb": {
+        "learning_rate": 0.01, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-3, "epsilon_root": 1e-4, "weight_decay": 0.1,
+    },
+    "lars": {"learning_rate": 2.0, "trust_coefficient": 0.01, "epsilon": 1e-3, "momentum": 0.5, "weight_decay": 0.1},
 }
 # More numeric settings on the default build: options that are plain numbers.
 EXTRA_NUMERIC: dict[str, list[tuple[str, dict[str, float]]]] = {
@@ -224,6 +243,8 @@ EXTRA_NUMERIC: dict[str, list[tuple[str, dict[str, float]]]] = {
     "adam": [("beta1_decay", {"beta1_decay": 0.9, "epsilon": 1e-3})],
     "adamw": [("beta1_decay", {"beta1_decay": 0.9, "weight_decay": 0.1})],
     "amsgrad": [("beta1_decay", {"beta1_decay": 0.9})],
+    # torch.optim.Adagrad's options.
+    "adagrad": [("torch_options", {"initial_accumulator_value": 0.1, "lr_decay": 0.05, "weight_decay": 0.1})],
 }
 # Constructor numbers that change the graph: RMSprop keeps a momentum buffer only
 # when built with momentum > 0.
@@ -395,6 +416,18 @@ CONVERGENCE: dict[str, tuple[Phases, float]] = {
     "nadam": (decaying(0.05, 400), 1e-9),
     "radam": (decaying(0.1, 400), 1e-6),
     "lion": (decaying(0.01, 500, phases=4), 1e-4),
+    # Rules of symopt/rules_modern.py.
+    "rprop": ([({"step_size_min": 1e-12}, 300)], 1e-9),
+    "asgd": ([({"learning_rate": 0.5, "lambd": 0.0}, 100)], 1e-10),  # lambd > 0 shrinks towards 0
+    "adabelief": (decaying(0.05, 400), 1e-12),
+    # ADOPT divides by the second moment of earlier gradients, which with beta2 = 0.9999
+    # keeps the start's large ones for thousands of steps: a shorter memory converges.
+    "adopt": (decaying(0.05, 400, beta2=0.99), 1e-12),
+    "ademamix": (decaying(0.05, 400, phases=4, beta3=0.99, alpha=1.0), 1e-5),
+    # LAMB and LARS step lr * |p| (times the trust coefficient) whatever the gradient:
+    # like Lion, they reach an O(lr) neighbourhood, so their rates fall further.
+    "lamb": (decaying(0.05, 300, phases=6), 1e-4),
+    "lars": (decaying(10.0, 300, phases=6, momentum=0.5), 1e-5),
 }
 # float32 resolves a coordinate of size ~1 to ~6e-8, and the adaptive rules keep
 # jittering by a few ulps: their distance floor is ~1e-6 over 16 coordinates.
