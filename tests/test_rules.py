@@ -235,7 +235,7 @@ NONDEFAULT: dict[str, dict[str, float]] = {
     "lamb": {
         "learning_rate": 0.01, "beta1": 0.8, "beta2": 0.99, "epsilon": 1e-3, "epsilon_root": 1e-4, "weight_decay": 0.1,
     },
-    "lars": {"learning_rate": 2.0, "trust_coefficient": 0.01, "epsilon": 1e-3, "momentum": 0.5, "weight_decay": 0.1},
+    "lars": {"learning_rate": 0.5, "trust_coefficient": 0.01, "epsilon": 1e-3, "momentum": 0.5, "weight_decay": 0.1},
 }
 # More numeric settings on the default build: options that are plain numbers.
 EXTRA_NUMERIC: dict[str, list[tuple[str, dict[str, float]]]] = {

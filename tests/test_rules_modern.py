@@ -298,7 +298,7 @@ def test_rprop_bounds_checked_per_group_and_on_load() -> None:
 
 
 def test_lars_trust_ratio_mask_names_foreign_parameters() -> None:
-    with pytest.raises(ValueError, match="LARS: trust_ratio_mask names other"):
+    with pytest.raises(ValueError, match="LARS: trust_ratio_mask names 'other'"):
         symopt.LARS([W], trust_ratio_mask=[OTHER])
     with pytest.raises(TypeError, match="LARS got an unknown hyperparameter 'trust_mask'"):
         symopt.LARS([W], trust_mask=[W])
