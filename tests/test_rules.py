@@ -59,6 +59,16 @@ STEPS = 25
 # floor of 0.1 (atol = 2e-6 * scale) keeps 4x headroom while any change to an
 # equation (a coefficient off by 1e-3 relative or more) still fails.
 TOLERANCE = {"float64": (1e-7, 1e-3), "float32": (2e-5, 0.1)}  # dtype -> (rtol, floor)
+# Rules of symopt/rules_modern.py whose float32 state amplifies that gradient mismatch
+# (observed 0.8e-5 to 1.4e-5, so 2e-5 would leave no headroom): AdaBelief's belief
+# s_t averages (g - m_t)^2, a difference of nearly equal numbers on this smooth
+# trajectory (relative error ~u |g| / |g - m|), and with eps = 1e-16 nothing damps it in
+# m / sqrt(s); Rprop's slot ``prev`` is the raw gradient, whose near-zero components
+# carry the ~10u-of-scale mismatch unaveraged; ADOPT divides each gradient by the root
+# of one earlier squared gradient (v_1 = g_1^2), so tiny components pass their relative
+# error 1:1; AdEMAMix adds alpha = 5 times a slow average of the gradients. 1e-4 keeps
+# 7x headroom and still fails a coefficient off by 1e-3.
+FLOAT32_RTOL = {"adabelief": 1e-4, "rprop": 1e-4, "adopt": 1e-4, "ademamix": 1e-4}
 
 
 # --------------------------------------------------------------------------- model
@@ -322,6 +332,8 @@ def relative_error(actual: np.ndarray, desired: np.ndarray, floor: float) -> flo
 def check_close(actual: np.ndarray, desired: np.ndarray, key: tuple[str, str], what: str) -> None:
     """Assert ``actual`` matches ``desired`` (shape, dtype, values) and record the error under ``key``."""
     rtol, floor = TOLERANCE[key[1]]
+    if key[1] == "float32":
+        rtol = FLOAT32_RTOL.get(key[0], rtol)
     assert actual.shape == desired.shape, f"{what}: shape {actual.shape} != reference {desired.shape}"
     assert actual.dtype == desired.dtype, f"{what}: dtype {actual.dtype} != reference {desired.dtype}"
     assert np.all(np.isfinite(actual)), f"{what}: non-finite values {actual}"
