@@ -99,9 +99,13 @@ def build_kwargs(rule: str) -> dict[str, Any]:
 
 
 def assert_close(actual: np.ndarray, desired: np.ndarray, what: str, rtol: float = 1e-9) -> None:
+    """|a - r| <= rtol (|r| + floor max|r|): rounding errors are absolute, of the order of the
+    array's scale, so tiny elements are judged against a floor (float32: 0.1 of the scale,
+    as in tests/test_rules.py, since one ulp of the scale is already 6e-8 of it)."""
     assert actual.dtype == desired.dtype, f"{what}: dtype {actual.dtype} != {desired.dtype}"
+    floor = 0.1 if desired.dtype == np.float32 else 1e-3
     scale = float(np.max(np.abs(desired), initial=0.0))
-    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * 1e-3 * scale, err_msg=what)
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * floor * scale, err_msg=what)
 
 
 def run_against(stepper: Stepper, reference: Any, centre: list[np.ndarray], steps: int = STEPS,
@@ -182,8 +186,9 @@ def test_trust_ratio_is_per_seed_on_stacked_parameters(steppers: Callable[..., S
     stepper = steppers(rule, f"stacked-{dtype}", initial=initial, stacked=True, **TRUST[rule])
     stepper.reset()
     per_seed = [REFERENCES[rule]([v[s] for v in initial], **TRUST[rule]) for s in range(S)]
-    # float32: both sides round the norms' sums differently; ~1e-6 per step, kept over 40 steps.
-    run_against(stepper, None, STACKED_CENTRE, rtol=1e-9 if dtype == "float64" else 2e-4, per_seed=per_seed)
+    # float32: the sides round the norms' sums and LAMB's m / sqrt(v) (ill-conditioned where
+    # a gradient component is near 0) differently; observed <= 5.3e-6 (LAMB) over 40 steps.
+    run_against(stepper, None, STACKED_CENTRE, rtol=1e-9 if dtype == "float64" else 5e-5, per_seed=per_seed)
     for p in stepper.params:
         assert p.get_value().dtype == dtype
         for var in stepper.opt.state[stepper.params.index(p)].values():
