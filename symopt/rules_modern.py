@@ -26,8 +26,9 @@ so each seed's run is the run it would have alone.
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -58,6 +59,21 @@ HYPERPARAMETER_BOUNDS.update(
 )
 
 
+def _signature_of_base(*extra: inspect.Parameter) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorator giving an ``__init__(self, params, **kwargs)`` override the base class's
+    signature (plus ``extra`` keyword-only parameters), so that introspection (``help``,
+    :mod:`symopt.updates`) sees the real settings."""
+
+    def decorate(init: Callable[..., None]) -> Callable[..., None]:
+        parameters = list(inspect.signature(Optimizer.__init__).parameters.values())
+        keyword = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
+        named = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        init.__signature__ = inspect.Signature(named + list(extra) + keyword)  # type: ignore[attr-defined]
+        return init
+
+    return decorate
+
+
 class _Constrained(Optimizer):
     """A rule whose hyperparameters are constrained jointly (``step_size_min <= step_size_max``)
     or more tightly than the shared ranges; :meth:`check_values` says how.
@@ -76,6 +92,7 @@ class _Constrained(Optimizer):
     def _where(self, group_index: int) -> str:
         return f" (param group {group_index})" if len(self.param_groups) > 1 else ""
 
+    @_signature_of_base()
     def __init__(self, params: Any, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         for gi in range(len(self.param_groups)):
@@ -116,11 +133,18 @@ def _per_seed_norm(x: TensorVariable, stacked: bool) -> TensorVariable:
     return pt.sqrt(pt.sum(x * x, axis=axes, keepdims=True))
 
 
-def _trust_ratio(param: TensorVariable, update: TensorVariable, stacked: bool, coefficient: Any, eps: Any) -> TensorVariable:
-    """optax's ``scale_by_trust_ratio``: ``c ||p|| / (||u|| + eps)``, and 1 where a norm is 0."""
+def _trust_ratio(
+    param: TensorVariable, update: TensorVariable, stacked: bool, coefficient: Any = None, eps: Any = None
+) -> TensorVariable:
+    """optax's ``scale_by_trust_ratio``: ``c ||p|| / (||u|| + eps)``, and 1 where a norm is 0.
+
+    ``coefficient`` and ``eps`` default to 1 and 0 (LAMB) and are then left out of the graph.
+    """
     param_norm = _per_seed_norm(param, stacked)
     update_norm = _per_seed_norm(update, stacked)
-    ratio = coefficient * param_norm / (update_norm + eps)
+    ratio = param_norm / (update_norm if eps is None else update_norm + eps)
+    if coefficient is not None:
+        ratio = coefficient * ratio
     # A zero parameter (a fresh bias) or a zero update would stall or divide by zero.
     zero = pt.or_(pt.eq(param_norm, 0), pt.eq(update_norm, 0))
     return pt.switch(zero, pt.ones_like(ratio), ratio)
@@ -180,7 +204,8 @@ class Rprop(_Constrained):
         # The step sizes start at the learning rate of the first step (torch's full_like(p, lr)).
         previous_size = state["step_size"] + first * self.learning_rate
         sign = pt.sign(grad * state["prev"])
-        factor = pt.switch(pt.gt(sign, 0), self.eta_plus, pt.switch(pt.lt(sign, 0), self.eta_minus, 1.0))
+        one = pt.constant(1.0, dtype=param.dtype)  # a bare 1.0 would be a float32 constant in float64 graphs
+        factor = pt.switch(pt.gt(sign, 0), self.eta_plus, pt.switch(pt.lt(sign, 0), self.eta_minus, one))
         step_size = pt.clip(previous_size * factor, self.step_size_min, self.step_size_max)
         used = pt.switch(pt.lt(sign, 0), pt.zeros_like(grad), grad)
         return param - pt.sign(used) * step_size, {"prev": used, "step_size": step_size}
@@ -425,7 +450,7 @@ class LAMB(Optimizer):
         exp_avg_sq = (1 - beta2) * grad * grad + beta2 * state["exp_avg_sq"]
         direction = (exp_avg / correction1) / (pt.sqrt(exp_avg_sq / correction2 + self.epsilon_root) + self.epsilon)
         direction = direction + self.weight_decay * param
-        ratio = _trust_ratio(param, direction, _is_stacked(self), 1.0, 0.0)
+        ratio = _trust_ratio(param, direction, _is_stacked(self))
         return param - self.learning_rate * (direction * ratio), {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
@@ -463,7 +488,10 @@ class LARS(Optimizer):
     }
     slots = {"momentum_buffer": 0.0}
 
+    @_signature_of_base(inspect.Parameter("trust_ratio_mask", inspect.Parameter.KEYWORD_ONLY, default=None))
     def __init__(self, params: Any, *, trust_ratio_mask: Any = None, **kwargs: Any) -> None:
+        """``trust_ratio_mask``: callable ``param -> bool`` or a list of the parameters whose
+        step the trust ratio scales (default: all); the other keywords are :class:`Optimizer`'s."""
         super().__init__(params, **kwargs)
         flags = _mask(type(self).__name__, "trust_ratio_mask", trust_ratio_mask, self.params, lambda p: True)
         self._trusted = {id(p): flag for p, flag in zip(self.params, flags)}
