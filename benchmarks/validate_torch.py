@@ -272,6 +272,10 @@ NEGATIVE_CONTROLS: list[tuple[str, str, dict[str, Any], str, dict[str, Any]]] = 
      "rmsprop", {"learning_rate": 0.01, "epsilon": 1e-4, "epsilon_inside_sqrt": False}),
     ("symopt nesterov vs torch SGD(momentum, nesterov=False)",
      "nesterov", {"learning_rate": 0.05}, "momentum", {"learning_rate": 0.05}),
+    ("symopt adagrad initial_accumulator_value=0.5 vs torch Adagrad with 0",
+     "adagrad", {"learning_rate": 0.1, "initial_accumulator_value": 0.5}, "adagrad", {"learning_rate": 0.1}),
+    ("symopt rprop eta_plus=1.5 vs torch Rprop etas=(0.5, 1.2)",
+     "rprop", {"learning_rate": 0.05, "eta_plus": 1.5}, "rprop", {"learning_rate": 0.05}),
 ]
 
 
