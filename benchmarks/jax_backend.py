@@ -12,7 +12,16 @@ one process:
     the second step on the whole step runs in float64 (see ``symopt/_jax.py``).
 ``symopt[JAX]``
     ``symopt.function(mode="JAX")``: the same plus symopt's rewrite that keeps float32
-    float32.
+    float32, shared values kept on the device and the updated variables' buffers
+    donated to XLA.
+``symopt[JAX,no-donate]``
+    the same without donation (``DeviceSharedJAXLinker.donate_updated = False``): what
+    donation changes.
+``symopt[JAX],device-batch``
+    ``symopt[JAX]``'s jitted program called as PyTensor's ``Function`` calls it (same
+    arguments, donated state carried from step to step), with the batch already on the
+    device as the ``jax-optax`` contender gets it: the difference to ``symopt[JAX]`` is
+    PyTensor's ``Function`` call and the NumPy batch's transfer.
 ``jax-optax``
     ``step_time.jax_contender``: one ``jax.jit`` step, parameters and state donated,
     batches already on the device.
@@ -78,6 +87,28 @@ def xla_only(step_fn: Any, args: list[Any]) -> Callable[[int], Any]:
     return step
 
 
+def device_batch_step(fn: Any, problem: st.Problem) -> Callable[[int], Any]:
+    """``fn``'s compiled thunk (symopt's linker's call, donation included) on device batches,
+    the updates stored back as ``Function`` does: a step without ``Function.__call__``."""
+    import jax
+
+    thunk = fn.vm
+    storage, outputs = thunk.inputs, thunk.outputs
+    updates = list(fn.maker.fgraph.update_mapping.items())
+    xs = [jax.device_put(x) for x in problem.xs]
+    ys = [jax.device_put(y) for y in problem.ys]
+    n = len(xs)
+
+    def step(i: int) -> Any:
+        storage[0][0], storage[1][0] = xs[i % n], ys[i % n]
+        thunk()
+        for out_idx, in_idx in updates:
+            storage[in_idx][0] = outputs[out_idx][0]
+        return jax.block_until_ready(outputs[0][0])
+
+    return step
+
+
 def contenders(
     optimizer: str, problem: st.Problem
 ) -> tuple[dict[str, Callable[[int], Any]], dict[str, Callable[[], list[Any]]]]:
@@ -86,22 +117,32 @@ def contenders(
     import jax.numpy as jnp
     from pytensor.compile.mode import get_mode
 
+    from symopt._jax import DeviceSharedJAXLinker
+
+    DeviceSharedJAXLinker.donate_updated = False
+    try:
+        no_donate = st.symopt_contender(optimizer, problem, "JAX")
+    finally:
+        DeviceSharedJAXLinker.donate_updated = True
     built = {
         "pytensor[JAX]": st.symopt_contender(optimizer, problem, get_mode("JAX")),
         "symopt[JAX]": st.symopt_contender(optimizer, problem, "JAX"),
+        "symopt[JAX,no-donate]": no_donate,
         "jax-optax": st.jax_contender(optimizer, problem),
         "symopt[default]": st.symopt_contender(optimizer, problem, None),
     }
     steps = {name: c.step for name, c in built.items()}
     for c in built.values():
         c.step(0)
-    # The symopt[JAX] function's jitted program (PyTensor's JIT linker keeps it on its
-    # thunk as ``jit_fn``; symopt's linker wraps it, ``jitted``), on device copies of
-    # its current inputs and batch 0.
+    # The symopt[JAX] function's program (symopt's linker keeps the traced function as
+    # ``fn`` on the call it gives PyTensor's thunk), jitted without donation (its arguments
+    # are reused) on device copies of its current inputs and batch 0.
     fn = built["symopt[JAX]"].info["function"]
-    args = [None if s[0] is None else jax.device_put(s[0]) for s in fn.vm.inputs]
+    # Copies: device_put of a device array returns it, and the step itself donates those.
+    args = [None if s[0] is None else jnp.array(s[0], copy=True) for s in fn.vm.inputs]
     args[0], args[1] = jax.device_put(problem.xs[0]), jax.device_put(problem.ys[0])
-    steps["xla:symopt[JAX]"] = xla_only(getattr(fn.vm.jit_fn, "jitted", fn.vm.jit_fn), args)
+    steps["xla:symopt[JAX]"] = xla_only(jax.jit(fn.vm.jit_fn.fn), args)
+    steps["symopt[JAX],device-batch"] = device_batch_step(fn, problem)
     tx, _ = st.optax_transform(optimizer, st.hyperparameters(optimizer))
     params = [jnp.asarray(p) for p in problem.init]
     jo_args = [params, tx.init(params), args[0], args[1]]
@@ -156,11 +197,15 @@ def run(optimizer: str, rounds: int, steps: int, warmup: int) -> dict[str, Any]:
     finally:
         gc.enable()
     median = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+    # The lower quartile too: on a shared machine other jobs lengthen steps, rarely shorten them.
+    q1 = {name: 1e3 * statistics.quantiles(ts, n=4)[0] for name, ts in times.items()}
     dtypes = {name: sorted({str(np.asarray(p).dtype) for p in get()}) for name, get in params.items()}
     return {
         "optimizer": optimizer,
         "median_ms": {k: round(v, 4) for k, v in median.items()},
         "over_jax_optax": {k: round(v / median["jax-optax"], 3) for k, v in median.items()},
+        "q1_ms": {k: round(v, 4) for k, v in q1.items()},
+        "q1_over_jax_optax": {k: round(v / q1["jax-optax"], 3) for k, v in q1.items()},
         "xla_over_xla": round(median["xla:symopt[JAX]"] / median["xla:jax-optax"], 3),
         "param_dtypes_after": dtypes,
         "rounds": rounds,
@@ -185,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     result["shared_data_call_ms"] = shared_data_call_ms(args.data_rows, args.steps)
     result["shared_data_rows"] = args.data_rows
     for name, ms in result["median_ms"].items():
-        print(f"{name:18s} {ms:8.3f} ms   / jax-optax {result['over_jax_optax'][name]:.2f}")
+        print(f"{name:26s} median {ms:7.3f} ms (/ jax-optax {result['over_jax_optax'][name]:.2f})   "
+              f"q1 {result['q1_ms'][name]:7.3f} ms (/ jax-optax {result['q1_over_jax_optax'][name]:.2f})")
     print("parameter dtypes after the run:", result["param_dtypes_after"])
     print(f"batch from a shared {args.data_rows}x784 float32 array, ms per call:", result["shared_data_call_ms"])
     print("load average before / after:", result["load_before"], result["load_after"])

@@ -15,7 +15,10 @@ import os as _os
 # no longer undoes it.
 _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from .hyperparameter import Hyperparameter
 from .optimizer import HYPERPARAMETER_BOUNDS, TRANSFORM_SETTINGS, Optimizer, Updates
+from . import transforms
+from .transforms import Transform
 from .registry import ENTRY_POINT_GROUP, OPTIMIZERS, UnknownOptimizerError, get, register
 from .rules import (
     AMSGrad,
@@ -32,12 +35,14 @@ from .rules import (
     RAdam,
     RMSprop,
 )
+from .rules_contrib import Adafactor, Muon, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD
 from .rules_modern import ADOPT, ASGD, LAMB, LARS, AdaBelief, AdEMAMix, Rprop
 
 from . import data, masks, nn, schedules, seeds  # noqa: E402  (after the BLAS setting above)
 from .function import function  # noqa: E402
 from .gradcheck import check_grad  # noqa: E402
 from .wrappers import EMA, Lookahead  # noqa: E402
+from .combine import Combined, combine  # noqa: E402
 from .train import EpochRecord, Trainer, fit  # noqa: E402
 from . import checkpoint  # noqa: E402
 from .checkpoint import TrainingInterrupted  # noqa: E402
@@ -49,6 +54,9 @@ __version__ = "0.1.0"
 __all__ = [
     "Optimizer",
     "Updates",
+    "Hyperparameter",
+    "Transform",
+    "transforms",
     "TRANSFORM_SETTINGS",
     "OPTIMIZERS",
     "ENTRY_POINT_GROUP",
@@ -69,6 +77,11 @@ __all__ = [
     "NAdam",
     "RAdam",
     "Lion",
+    "Adafactor",
+    "Muon",
+    "Prodigy",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
     "Rprop",
     "ASGD",
     "AdaBelief",
@@ -83,6 +96,8 @@ __all__ = [
     "seeds",
     "EMA",
     "Lookahead",
+    "combine",
+    "Combined",
     "fit",
     "function",
     "check_grad",

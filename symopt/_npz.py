@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NpzReader"]
+__all__ = ["NpzReader", "StateFile"]
 
 
 class _Refused(ValueError):
@@ -141,3 +141,68 @@ class NpzReader:
             raise
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise self._unreadable(name, exc) from None
+
+
+class StateFile:
+    """The ``.npz`` file behind every ``save``/``load`` of optimiser state.
+
+    :class:`~symopt.optimizer.Optimizer`, :class:`~symopt.wrappers.EMA` and
+    :class:`~symopt.wrappers.Lookahead` flatten their ``state_dict`` to ``name -> array``
+    and call :meth:`write`; :meth:`read` gives the arrays back without trusting the file:
+    every array's header is checked (numbers only, at most ``largest`` elements; the named
+    ``strings`` as short scalar strings) before it is allocated.
+
+    Parameters
+    ----------
+    owner
+        Prefix of every error message (the class name).
+    what
+        What the file is, for messages.
+    """
+
+    def __init__(self, owner: str, what: str = "optimiser state file"):
+        self.owner, self.what = owner, what
+
+    def write(self, path: str | os.PathLike[str], flat: dict[str, np.ndarray]) -> None:
+        """All arrays, atomically (no partial file on failure)."""
+        from ._io import atomic_writer  # _io imports nothing of ours, but keep _npz importable alone
+
+        with atomic_writer(path) as f:
+            np.savez(f, **flat)
+
+    def read(
+        self,
+        path: str | os.PathLike[str],
+        largest: int,
+        strings: tuple[str, ...] = (),
+        expect: dict[str, int] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Every array of the file, checked before allocation.
+
+        ``expect`` maps names of integer scalars to the value they must have (a group
+        count), read and compared before anything else.
+        """
+        path = Path(path)
+        owner = self.owner
+        flat: dict[str, np.ndarray] = {}
+        try:
+            with NpzReader(path, self.what) as npz:
+                for name, want in (expect or {}).items():
+                    got = npz.read(name, shape=(), kinds="iu")
+                    if int(got) != want:
+                        label = "param groups" if name.endswith("groups") else name
+                        raise ValueError(f"{owner}: {str(path)!r} holds {int(got)} {label}, this optimiser has {want}")
+                    flat[name] = got
+                for name in npz.names:
+                    if name in flat:
+                        continue
+                    if name in strings:
+                        flat[name] = npz.read(name, shape=(), kinds="U", max_itemsize=4 * 256)
+                    else:
+                        flat[name] = npz.read(name, kinds="biuf", max_size=largest)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{owner}: no {self.what} {str(path)!r}") from None
+        except ValueError as exc:
+            message = str(exc)
+            raise ValueError(message if message.startswith(owner) else f"{owner}: {message}") from None
+        return flat

@@ -39,9 +39,9 @@ The uniform is the top bits of ``h``: ``(h >> 40) * 2**-24`` in float32 and
 
 This is not Philox or Threefry (10 or 20 rounds of 32-bit arithmetic per pair of
 words): one 64-bit multiply-add and one mix per element is several times cheaper in
-the scalar C loop of the CVM backend and vectorises in Numba's (AVX-512 has 64-bit
-multiplies), and SplitMix64's statistical record is as good for this use (masks, not
-cryptography).
+the scalar C loop of the CVM backend and vectorises in Numba's and in symopt's flat C
+loop (:mod:`symopt._elemwise`; AVX-512 has 64-bit multiplies), and SplitMix64's
+statistical record is as good for this use (masks, not cryptography).
 """
 
 from __future__ import annotations

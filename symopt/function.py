@@ -52,8 +52,11 @@ not been re-measured quietly, so the default stays; ``SYMOPT_MODE=CVM`` for long
 JAX reductions returned float64 for float32 sums, which made every float32 train step
 float64 from its second call on, 2.5-2.8x slower than the same step in hand-written JAX) and
 a linker that keeps shared tensors on the device (PyTensor's copied every NumPy shared
-value, a whole training set included, to the device at every call). Measured in
-``benchmarks/jax_backend.py``.
+value, a whole training set included, to the device at every call) and donates the
+buffers of updated shared variables to XLA (in-place updates; an array taken with
+``get_value(borrow=True)`` is invalid after the next call). Measured in
+``benchmarks/jax_backend.py``: the XLA program equals hand-written JAX + optax; what is
+left is PyTensor's ``Function`` call and the NumPy batch's transfer.
 
 First compilation: before the first compilation on a machine whose PyTensor cache for
 the backend (Numba's, or the C modules') is empty, :func:`function` prints one line to
@@ -80,7 +83,7 @@ import pytensor
 from pytensor.compile.mode import Mode, get_mode
 from pytensor.graph.rewriting.db import RewriteDatabaseQuery
 
-from . import _blas, _elemwise, _jax
+from . import _batched, _blas, _elemwise, _jax
 
 __all__ = ["function", "default_mode", "backend_name", "resolve_mode", "configure_blas", "blas_info", "MODES", "DEFAULT_MODE"]
 
@@ -221,6 +224,10 @@ def _build(name: str) -> Mode:
             linker=linker,
             optimizer=RewriteDatabaseQuery(include=["fast_run", _elemwise.TAG], exclude=[_blas.REPLACED]),
         )
+    if name not in _C_MODES:
+        # BatchedGemm's Numba/JAX implementations (PyTensor's FAST_RUN is Numba too):
+        # registered here, not at import, which would import numba or jax.
+        _batched.register_backends("JAX" if name == "JAX" else "NUMBA")
     if name == "JAX":
         return Mode(linker=_jax.DeviceSharedJAXLinker(), optimizer=get_mode("JAX").provided_optimizer.including(_jax.TAG))
     return get_mode(name)

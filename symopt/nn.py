@@ -74,7 +74,8 @@ _FLOATS = ("float16", "float32", "float64")
 _INTS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 
 Seed = int | np.random.Generator
-Updates = OrderedDict[SharedVariable, TensorVariable]
+#: A layer's extra updates (batch-norm statistics, dropout counters); not the optimiser's :class:`~symopt.optimizer.Updates`.
+UpdateDict = OrderedDict[SharedVariable, TensorVariable]
 
 
 def _const(value: float, dtype: str) -> TensorVariable:
@@ -246,11 +247,23 @@ def cross_entropy(logits: Any, labels: Any, reduction: str = "mean") -> TensorVa
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
-def accuracy(logits: Any, labels: Any) -> TensorVariable:
-    """Fraction of rows whose arg-max equals the label, in the logits' dtype."""
+def accuracy(logits: Any, labels: Any, reduction: str = "mean") -> TensorVariable:
+    """Which rows' arg-max equals the label.
+
+    ``reduction``: ``"mean"`` (default) the fraction of such rows, in the logits' dtype;
+    ``"sum"`` their count (int64; sums over eval batches stay exact); ``"none"`` one
+    boolean per row. Out-of-range labels raise at run time.
+    """
     logits = pt.as_tensor_variable(logits)
     labels = _checked_labels(logits, labels)
-    return pt.cast(pt.eq(pt.argmax(logits, axis=1), labels), logits.dtype).mean()
+    hits = pt.eq(pt.argmax(logits, axis=1), labels)
+    if reduction == "mean":
+        return pt.cast(hits, logits.dtype).mean()
+    if reduction == "sum":
+        return hits.sum()
+    if reduction == "none":
+        return hits
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
 
 # ---------------------------------------------------------------------- layers
@@ -270,7 +283,7 @@ class Layer:
 
     def __init__(self, name: str):
         self.name = name
-        self.extra_updates: Updates = OrderedDict()
+        self.extra_updates: UpdateDict = OrderedDict()
 
     @property
     def params(self) -> list[SharedVariable]:
@@ -282,7 +295,7 @@ class Layer:
         """Non-trainable shared state (running statistics, RNG): save it with the params."""
         return []
 
-    def forward(self, x: TensorVariable, train: bool, updates: Updates) -> TensorVariable:
+    def forward(self, x: TensorVariable, train: bool, updates: UpdateDict) -> TensorVariable:
         """Symbolic output; in train mode, put state changes into ``updates``."""
         raise NotImplementedError(f"{type(self).__name__} must implement forward")
 
@@ -291,7 +304,7 @@ class Layer:
         if not isinstance(train, (bool, np.bool_)):
             raise TypeError(f"{type(self).__name__}.output: train must be True or False, got {train!r}")
         x = pt.as_tensor_variable(x)
-        updates: Updates = OrderedDict()
+        updates: UpdateDict = OrderedDict()
         out = self.forward(x, bool(train), updates)
         if train:
             self.extra_updates = updates
@@ -348,7 +361,7 @@ class Dense(Layer):
     def params(self) -> list[SharedVariable]:
         return [self.W] if self.b is None else [self.W, self.b]
 
-    def forward(self, x: TensorVariable, train: bool, updates: Updates) -> TensorVariable:
+    def forward(self, x: TensorVariable, train: bool, updates: UpdateDict) -> TensorVariable:
         _check_ndim(self, x, (2,), "(batch, features)")
         if x.type.shape[1] is not None and x.type.shape[1] != self.n_in:
             raise ValueError(f"Dense {self.name!r} expects {self.n_in} features, got {x.type.shape[1]}")
@@ -371,7 +384,7 @@ class Activation(Layer):
         super().__init__(name or label)
         self.fn = fn
 
-    def forward(self, x: TensorVariable, train: bool, updates: Updates) -> TensorVariable:
+    def forward(self, x: TensorVariable, train: bool, updates: UpdateDict) -> TensorVariable:
         return self.fn(x)
 
 
@@ -447,7 +460,7 @@ class BatchNorm(Layer):
     def buffers(self) -> list[SharedVariable]:
         return [self.running_mean, self.running_var]
 
-    def forward(self, x: TensorVariable, train: bool, updates: Updates) -> TensorVariable:
+    def forward(self, x: TensorVariable, train: bool, updates: UpdateDict) -> TensorVariable:
         _check_ndim(self, x, (2, 4), "(batch, features) or (batch, channels, height, width)")
         if x.type.shape[1] is not None and x.type.shape[1] != self.num_features:
             raise ValueError(f"BatchNorm {self.name!r} expects {self.num_features} features, got {x.type.shape[1]}")
@@ -499,7 +512,7 @@ class Dropout(Layer):
     def buffers(self) -> list[SharedVariable]:
         return [self.key, self.counter]
 
-    def forward(self, x: TensorVariable, train: bool, updates: Updates) -> TensorVariable:
+    def forward(self, x: TensorVariable, train: bool, updates: UpdateDict) -> TensorVariable:
         if not train or self.p == 0.0:
             return x
         dtype = x.dtype if x.dtype in ("float32", "float64") else pytensor.config.floatX
@@ -603,7 +616,7 @@ class Conv2D(Layer):
     def params(self) -> list[SharedVariable]:
         return [self.W] if self.b is None else [self.W, self.b]
 
-    def forward(self, x: TensorVariable, train: bool, updates: Updates) -> TensorVariable:
+    def forward(self, x: TensorVariable, train: bool, updates: UpdateDict) -> TensorVariable:
         _check_ndim(self, x, (4,), "(batch, channels, height, width)")
         if x.type.shape[1] is not None and x.type.shape[1] != self.in_channels:
             raise ValueError(f"Conv2D {self.name!r} expects {self.in_channels} channels, got {x.type.shape[1]}")
@@ -638,7 +651,7 @@ class MaxPool2D(Layer):
         self.pool_size = _pair(pool_size, "pool_size")
         self.stride = self.pool_size if stride is None else _pair(stride, "stride")
 
-    def forward(self, x: TensorVariable, train: bool, updates: Updates) -> TensorVariable:
+    def forward(self, x: TensorVariable, train: bool, updates: UpdateDict) -> TensorVariable:
         _check_ndim(self, x, (4,), "(batch, channels, height, width)")
         ph, pw = self.pool_size
         if self.stride == self.pool_size:
@@ -655,7 +668,7 @@ class Flatten(Layer):
     def __init__(self, name: str = "flatten"):
         super().__init__(name)
 
-    def forward(self, x: TensorVariable, train: bool, updates: Updates) -> TensorVariable:
+    def forward(self, x: TensorVariable, train: bool, updates: UpdateDict) -> TensorVariable:
         return x.reshape((x.shape[0], -1), ndim=2)
 
 
@@ -691,7 +704,7 @@ class Sequential(Layer):
     def buffers(self) -> list[SharedVariable]:
         return self._collect("buffers")
 
-    def forward(self, x: TensorVariable, train: bool, updates: Updates) -> TensorVariable:
+    def forward(self, x: TensorVariable, train: bool, updates: UpdateDict) -> TensorVariable:
         for layer in self.layers:
             x = layer.output(x, train)
             if train:

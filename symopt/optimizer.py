@@ -1,21 +1,23 @@
-"""The :class:`Optimizer` base class.
+"""The :class:`Optimizer` base class: a rule's math composed with the training controls.
 
-A rule (SGD, Adam, ...) declares its hyperparameters and per-parameter state
-("slots") and implements :meth:`Optimizer.update_param`: the math of one step for
-one parameter. Everything else lives here, once: gradients, validation, coupled or
-decoupled weight decay, dtype casting, the step counter, state (de)serialisation
-and the ``OrderedDict`` of updates that goes into ``pytensor.function``.
+A rule (SGD, Adam, ...) declares its hyperparameters (:class:`~symopt.hyperparameter.Hyperparameter`)
+and per-parameter state ("slots") and implements :meth:`Optimizer.update_param`, the
+math of one step for one parameter, receiving its hyperparameters explicitly. The
+controls around it (clipping, weight decay, accumulation, non-finite skipping, max-norm,
+the user's own) are :mod:`symopt.transforms`. This module holds what joins them, once:
+gradients, param groups, slot allocation, update assembly and casting, the step counter,
+getting and setting hyperparameters, and the state (``state_dict``, ``save``/``load``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import math
+import functools
+import inspect
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,80 +26,48 @@ import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.variable import TensorVariable
 
-from ._io import atomic_writer
-from ._npz import NpzReader
+from ._npz import StateFile
+from .hyperparameter import ALIASES as _ALIASES
+from .hyperparameter import HYPERPARAMETER_BOUNDS, Hyperparameter, Values, check_number
 from .schedules import Schedule
+from .transforms import (
+    BUILTIN_ORDER,
+    SETTING_KEYWORDS,
+    Accumulate,
+    SettingTransform,
+    SkipNonFinite,
+    Step,
+    Transform,
+    WeightDecay,
+    _describe,
+)
 
 __all__ = ["Optimizer", "Updates", "HYPERPARAMETER_BOUNDS", "TRANSFORM_SETTINGS"]
 
 #: Constructor keywords of every rule that transform gradients or constrain parameters;
-#: given a value they become shared scalars, changeable like hyperparameters.
-TRANSFORM_SETTINGS = ("clip_value", "clip_norm", "clip_global_norm", "max_norm")
+#: given a value they become shared scalars, changeable like hyperparameters. Derived
+#: from :data:`symopt.transforms.BUILTIN_ORDER`.
+TRANSFORM_SETTINGS = SETTING_KEYWORDS
 
-# name -> (low, high, low_inclusive, high_inclusive). The names are shared by every
-# rule, so their valid ranges are stated once; a rule's own extra hyperparameters
-# only have to be finite.
-HYPERPARAMETER_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
-    "learning_rate": (0.0, math.inf, True, False),
-    "momentum": (0.0, 1.0, True, False),
-    "rho": (0.0, 1.0, True, False),
-    "beta1": (0.0, 1.0, True, False),
-    "beta2": (0.0, 1.0, True, False),
-    "epsilon": (0.0, math.inf, True, False),
-    "weight_decay": (0.0, math.inf, True, False),
-    "momentum_decay": (0.0, math.inf, True, False),
-    "beta1_decay": (0.0, 1.0, False, True),
-}
-
-# Names users coming from torch.optim, Keras or the seeds type; used for "did you mean".
-_ALIASES = {
-    "lr": "learning_rate",
-    "eps": "epsilon",
-    "alpha": "rho",
-    "betas": "beta1 and beta2",
-    "b1": "beta1",
-    "b2": "beta2",
-    "gamma": "beta1_decay",
-    "decay": "weight_decay",
-    "wd": "weight_decay",
-}
+#: The constructor keywords that configure transforms rather than the rule.
+_TRANSFORM_KEYWORDS = ("max_norm_mask", "weight_decay_mask", "accumulate", "skip_nonfinite", "decoupled_weight_decay")
 
 
-def _describe(param: Any, index: int) -> str:
-    """Human-readable name of a parameter for error messages."""
-    name = getattr(param, "name", None)
-    if name:
-        return f"parameter {name!r} (index {index})"
-    return f"parameter at index {index}"
+#: Attributes of the values a rule receives (``h.t``, ``h.cast``, ...), so no hyperparameter names.
+_RESERVED = frozenset({"t", "dtype", "target", "cast", "float64", "keys"})
 
 
 def _check_number(owner: str, name: str, value: Any) -> float:
-    """Validate one numeric hyperparameter value; returns it as a float."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
-            value = value.item()
-        else:
-            raise TypeError(f"{owner}: hyperparameter {name!r} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{owner}: hyperparameter {name!r} must be finite, got {value}")
-    bounds = HYPERPARAMETER_BOUNDS.get(name)
-    if bounds is not None:
-        lo, hi, lo_in, hi_in = bounds
-        ok_lo = value >= lo if lo_in else value > lo
-        ok_hi = value <= hi if hi_in else value < hi
-        if not (ok_lo and ok_hi):
-            interval = f"{'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
-            raise ValueError(f"{owner}: hyperparameter {name!r} must lie in {interval}, got {value}")
-    return value
+    """Validate one numeric value by its name's range in :data:`HYPERPARAMETER_BOUNDS`."""
+    return check_number(owner, name, value)
 
 
 class Updates(OrderedDict):
     """The ``OrderedDict`` :meth:`Optimizer.updates` returns.
 
-    ``applied`` is the symbolic boolean telling whether a call applies the update (it
-    does not while accumulating or on a skipped non-finite step), or ``None`` when
-    every call does; wrappers (EMA, Lookahead) use it to move only with the optimiser.
+    ``applied`` repeats :meth:`Optimizer.build`'s second result (whether a call applies
+    the update; ``None``: every call does) for code written before ``build`` existed,
+    such as ``EMA(params).updates(opt.updates(loss))``. New code passes it explicitly.
     """
 
     applied: TensorVariable | None = None
@@ -108,7 +78,7 @@ class _HyperparameterTable:
 
     def __get__(self, obj: Optimizer | None, owner: type[Optimizer]) -> dict[str, Any]:
         if obj is None:
-            return dict(owner._defaults)
+            return {k: d.default for k, d in owner._declarations.items()}
         return obj._current_hyperparameters()
 
 
@@ -131,26 +101,32 @@ class _Group:
         return float(value.get_value())
 
 
-def _mask(owner: str, what: str, mask: Any, params: list[SharedVariable], default: Any) -> list[bool]:
-    """Resolve a mask (callable param -> bool, or a list of params) to one bool per param."""
-    if mask is None:
-        return [bool(default(p)) for p in params]
-    if callable(mask):
-        out = []
-        for index, param in enumerate(params):
-            flag = mask(param)
-            if not isinstance(flag, (bool, np.bool_)):
-                raise TypeError(f"{owner}: {what}({_describe(param, index)}) returned {flag!r}, expected True or False")
-            out.append(bool(flag))
-        return out
-    if isinstance(mask, (str, bytes)) or not isinstance(mask, Sequence | set | frozenset):
-        raise TypeError(f"{owner}: {what} must be a callable param -> bool or a list of parameters, got {mask!r}")
-    ids = {id(p) for p in params}
-    for entry in mask:
-        if id(entry) not in ids:
-            raise ValueError(f"{owner}: {what} names {getattr(entry, 'name', None) or entry!r}, which is not one of the parameters")
-    chosen = {id(entry) for entry in mask}
-    return [id(p) in chosen for p in params]
+def _takes_values(function: Callable[..., Any], positional: int) -> bool:
+    """Whether a rule hook takes its hyperparameters explicitly (one more positional argument)."""
+    try:
+        parameters = list(inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in kinds for p in parameters) > positional or any(
+        p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
+    )
+
+
+def _callable_without_h(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A new-style hook that an old-style subclass may still call as ``super().update_param(p, g, s)``:
+    without ``h`` it gets the values the old-style call is being built with."""
+    if getattr(method, "_h_optional", False):
+        return method
+
+    @functools.wraps(method)
+    def hook(self: Any, *args: Any) -> Any:
+        if len(args) == method.__code__.co_argcount - 2:  # h left out
+            args = (*args, self.__dict__.get("_h"))
+        return method(self, *args)
+
+    hook._h_optional = True  # type: ignore[attr-defined]
+    return hook
 
 
 class Optimizer:
@@ -173,11 +149,18 @@ class Optimizer:
     weight_decay_mask
         Which parameters weight decay applies to (callable or list), e.g.
         :func:`symopt.masks.exclude_bias_and_norm`; coupled and decoupled alike.
+    decoupled_weight_decay
+        ``True``: shrink each parameter by ``1 - learning_rate * weight_decay`` before the
+        step (torch 2.x ``AdamW`` semantics) instead of adding ``weight_decay * p`` to the
+        gradient; works with any rule. ``None``: the rule's default (AdamW and Lion decouple).
     accumulate
         ``k > 1``: ``k`` calls apply one update with the mean of their gradients.
     skip_nonfinite
         A call whose loss or gradients hold NaN/Inf changes nothing; ``opt.skipped``
         counts them.
+    transforms
+        Further :class:`~symopt.transforms.Transform` objects, applied after the built-in
+        ones in the order given.
     **hyperparameters
         Values for the rule's hyperparameters (see the rule's ``hyperparameters``),
         numbers or :mod:`symopt.schedules` objects; the rest take the rule's defaults.
@@ -190,49 +173,138 @@ class Optimizer:
     -----
     A rule subclass declares
 
-    * ``hyperparameters``: name -> default. Numbers become float64 shared scalars,
-      so :meth:`set_hyperparameter` changes a compiled function without recompiling;
-      booleans are structural options fixed at construction (they change the graph).
-    * ``slots``: per-parameter state, name -> initial fill value. Each slot is a
-      shared variable of its parameter's shape and dtype.
+    * ``hyperparameters``: name -> :class:`~symopt.hyperparameter.Hyperparameter` (or a bare
+      default, whose range then comes from :data:`HYPERPARAMETER_BOUNDS` by name). Numbers
+      become float64 shared scalars, so :meth:`set_hyperparameter` changes a compiled
+      function without recompiling; booleans are structural options fixed at
+      construction (they change the graph).
+    * ``slots``: per-parameter state, name -> initial fill value (or :meth:`slots_for`
+      when options add state). Each slot is a shared variable of its parameter's shape and dtype.
     * ``scalar_slots`` (rarely): optimiser-wide scalars such as NAdam's momentum
       product, advanced once per step by :meth:`update_scalars`.
 
-    and implements :meth:`update_param`. Inside it ``self.<hyperparameter>`` and
-    ``self.t`` (the 1-based step number) are symbolic scalars already cast to the
-    parameter's dtype, and Python float literals take that dtype too, so a rule
-    written naively keeps float32 parameters in float32 arithmetic. Per-step scalar
-    coefficients that cancel badly in float32 belong in :meth:`float64_scalars`.
+    and implements ``update_param(self, param, grad, state, h)``: ``h`` holds the
+    hyperparameters as symbolic scalars in the parameter's dtype, the options as bools
+    and ``h.t``, the 1-based step (:class:`~symopt.hyperparameter.Values`). Python float
+    literals take the parameter's dtype too, so a rule written naively keeps float32
+    parameters in float32 arithmetic; per-step scalar coefficients that cancel badly in
+    float32 belong in ``with h.float64() as f: ...``.
+
+    Three names for three things: ``opt.hyperparameters`` the rule's values (numbers per
+    group, and options), ``opt.options`` the rule's structural booleans, ``opt.settings``
+    the built-in transforms' numbers (``clip_norm``, ...). :meth:`get_hyperparameter` and
+    :meth:`set_hyperparameter` reach all of them by name.
+
+    Rules written before ``h`` existed (``update_param(self, param, grad, state)`` reading
+    ``self.<hyperparameter>``, ``self.t`` and :meth:`float64_scalars`) keep working.
     """
 
     hyperparameters: ClassVar[Any] = _HyperparameterTable()
     slots: ClassVar[dict[str, float]] = {}
     scalar_slots: ClassVar[dict[str, float]] = {}
     #: Decoupled rules (AdamW, Lion) shrink the parameter by ``1 - lr * wd`` before the
-    #: step instead of adding ``wd * p`` to the gradient.
+    #: step instead of adding ``wd * p`` to the gradient (the constructor can override it).
     decoupled_weight_decay: ClassVar[bool] = False
     #: Rules whose decay is part of their own step (Adafactor, Prodigy, schedule-free AdamW)
-    #: apply ``self.weight_decay`` in :meth:`update_param`; the base class then neither adds
-    #: it to the gradient nor shrinks the parameter, and ``self.weight_decay`` reads 0 for
-    #: parameters that ``weight_decay_mask`` excludes.
+    #: apply ``weight_decay`` in :meth:`update_param`; the weight-decay transform then
+    #: neither adds it to the gradient nor shrinks the parameter, and ``weight_decay``
+    #: reads 0 for parameters that ``weight_decay_mask`` excludes.
     weight_decay_in_rule: ClassVar[bool] = False
     #: Registry name, set by :func:`symopt.register`.
     name: ClassVar[str | None] = None
-    _defaults: ClassVar[dict[str, Any]] = {"weight_decay": 0.0}
+    _declarations: ClassVar[dict[str, Hyperparameter]] = {
+        "weight_decay": Hyperparameter(0.0, low=0.0, doc="weight decay (L2 or decoupled)")
+    }
+    _explicit_values: ClassVar[bool] = True
+    _explicit_scalars: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         declared = cls.__dict__.get("hyperparameters")
         if isinstance(declared, Mapping):
-            defaults = dict(declared)
-            defaults.setdefault("weight_decay", 0.0)
-            for key, value in defaults.items():
-                if not isinstance(value, bool):
-                    _check_number(cls.__name__, key, value)
-            cls._defaults = defaults
+            inherited = {k: d for base in reversed(cls.__mro__[1:]) for k, d in getattr(base, "_declarations", {}).items()}
+            table = {k: Hyperparameter.declare(v) for k, v in declared.items()}
+            if "weight_decay" not in table:
+                table["weight_decay"] = Optimizer._declarations["weight_decay"]
+            for key, declaration in list(table.items()):
+                # A bare number overriding a base class's declaration keeps its range.
+                if declaration.by_name and key in inherited and not inherited[key].by_name:
+                    base = inherited[key]
+                    table[key] = Hyperparameter(declaration.default, base.low, base.high, base.low_inclusive,
+                                                base.high_inclusive, base.doc)
+            for key, declaration in table.items():
+                if key in _RESERVED:
+                    raise TypeError(f"{cls.__name__}: a hyperparameter cannot be called {key!r} (h.{key} is taken)")
+                declaration.check(cls.__name__, key, declaration.default)
+            cls._declarations = table
             cls.hyperparameters = _HyperparameterTable()
-        if cls.decoupled_weight_decay and "learning_rate" not in cls._defaults:
+        if "update_param" in cls.__dict__:
+            cls._explicit_values = _takes_values(cls.__dict__["update_param"], 4)
+            if cls._explicit_values:
+                cls.update_param = _callable_without_h(cls.__dict__["update_param"])  # type: ignore[method-assign]
+        if "update_scalars" in cls.__dict__:
+            cls._explicit_scalars = _takes_values(cls.__dict__["update_scalars"], 2)
+            if cls._explicit_scalars:
+                cls.update_scalars = _callable_without_h(cls.__dict__["update_scalars"])  # type: ignore[method-assign]
+        if cls.decoupled_weight_decay and "learning_rate" not in cls._declarations:
             raise TypeError(f"{cls.__name__}: decoupled weight decay needs a 'learning_rate' hyperparameter")
+
+    # ------------------------------------------------------------------ class-level queries
+    @classmethod
+    def declarations(cls) -> dict[str, Hyperparameter]:
+        """name -> :class:`~symopt.hyperparameter.Hyperparameter` of every hyperparameter and option."""
+        return dict(cls._declarations)
+
+    @classmethod
+    def slots_for(cls, **options: Any) -> dict[str, float]:
+        """The slots an instance built with these options keeps (name -> fill value).
+
+        Override when an option adds state (Adam's ``amsgrad``); omitted options take
+        their defaults.
+        """
+        return dict(cls.slots)
+
+    @classmethod
+    def validate(cls, **hyperparameters: Any) -> dict[str, Any]:
+        """Check a configuration as the constructor would, without parameters.
+
+        Accepts the rule's hyperparameters and options and the numeric transform keywords
+        (``clip_norm``, ``accumulate``, ...); raises the constructor's ``TypeError`` /
+        ``ValueError`` for the first bad one. Returns the full configuration: defaults
+        filled in, numbers as floats (schedules as given).
+        """
+        owner = cls.__name__
+        given = dict(hyperparameters)
+        settings = {k: given.pop(k) for k in list(given) if k in SETTING_KEYWORDS}
+        transform_options = {k: given.pop(k) for k in list(given) if k in _TRANSFORM_KEYWORDS}
+        cls._check_keywords_of(owner, given)
+        out: dict[str, Any] = {}
+        for key, declaration in cls._declarations.items():
+            value = given.get(key, declaration.default)
+            out[key] = value if isinstance(value, Schedule) and not declaration.is_option else declaration.check(owner, key, value)
+        for key, value in settings.items():
+            if value is not None:
+                out[key] = _builtin(key).check(owner, value)
+        if "accumulate" in transform_options:
+            out["accumulate"] = Accumulate(transform_options["accumulate"], owner).k
+        if "skip_nonfinite" in transform_options:
+            out["skip_nonfinite"] = SkipNonFinite(transform_options["skip_nonfinite"], owner).enabled
+        if transform_options.get("decoupled_weight_decay") is not None:
+            out["decoupled_weight_decay"] = WeightDecay(transform_options["decoupled_weight_decay"], owner=owner).decoupled
+        return out
+
+    @classmethod
+    def _check_keywords_of(cls, owner: str, given: Mapping[str, Any]) -> None:
+        known = list(cls._declarations)
+        for key in given:
+            if key in cls._declarations:
+                continue
+            hint = _ALIASES.get(key) or next(iter(difflib.get_close_matches(key, known, n=1)), None)
+            did_you_mean = f" (did you mean {hint!r}?)" if hint else ""
+            raise TypeError(
+                f"{owner} got an unknown hyperparameter {key!r}{did_you_mean}; "
+                f"it accepts: {', '.join(known)}"
+            )
 
     # ------------------------------------------------------------------ construction
     def __init__(
@@ -245,28 +317,33 @@ class Optimizer:
         max_norm: float | None = None,
         max_norm_mask: Any = None,
         weight_decay_mask: Any = None,
+        decoupled_weight_decay: bool | None = None,
         accumulate: int = 1,
         skip_nonfinite: bool = False,
+        transforms: Sequence[Transform] = (),
         **hyperparameters: Any,
     ):
         owner = type(self).__name__
-        self._ctx_group: _Group | None = None
-        self._ctx_dtype: str | None = None
-        self._ctx_no_decay = False
-        #: Inside update_param: the shared variable whose step is being built (its static
-        #: shape and tags, e.g. ``tag.seed_axis``, for rules that reduce over a tensor).
+        self._h: Values | None = None
+        #: While a step is built: the shared variable whose update is being built and its
+        #: param group (static shape, tags such as ``tag.seed_axis``, the group's scalars),
+        #: for rules that reduce over a tensor or a group.
         self.current_param: SharedVariable | None = None
+        self.current_group: _Group | None = None
+        if self.weight_decay_in_rule and decoupled_weight_decay is not None:
+            raise ValueError(f"{owner} applies weight decay in its own step; decoupled_weight_decay does not apply to it")
+        # Built-ins added to BUILTIN_ORDER after this signature was written arrive here.
+        given = {"clip_value": clip_value, "clip_norm": clip_norm, "clip_global_norm": clip_global_norm, "max_norm": max_norm}
+        given.update({k: hyperparameters.pop(k) for k in list(hyperparameters) if k in SETTING_KEYWORDS})
         self._check_keywords(hyperparameters)
         self.options: dict[str, bool] = {}
-        numeric: dict[str, float] = {}
-        for key, default in self._defaults.items():
-            value = hyperparameters.get(key, default)
-            if isinstance(default, bool):
-                if not isinstance(value, (bool, np.bool_)):
-                    raise TypeError(f"{owner}: option {key!r} must be True or False, got {value!r}")
-                self.options[key] = bool(value)
+        numeric: dict[str, Any] = {}
+        for key, declaration in self._declarations.items():
+            value = hyperparameters.get(key, declaration.default)
+            if declaration.is_option:
+                self.options[key] = declaration.check(owner, key, value)
             else:
-                numeric[key] = value if isinstance(value, Schedule) else _check_number(owner, key, value)
+                numeric[key] = value if isinstance(value, Schedule) else declaration.check(owner, key, value)
 
         group_specs = self._split_groups(params)
         seen: dict[int, int] = {}
@@ -289,7 +366,7 @@ class Optimizer:
                 if isinstance(value, Schedule):
                     values[key] = value
                     continue
-                value = _check_number(f"{owner} (param group {gi})", key, value)
+                value = self._declarations[key].check(f"{owner} (param group {gi})", key, value)
                 tag = key if len(group_specs) == 1 else f"{key}[{gi}]"
                 values[key] = pytensor.shared(np.float64(value), name=f"{owner}.{tag}")
             self.param_groups.append(_Group(list(group_params), values))
@@ -303,59 +380,58 @@ class Optimizer:
             }
         self.iterations: SharedVariable = pytensor.shared(np.int64(0), name=f"{owner}.iterations")
 
-        # Gradient transforms and constraints (the same for every rule).
-        if isinstance(accumulate, bool) or not isinstance(accumulate, (int, np.integer)) or accumulate < 1:
-            raise ValueError(f"{owner}: accumulate must be an integer >= 1, got {accumulate!r}")
-        if not isinstance(skip_nonfinite, (bool, np.bool_)):
-            raise TypeError(f"{owner}: skip_nonfinite must be True or False, got {skip_nonfinite!r}")
-        self.accumulate, self.skip_nonfinite = int(accumulate), bool(skip_nonfinite)
-        given = {"clip_value": clip_value, "clip_norm": clip_norm, "clip_global_norm": clip_global_norm, "max_norm": max_norm}
-        self.settings: dict[str, SharedVariable] = {
-            key: pytensor.shared(np.float64(self._check_setting(key, value)), name=f"{owner}.{key}")
-            for key, value in given.items()
-            if value is not None
+        # The training controls, in BUILTIN_ORDER, then the user's.
+        if decoupled_weight_decay is None:
+            decoupled_weight_decay = type(self).decoupled_weight_decay
+        options = {
+            **given,
+            "accumulate": accumulate,
+            "skip_nonfinite": skip_nonfinite,
+            "weight_decay_mask": weight_decay_mask,
+            "max_norm_mask": max_norm_mask,
+            "decoupled_weight_decay": decoupled_weight_decay,
         }
-        self._decays = _mask(owner, "weight_decay_mask", weight_decay_mask, self.params, lambda p: True)
-        if max_norm is None and max_norm_mask is not None:
-            raise ValueError(f"{owner}: max_norm_mask given without max_norm")
-        self._max_norms = _mask(owner, "max_norm_mask", max_norm_mask, self.params, lambda p: p.ndim >= 2)
-        if max_norm is not None:
-            for index, (param, flag) in enumerate(zip(self.params, self._max_norms)):
-                if flag and param.ndim < 2:
-                    raise ValueError(f"{owner}: max_norm constrains weight columns; {_describe(param, index)} has {param.ndim} dimensions")
+        if isinstance(transforms, Transform) or not isinstance(transforms, Sequence):
+            raise TypeError(f"{owner}: transforms must be a list of symopt.transforms.Transform, got {transforms!r}")
+        for index, transform in enumerate(transforms):
+            if not isinstance(transform, Transform):
+                raise TypeError(f"{owner}: transforms[{index}] is a {type(transform).__name__}, not a symopt.transforms.Transform")
+        built = [t for t in (cls.from_options(owner, options) for cls in BUILTIN_ORDER) if t is not None]
+        self.transforms: list[Transform] = [*built, *transforms]
+        for transform in self.transforms:
+            transform.bind(owner, self.params)
+        self.settings: dict[str, SharedVariable] = {
+            t.keyword: t.setting for t in self.transforms if isinstance(t, SettingTransform) and t.keyword in SETTING_KEYWORDS
+        }
+        builtin = {type(t): t for t in built}
+        self.accumulate: int = builtin[Accumulate].k
+        self.skip_nonfinite: bool = builtin[SkipNonFinite].enabled
+        self.decoupled: bool = builtin[WeightDecay].decoupled
         #: Applied-or-not bookkeeping: micro-steps of the current accumulation, skipped steps.
-        self.micro_steps: SharedVariable = pytensor.shared(np.int64(0), name=f"{owner}.micro_steps")
-        self.skipped: SharedVariable = pytensor.shared(np.int64(0), name=f"{owner}.skipped")
+        self.micro_steps: SharedVariable = builtin[Accumulate].micro_steps
+        self.skipped: SharedVariable = builtin[SkipNonFinite].skipped
 
+        slots = self._all_slots()
         self.state: list[dict[str, SharedVariable]] = [
-            {slot: self._make_slot(param, index, slot, fill) for slot, fill in self._all_slots().items()}
+            {slot: self._make_slot(param, index, slot, fill) for slot, fill in slots.items()}
             for index, param in enumerate(self.params)
         ]
 
     def _check_setting(self, key: str, value: Any) -> float:
-        value = _check_number(type(self).__name__, key, value)
-        if value <= 0:
-            raise ValueError(f"{type(self).__name__}: {key} must be > 0, got {value}")
-        return value
+        return _builtin(key).check(type(self).__name__, value)
 
     def _all_slots(self) -> dict[str, float]:
-        """The rule's slots plus the gradient accumulator when ``accumulate > 1``."""
+        """The rule's slots plus the transforms' (the accumulator when ``accumulate > 1``)."""
         slots = self.active_slots()
-        if self.accumulate > 1:
-            slots["grad_accum"] = 0.0
+        for transform in self.transforms:
+            for name, fill in transform.slots.items():
+                if name in slots:
+                    raise ValueError(f"{type(self).__name__}: transform {transform.name!r} declares slot {name!r}, which is taken")
+                slots[name] = fill
         return slots
 
     def _check_keywords(self, given: Mapping[str, Any]) -> None:
-        known = list(self._defaults)
-        for key in given:
-            if key in self._defaults:
-                continue
-            hint = _ALIASES.get(key) or next(iter(difflib.get_close_matches(key, known, n=1)), None)
-            did_you_mean = f" (did you mean {hint!r}?)" if hint else ""
-            raise TypeError(
-                f"{type(self).__name__} got an unknown hyperparameter {key!r}{did_you_mean}; "
-                f"it accepts: {', '.join(known)}"
-            )
+        self._check_keywords_of(type(self).__name__, given)
 
     def _split_groups(self, params: Any) -> list[tuple[list[Any], dict[str, Any]]]:
         owner = type(self).__name__
@@ -374,7 +450,7 @@ class Optimizer:
                 overrides = {k: v for k, v in spec.items() if k != "params"}
                 self._check_keywords(overrides)
                 for key in overrides:
-                    if isinstance(self._defaults[key], bool):
+                    if self._declarations[key].is_option:
                         raise ValueError(
                             f"{owner}: option {key!r} changes the graph and applies to all groups; "
                             f"pass it as a keyword argument, not in param group {gi}"
@@ -397,94 +473,104 @@ class Optimizer:
 
     def _make_slot(self, param: SharedVariable, index: int, slot: str, fill: float) -> SharedVariable:
         """The one place state variables are made: the parameter's shape and dtype."""
-        shape = self.slot_shape(param, slot) if slot != "grad_accum" else param.get_value(borrow=True).shape
+        transform_slots = {name for t in self.transforms for name in t.slots}
+        shape = param.get_value(borrow=True).shape if slot in transform_slots else self.slot_shape(param, slot)
         label = param.name or f"param{index}"
         return pytensor.shared(np.full(shape, fill, dtype=param.dtype), name=f"{label}.{slot}")
 
     def slot_shape(self, param: SharedVariable, slot: str) -> tuple[int, ...]:
-        """Shape of ``slot`` for ``param``: the parameter's; override for factored state (Adafactor)."""
+        """Shape of the rule's ``slot`` for ``param``: the parameter's; override for factored state (Adafactor)."""
         return tuple(param.get_value(borrow=True).shape)
 
     # ------------------------------------------------------------------ the rule API
     def active_slots(self) -> dict[str, float]:
-        """Slots this instance keeps; override when an option adds state (AMSGrad)."""
-        return dict(self.slots)
+        """Slots this instance keeps: :meth:`slots_for` its options."""
+        return self.slots_for(**self.options)
 
     def update_param(
-        self, param: TensorVariable, grad: TensorVariable, state: dict[str, TensorVariable]
+        self, param: TensorVariable, grad: TensorVariable, state: dict[str, TensorVariable], h: Values
     ) -> tuple[TensorVariable, dict[str, TensorVariable]]:
         """One step for one parameter: return the new value and the new slot values.
 
-        ``grad`` already includes coupled weight decay; for decoupled rules ``param``
+        ``grad`` already includes coupled weight decay; with decoupled decay ``param``
         is already shrunk by ``1 - lr * wd``. ``state`` maps slot names to their
-        shared variables and scalar-slot names to their updated float64 values.
+        shared variables and scalar-slot names to their updated float64 values; ``h``
+        holds the hyperparameters (:class:`~symopt.hyperparameter.Values`).
         """
         raise NotImplementedError(f"{type(self).__name__} must implement update_param")
 
-    def update_scalars(self, state: dict[str, TensorVariable]) -> dict[str, TensorVariable]:
+    def update_scalars(self, state: dict[str, TensorVariable], h: Values) -> dict[str, TensorVariable]:
         """New values of the optimiser-wide ``scalar_slots`` (float64), once per step."""
         return {}
 
     def update_group_scalars(
         self,
         state: dict[str, TensorVariable],
+        h: Values,
         params: list[TensorVariable],
         grads: list[TensorVariable],
         slots: list[dict[str, TensorVariable]],
     ) -> dict[str, TensorVariable]:
         """:meth:`update_scalars` seeing the whole param group, for scalars that reduce over
         all its parameters (Prodigy's distance estimate): the live parameters before this
-        step, their gradients (after clipping, before coupled weight decay) and their slots."""
-        return self.update_scalars(state)
+        step, their gradients (after the gradient transforms, before coupled weight decay)
+        and their slots. The default calls :meth:`update_scalars`."""
+        return self._rule_scalars(state, h)
 
+    def _values(self, group: _Group, dtype: str, target: str, no_decay: bool = False) -> Values:
+        """The group's hyperparameters in ``dtype``, built under the current floatX
+        (``no_decay``: ``weight_decay`` reads 0, for a masked parameter of a rule that decays itself)."""
+        values: dict[str, Any] = {}
+        for name in group.values:
+            var = group.symbolic(name, self.iterations)
+            if no_decay and name == "weight_decay":
+                var = pt.zeros((), dtype=var.dtype)
+            values[name] = pt.cast(var, dtype) if var.dtype != dtype else var
+        values.update(self.options)
+        t = pt.cast(self.iterations + 1, dtype)
+        return Values(values, t, dtype, target, lambda d, tg: self._values(group, d, tg, no_decay))
+
+    @contextlib.contextmanager
+    def _legacy(self, h: Values) -> Iterator[None]:
+        # Rules written before `h` read self.<hyperparameter> (__getattr__ below).
+        saved, self._h = self._h, h
+        try:
+            yield
+        finally:
+            self._h = saved
+
+    # -- the old rule API: self.<hyperparameter>, self.t, float64_scalars() -------------
     @property
     def t(self) -> TensorVariable:
-        """The 1-based number of the step being built, as a symbolic float."""
-        return pt.cast(self.iterations + 1, self._ctx_dtype or "float64")
+        """Old-style rules: the 1-based number of the step being built, as a symbolic float."""
+        h = self.__dict__.get("_h")
+        return h.t if h is not None else pt.cast(self.iterations + 1, "float64")
 
     def __getattr__(self, name: str) -> Any:
-        # Only reached when normal lookup fails: hyperparameters and options by name.
+        # Only reached when normal lookup fails: old-style rules read hyperparameters here.
+        h = self.__dict__.get("_h")
+        if h is not None and name in h:
+            return h[name]
         groups = self.__dict__.get("param_groups")
         if groups:
             if name in groups[0].values:
-                group = self.__dict__.get("_ctx_group") or groups[0]
-                var = group.symbolic(name, self.iterations)
-                dtype = self.__dict__.get("_ctx_dtype")
-                if name == "weight_decay" and self.__dict__.get("_ctx_no_decay"):
-                    var = pt.zeros((), dtype=var.dtype)  # weight_decay_in_rule, masked out
-                return pt.cast(var, dtype) if dtype and dtype != var.dtype else var
+                return groups[0].symbolic(name, self.iterations)
             if name in self.__dict__.get("options", {}):
                 return self.options[name]
         raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     @contextlib.contextmanager
     def float64_scalars(self) -> Iterator[Callable[[Any], TensorVariable]]:
-        """Inside ``update_param``: compute per-step scalar coefficients in float64.
+        """Old-style rules: ``self.<hyperparameter>`` in float64 inside the block.
 
-        Bias corrections such as ``1 - beta2**t`` cancel badly in float32 (RAdam's
-        ``rho_t`` lost a third of its value at beta2=0.9999); torch computes them as
-        Python floats. Yields a function casting a finished coefficient back to the
-        parameter's dtype, to be applied before it meets an array::
-
-            with self.float64_scalars() as cast:
-                step_size = cast(self.learning_rate / (1 - self.beta1**self.t))
+        Yields a function casting a finished coefficient back to the parameter's dtype.
+        New rules use ``with h.float64() as f:`` and ``f.cast``.
         """
-        dtype = self._ctx_dtype or "float64"
-        self._ctx_dtype = "float64"
-        try:
-            with pytensor.config.change_flags(floatX="float64"):
+        h = self.__dict__.get("_h")
+        dtype = h.dtype if h is not None else "float64"
+        with pytensor.config.change_flags(floatX="float64"):
+            with self._legacy(h._make("float64", dtype) if h is not None else None):
                 yield lambda value: pt.cast(value, dtype)
-        finally:
-            self._ctx_dtype = dtype
-
-    @contextlib.contextmanager
-    def _context(self, group: _Group, dtype: str) -> Iterator[None]:
-        self._ctx_group, self._ctx_dtype = group, dtype
-        try:
-            with pytensor.config.change_flags(floatX=dtype):
-                yield
-        finally:
-            self._ctx_group, self._ctx_dtype = None, None
 
     # ------------------------------------------------------------------ gradients
     def _gradients(
@@ -528,6 +614,84 @@ class Optimizer:
         return grads
 
     # ------------------------------------------------------------------ updates
+    def build(
+        self, loss: Any = None, *, grads: Sequence[Any] | None = None, allow_unused: bool = False
+    ) -> tuple[Updates, TensorVariable | None]:
+        """The symbolic updates of one step and whether a call applies them.
+
+        Same arguments as :meth:`updates`. Returns ``(updates, applied)``: ``applied`` is
+        the symbolic boolean telling whether a call applies the update (it does not while
+        accumulating or on a skipped non-finite step), or ``None`` when every call does.
+        Wrappers (:class:`~symopt.wrappers.EMA`, :class:`~symopt.wrappers.Lookahead`)
+        take it from here to move only with the optimiser.
+        """
+        grads = self._gradients(loss, grads, allow_unused)
+        grads = [None if g is None else (pt.cast(g, p.dtype) if g.dtype != p.dtype else g) for p, g in zip(self.params, grads)]
+        live = [i for i, g in enumerate(grads) if g is not None]
+        active = [t for t in self.transforms if t.active]
+
+        # Phase 1: the gradients of all parameters together, and the applied flag.
+        step = Step(self.params, live, self.state, loss)
+        applied: TensorVariable | None = None
+        for transform in active:
+            grads, applied = transform.gradients(list(grads), applied, step)
+
+        # Phase 2: per parameter, the transforms around the rule's step.
+        grad_of = {id(p): g for p, g in zip(self.params, grads)}
+        index_of = {id(p): i for i, p in enumerate(self.params)}
+        transform_slots = {name for t in self.transforms for name in t.slots}
+        out = Updates()
+        new_state: list[tuple[SharedVariable, TensorVariable]] = []
+        decay = next((t for t in active if isinstance(t, WeightDecay)), None)
+        for group in self.param_groups:
+            self.current_group = group
+            live_params = [p for p in group.params if grad_of[id(p)] is not None]
+            with pytensor.config.change_flags(floatX="float64"):
+                h64 = self._values(group, "float64", "float64")
+                scalars = self.update_group_scalars(
+                    dict(group.scalars), h64, live_params, [grad_of[id(p)] for p in live_params],
+                    [self.state[index_of[id(p)]] for p in live_params],
+                )
+                scalars = self._checked(scalars, group.scalars, "update_scalars")
+            new_state += [(group.scalars[k], v) for k, v in scalars.items()]
+            for param in group.params:
+                grad = grad_of[id(param)]
+                if grad is None:
+                    continue
+                index = index_of[id(param)]
+                slots = {k: v for k, v in self.state[index].items() if k not in transform_slots}
+                own_decay = self.weight_decay_in_rule and decay is not None
+                with pytensor.config.change_flags(floatX=param.dtype):
+                    h = self._values(group, param.dtype, param.dtype, no_decay=own_decay and not decay.flags[index])
+                    current, view = self._same_static_shape(param, grad, slots)
+                    for transform in active:
+                        if not (own_decay and transform is decay):
+                            current, grad = transform.before_rule(index, current, grad, h)
+                    view.update(scalars)  # float64: use inside h.float64() and cast
+                    self.current_param = param
+                    try:
+                        new_value, slot_values = self._rule_step(current, grad, view, h)
+                    finally:
+                        self.current_param = None
+                    for transform in active:
+                        new_value = transform.after_rule(index, new_value, h)
+                slot_values = self._checked(slot_values, slots, "update_param")
+                out[param] = self._cast_to(param, new_value)
+                new_state += [(slots[k], v) for k, v in slot_values.items()]
+        self.current_group = None
+        for var, value in new_state:
+            out[var] = self._cast_to(var, value)
+        if applied is not None:  # a step that is not applied leaves everything as it was
+            for var in out:
+                out[var] = pt.switch(applied, out[var], var)
+            out[self.iterations] = self.iterations + pt.cast(applied, "int64")
+        else:
+            out[self.iterations] = self.iterations + 1
+        for var, value in step.updates:
+            out[var] = self._cast_to(var, value)
+        out.applied = applied
+        return out, applied
+
     def updates(
         self, loss: Any = None, *, grads: Sequence[Any] | None = None, allow_unused: bool = False
     ) -> Updates:
@@ -548,91 +712,22 @@ class Optimizer:
         Updates
             An ``OrderedDict``: new values of the parameters, then of every state
             variable, then of the step counter, then the accumulation / skip
-            bookkeeping; each cast to its variable's dtype. ``.applied`` is the
-            symbolic flag of whether a call applies the update (``None``: always).
+            bookkeeping; each cast to its variable's dtype. :meth:`build` also returns
+            whether a call applies the update.
         """
-        grads = self._gradients(loss, grads, allow_unused)
-        grads = [None if g is None else (pt.cast(g, p.dtype) if g.dtype != p.dtype else g) for p, g in zip(self.params, grads)]
-        live = [i for i, g in enumerate(grads) if g is not None]
-        extra: list[tuple[SharedVariable, TensorVariable]] = []
+        return self.build(loss, grads=grads, allow_unused=allow_unused)[0]
 
-        # Whether this call applies an update: only finite steps, and only every k-th call.
-        apply = None
-        finite = None
-        if self.skip_nonfinite:
-            checks = [pt.all(pt.isfinite(grads[i])) for i in live]
-            if loss is not None:
-                checks.append(pt.isfinite(pt.as_tensor_variable(loss)))
-            finite = pt.all(pt.stack(checks))
-            apply = finite
-            extra.append((self.skipped, self.skipped + 1 - pt.cast(finite, "int64")))
-        if self.accumulate > 1:
-            counted = self.micro_steps + (1 if finite is None else pt.cast(finite, "int64"))
-            due = pt.eq(counted, self.accumulate)
-            for i in live:
-                acc = self.state[i]["grad_accum"]
-                summed = acc + grads[i]
-                if finite is not None:
-                    summed = pt.switch(finite, summed, acc)  # a non-finite micro-step adds nothing
-                extra.append((acc, pt.switch(due, pt.zeros_like(acc), summed)))
-                grads[i] = summed / self.accumulate  # the mean gradient, used when `due`
-            extra.append((self.micro_steps, pt.switch(due, 0, counted)))
-            apply = due if apply is None else pt.and_(apply, due)
+    def _rule_step(self, param: Any, grad: Any, state: dict[str, Any], h: Values) -> Any:
+        if self._explicit_values:
+            return self.update_param(param, grad, state, h)
+        with self._legacy(h):
+            return self.update_param(param, grad, state)  # type: ignore[call-arg]
 
-        grads = self._clip(grads, live)
-
-        grad_of = {id(p): g for p, g in zip(self.params, grads)}
-        index_of = {id(p): i for i, p in enumerate(self.params)}
-        new_params = Updates()
-        new_params.applied = apply
-        new_state: list[tuple[SharedVariable, TensorVariable]] = []
-        for group in self.param_groups:
-            live_params = [p for p in group.params if grad_of[id(p)] is not None]
-            with self._context(group, "float64"):
-                scalars = self.update_group_scalars(
-                    dict(group.scalars), live_params, [grad_of[id(p)] for p in live_params],
-                    [self.state[index_of[id(p)]] for p in live_params],
-                )
-                scalars = self._checked(scalars, group.scalars, "update_scalars")
-            new_state += [(group.scalars[k], v) for k, v in scalars.items()]
-            for param in group.params:
-                grad = grad_of[id(param)]
-                if grad is None:
-                    continue
-                index = index_of[id(param)]
-                slots = {k: v for k, v in self.state[index].items() if k != "grad_accum"}
-                with self._context(group, param.dtype):
-                    self.current_param = param
-                    self._ctx_no_decay = not self._decays[index]
-                    source, view = self._same_static_shape(param, grad, slots)
-                    current: TensorVariable = source
-                    if self._decays[index] and not self.weight_decay_in_rule:
-                        if self.decoupled_weight_decay:
-                            current = source * (1 - self.learning_rate * self.weight_decay)
-                        else:
-                            grad = grad + self.weight_decay * source
-                    view.update(scalars)  # float64: use inside float64_scalars() and cast
-                    try:
-                        new_value, slot_values = self.update_param(current, grad, view)
-                    finally:
-                        self.current_param, self._ctx_no_decay = None, False
-                    if "max_norm" in self.settings and self._max_norms[index]:
-                        new_value = self._constrain_norm(pt.as_tensor_variable(new_value), param.dtype)
-                slot_values = self._checked(slot_values, slots, "update_param")
-                new_params[param] = self._cast_to(param, new_value)
-                new_state += [(slots[k], v) for k, v in slot_values.items()]
-        out = new_params
-        for var, value in new_state:
-            out[var] = self._cast_to(var, value)
-        if apply is not None:  # a step that is not applied leaves everything as it was
-            for var in out:
-                out[var] = pt.switch(apply, out[var], var)
-            out[self.iterations] = self.iterations + pt.cast(apply, "int64")
-        else:
-            out[self.iterations] = self.iterations + 1
-        for var, value in extra:
-            out[var] = self._cast_to(var, value)
-        return out
+    def _rule_scalars(self, state: dict[str, Any], h: Values) -> Any:
+        if self._explicit_scalars:
+            return self.update_scalars(state, h)
+        with self._legacy(h):
+            return self.update_scalars(state)  # type: ignore[call-arg]
 
     @staticmethod
     def _same_static_shape(
@@ -652,34 +747,6 @@ class Optimizer:
             return param, dict(slots)
         view = {k: pt.specify_shape(v, shape) if v.type.ndim == len(shape) else v for k, v in slots.items()}
         return pt.specify_shape(param, shape), view
-
-    def _clip(self, grads: list[TensorVariable | None], live: list[int]) -> list[TensorVariable | None]:
-        """clip_value, then clip_norm per parameter, then clip_global_norm over all."""
-        settings = self.settings
-        grads = list(grads)
-        for i in live:
-            g = grads[i]
-            if "clip_value" in settings:
-                c = pt.cast(settings["clip_value"], g.dtype)
-                g = pt.clip(g, -c, c)
-            if "clip_norm" in settings:
-                c = pt.cast(settings["clip_norm"], g.dtype)
-                g = g * (c / pt.maximum(pt.sqrt(pt.sum(g * g)), c))
-            grads[i] = g
-        if "clip_global_norm" in settings and live:
-            c = settings["clip_global_norm"]
-            norm = pt.sqrt(pt.sum(pt.stack([pt.cast(pt.sum(grads[i] * grads[i]), "float64") for i in live])))
-            factor = c / pt.maximum(norm, c)  # Keras/optax: scale only when the norm exceeds c
-            for i in live:
-                grads[i] = grads[i] * pt.cast(factor, grads[i].dtype)
-        return grads
-
-    def _constrain_norm(self, value: TensorVariable, dtype: str) -> TensorVariable:
-        """Lasagne's norm constraint: rescale each unit's incoming weights to norm <= max_norm."""
-        axes = (0,) if value.ndim == 2 else tuple(range(1, value.ndim))
-        norms = pt.sqrt(pt.sum(value * value, axis=axes, keepdims=True))
-        target = pt.clip(norms, 0, pt.cast(self.settings["max_norm"], dtype))
-        return value * (target / (1e-7 + norms))
 
     def _checked(self, values: Any, allowed: Mapping[str, Any], hook: str) -> dict[str, Any]:
         if not isinstance(values, Mapping):
@@ -720,9 +787,9 @@ class Optimizer:
                 raise ValueError(f"{owner}: {name} was not enabled at construction; pass {name}=... to the constructor")
             self.settings[name].set_value(np.float64(self._check_setting(name, value)))
             return
-        if name not in self._defaults:
+        if name not in self._declarations:
             self._check_keywords({name: value})
-        value = _check_number(owner, name, value)
+        value = self._declarations[name].check(owner, name, value)
         groups = self.param_groups if group is None else [self._group_index(group)]
         for g in groups:
             if isinstance(g.values[name], Schedule):
@@ -736,7 +803,7 @@ class Optimizer:
             return self.options[name]
         if name in self.settings:
             return float(self.settings[name].get_value())
-        if name not in self._defaults:
+        if name not in self._declarations:
             self._check_keywords({name: None})
         return self._group_index(group).current(name, self.iterations)
 
@@ -744,7 +811,7 @@ class Optimizer:
         group = self.param_groups[0]
         values: dict[str, Any] = {k: group.current(k, self.iterations) for k in group.values}
         values.update(self.options)
-        return {k: values[k] for k in self._defaults}
+        return {k: values[k] for k in self._declarations}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._current_hyperparameters().items())
@@ -816,7 +883,7 @@ class Optimizer:
                     if value.shape != ():
                         raise ValueError(f"{owner}: state {key} {name!r} must be a scalar, got shape {value.shape}")
                     if key == "hyperparameters":
-                        _check_number(owner, name, value.item())
+                        self._declarations[name].check(owner, name, value.item())
                     elif not np.isfinite(value):
                         raise ValueError(f"{owner}: state scalar {name!r} must be finite, got {value}")
                     pending.append((var, value))
@@ -854,8 +921,8 @@ class Optimizer:
         for schedule, values in schedule_values:
             schedule.load_state(values)
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`state_dict` to an ``.npz`` file atomically (no partial file on failure)."""
+    def _flat_state(self) -> dict[str, np.ndarray]:
+        """:meth:`state_dict` as ``name -> array`` (the ``.npz`` layout of :meth:`save`)."""
         state = self.state_dict()
         flat: dict[str, np.ndarray] = {
             "optimizer": np.array(state["optimizer"]),
@@ -872,46 +939,19 @@ class Optimizer:
             flat.update({f"scalar/{gi}/{k}": v for k, v in state["scalars"][gi].items()})
         for slot, arrays in state["slots"].items():
             flat.update({f"slot/{slot}/{i}": a for i, a in enumerate(arrays)})
-        with atomic_writer(path) as f:
-            np.savez(f, **flat)
+        return flat
 
-    def load(self, path: str | os.PathLike[str]) -> None:
-        """Restore state written by :meth:`save`.
-
-        The file is not trusted: the group count must be this optimiser's and every
-        array's declared size must fit the largest state it could hold, checked from the
-        ``.npy`` headers before anything is allocated; then :meth:`load_state_dict`
-        validates the rest before anything changes.
-        """
-        owner = type(self).__name__
-        path = Path(path)
+    def _largest_array(self) -> int:
+        """The most elements any array of this optimiser's state can have."""
         sizes = [int(np.prod(p.get_value(borrow=True).shape)) for p in self.params]
         for group in self.param_groups:  # schedules' parameter arrays (PiecewiseConstant)
             for value in group.values.values():
                 if isinstance(value, Schedule):
                     sizes += [np.asarray(v).size for v in value.state().values()]
-        largest = max(sizes + [1])
-        try:
-            with NpzReader(path, "optimiser state file") as npz:
-                groups_array = npz.read("groups", shape=(), kinds="iu")
-                groups = int(groups_array)
-                if groups != len(self.param_groups):
-                    raise ValueError(
-                        f"{owner}: {str(path)!r} holds {groups} param groups, this optimiser has {len(self.param_groups)}"
-                    )
-                flat = {"groups": groups_array}
-                for name in npz.names:
-                    if name == "groups":
-                        continue
-                    if name == "optimizer":
-                        flat[name] = npz.read(name, shape=(), kinds="U", max_itemsize=4 * 256)
-                    else:
-                        flat[name] = npz.read(name, kinds="biuf", max_size=largest)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{owner}: no optimiser state file {str(path)!r}") from None
-        except ValueError as exc:
-            message = str(exc)
-            raise ValueError(message if message.startswith(owner) else f"{owner}: {message}") from None
+        return max(sizes + [1])
+
+    def _state_from_flat(self, flat: Mapping[str, np.ndarray], path: Any) -> dict[str, Any]:
+        """The :meth:`state_dict` form of :meth:`_flat_state` output read from ``path``."""
         try:
             groups = int(flat["groups"])
             state: dict[str, Any] = {
@@ -939,4 +979,29 @@ class Optimizer:
             state["slots"] = {k: [v[i] for i in range(len(v))] for k, v in state["slots"].items()}
         except (KeyError, ValueError, IndexError) as exc:
             raise ValueError(f"{type(self).__name__}: {str(path)!r} is not an optimiser state file (missing {exc})") from None
-        self.load_state_dict(state)
+        return state
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state_dict` to an ``.npz`` file atomically (no partial file on failure)."""
+        StateFile(type(self).__name__).write(path, self._flat_state())
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        """Restore state written by :meth:`save`.
+
+        The file is not trusted: the group count must be this optimiser's and every
+        array's declared size must fit the largest state it could hold, checked from the
+        ``.npy`` headers before anything is allocated; then :meth:`load_state_dict`
+        validates the rest before anything changes.
+        """
+        flat = StateFile(type(self).__name__).read(
+            path, self._largest_array(), strings=("optimizer",), expect={"groups": len(self.param_groups)}
+        )
+        self.load_state_dict(self._state_from_flat(flat, path))
+
+
+def _builtin(keyword: str) -> type[SettingTransform]:
+    """The built-in transform class of a numeric keyword (``clip_norm`` -> ClipNorm)."""
+    for cls in BUILTIN_ORDER:
+        if cls.keyword == keyword and issubclass(cls, SettingTransform):
+            return cls
+    raise KeyError(keyword)

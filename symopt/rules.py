@@ -6,21 +6,31 @@ for AdamW and Lion, shrinks :math:`p_{t-1}` by :math:`1 - \eta\lambda` first), c
 the results and counts steps. The equations below are in that notation: :math:`\eta`
 is ``learning_rate``, :math:`t` the 1-based step, all operations element-wise.
 Numerics follow the algorithm documented for the matching ``torch.optim`` class.
+
+A rule receives its hyperparameters as ``h`` (symbolic scalars in the parameter's dtype,
+options as bools, ``h.t`` the step); the valid range of each is declared with it.
 """
 
 from __future__ import annotations
 
-import math
-
 import pytensor.tensor as pt
 
-from .optimizer import HYPERPARAMETER_BOUNDS, Optimizer
+from .hyperparameter import HYPERPARAMETER_BOUNDS, Hyperparameter
+from .optimizer import Optimizer
 from .registry import register
 
-# torch.optim.Adagrad's options, new names in the shared table of valid ranges.
-HYPERPARAMETER_BOUNDS.update(
-    {"initial_accumulator_value": (0.0, math.inf, True, False), "lr_decay": (0.0, math.inf, True, False)}
-)
+def _rate(default: float) -> Hyperparameter:
+    return Hyperparameter(default, low=0.0, doc="learning rate (step size)")
+
+
+def _decay(default: float, doc: str) -> Hyperparameter:
+    """A decay factor in [0, 1)."""
+    return Hyperparameter(default, low=0.0, high=1.0, doc=doc)
+
+
+def _epsilon(default: float) -> Hyperparameter:
+    return Hyperparameter(default, low=0.0, doc="added to the denominator for numerical stability")
+
 
 __all__ = [
     "SGD",
@@ -49,10 +59,10 @@ class SGD(Optimizer):
     """
 
     reference = "torch.optim.SGD"
-    hyperparameters = {"learning_rate": 0.01}
+    hyperparameters = {"learning_rate": _rate(0.01)}
 
-    def update_param(self, param, grad, state):
-        return param - self.learning_rate * grad, {}
+    def update_param(self, param, grad, state, h):
+        return param - h.learning_rate * grad, {}
 
 
 @register("momentum")
@@ -67,12 +77,12 @@ class Momentum(Optimizer):
     """
 
     reference = "torch.optim.SGD(momentum, dampening=0)"
-    hyperparameters = {"learning_rate": 0.01, "momentum": 0.9}
+    hyperparameters = {"learning_rate": _rate(0.01), "momentum": _decay(0.9, "momentum coefficient")}
     slots = {"velocity": 0.0}
 
-    def update_param(self, param, grad, state):
-        velocity = self.momentum * state["velocity"] + grad
-        return param - self.learning_rate * velocity, {"velocity": velocity}
+    def update_param(self, param, grad, state, h):
+        velocity = h.momentum * state["velocity"] + grad
+        return param - h.learning_rate * velocity, {"velocity": velocity}
 
 
 @register("nesterov")
@@ -88,9 +98,9 @@ class Nesterov(Momentum):
 
     reference = "torch.optim.SGD(nesterov=True)"
 
-    def update_param(self, param, grad, state):
-        velocity = self.momentum * state["velocity"] + grad
-        return param - self.learning_rate * (grad + self.momentum * velocity), {"velocity": velocity}
+    def update_param(self, param, grad, state, h):
+        velocity = h.momentum * state["velocity"] + grad
+        return param - h.learning_rate * (grad + h.momentum * velocity), {"velocity": velocity}
 
 
 @register("adagrad")
@@ -111,25 +121,25 @@ class AdaGrad(Optimizer):
 
     reference = "torch.optim.Adagrad"
     hyperparameters = {
-        "learning_rate": 0.01,
-        "epsilon": 1e-10,
-        "epsilon_inside_sqrt": False,
-        "initial_accumulator_value": 0.0,
-        "lr_decay": 0.0,
+        "learning_rate": _rate(0.01),
+        "epsilon": _epsilon(1e-10),
+        "epsilon_inside_sqrt": Hyperparameter(False, doc="sqrt(s + eps) instead of sqrt(s) + eps"),
+        "initial_accumulator_value": Hyperparameter(0.0, low=0.0, doc="torch's starting value of the accumulator"),
+        "lr_decay": Hyperparameter(0.0, low=0.0, doc="torch's rate decay: lr / (1 + (t - 1) lr_decay)"),
     }
     slots = {"sum_sq": 0.0}
 
-    def update_param(self, param, grad, state):
+    def update_param(self, param, grad, state, h):
         sum_sq = state["sum_sq"] + grad * grad
         # s_0 enters the denominator rather than the slot's fill, so that it is a live
         # hyperparameter like the others (0 + s is exactly s: the default changes nothing).
-        accumulated = self.initial_accumulator_value + sum_sq
-        if self.epsilon_inside_sqrt:
-            denom = pt.sqrt(accumulated + self.epsilon)
+        accumulated = h.initial_accumulator_value + sum_sq
+        if h.epsilon_inside_sqrt:
+            denom = pt.sqrt(accumulated + h.epsilon)
         else:
-            denom = pt.sqrt(accumulated) + self.epsilon
-        with self.float64_scalars() as cast:
-            clr = cast(self.learning_rate / (1 + (self.t - 1) * self.lr_decay))
+            denom = pt.sqrt(accumulated) + h.epsilon
+        with h.float64() as f:
+            clr = f.cast(f.learning_rate / (1 + (f.t - 1) * f.lr_decay))
         return param - clr * grad / denom, {"sum_sq": sum_sq}
 
 
@@ -154,23 +164,27 @@ class RMSprop(Optimizer):
 
     reference = "torch.optim.RMSprop"
     hyperparameters = {
-        "learning_rate": 1e-3,
-        "rho": 0.9,
-        "epsilon": 1e-8,
-        "momentum": 0.0,
-        "centered": False,
-        "epsilon_inside_sqrt": False,
+        "learning_rate": _rate(1e-3),
+        "rho": _decay(0.9, "decay of the squared-gradient average (torch's alpha)"),
+        "epsilon": _epsilon(1e-8),
+        "momentum": _decay(0.0, "momentum coefficient; > 0 at construction keeps a buffer"),
+        "centered": Hyperparameter(False, doc="divide by the gradient's variance estimate"),
+        "epsilon_inside_sqrt": Hyperparameter(False, doc="sqrt(v + eps) instead of sqrt(v) + eps"),
     }
+
+    @classmethod
+    def slots_for(cls, centered=False, momentum=0.0, **options):
+        slots = {"square_avg": 0.0}
+        if centered:
+            slots["grad_avg"] = 0.0
+        if momentum > 0:
+            slots["momentum_buffer"] = 0.0
+        return slots
 
     def active_slots(self):
         if "_has_buffer" not in self.__dict__:  # decided once, from the construction values
             self._has_buffer = any(group.values["momentum"].get_value() > 0 for group in self.param_groups)
-        slots = {"square_avg": 0.0}
-        if self.centered:
-            slots["grad_avg"] = 0.0
-        if self._has_buffer:
-            slots["momentum_buffer"] = 0.0
-        return slots
+        return self.slots_for(**self.options, momentum=1.0 if self._has_buffer else 0.0)
 
     def set_hyperparameter(self, name, value, group=None):
         if name == "momentum" and value != 0 and "momentum_buffer" not in self.active_slots():
@@ -180,24 +194,24 @@ class RMSprop(Optimizer):
             )
         super().set_hyperparameter(name, value, group)
 
-    def update_param(self, param, grad, state):
-        rho = self.rho
+    def update_param(self, param, grad, state, h):
+        rho = h.rho
         square_avg = rho * state["square_avg"] + (1 - rho) * grad * grad
         new = {"square_avg": square_avg}
         variance = square_avg
-        if self.centered:
+        if h.centered:
             grad_avg = rho * state["grad_avg"] + (1 - rho) * grad
             variance = square_avg - grad_avg * grad_avg
             new["grad_avg"] = grad_avg
-        if self.epsilon_inside_sqrt:
-            denom = pt.sqrt(variance + self.epsilon)
+        if h.epsilon_inside_sqrt:
+            denom = pt.sqrt(variance + h.epsilon)
         else:
-            denom = pt.sqrt(variance) + self.epsilon
+            denom = pt.sqrt(variance) + h.epsilon
         direction = grad / denom
         if "momentum_buffer" in state:
-            direction = self.momentum * state["momentum_buffer"] + direction
+            direction = h.momentum * state["momentum_buffer"] + direction
             new["momentum_buffer"] = direction
-        return param - self.learning_rate * direction, new
+        return param - h.learning_rate * direction, new
 
 
 @register("adadelta")
@@ -215,15 +229,19 @@ class AdaDelta(Optimizer):
     """
 
     reference = "torch.optim.Adadelta"
-    hyperparameters = {"learning_rate": 1.0, "rho": 0.95, "epsilon": 1e-6}
+    hyperparameters = {
+        "learning_rate": _rate(1.0),
+        "rho": _decay(0.95, "decay of both running averages"),
+        "epsilon": _epsilon(1e-6),
+    }
     slots = {"square_avg": 0.0, "acc_delta": 0.0}
 
-    def update_param(self, param, grad, state):
-        rho, eps = self.rho, self.epsilon
+    def update_param(self, param, grad, state, h):
+        rho, eps = h.rho, h.epsilon
         square_avg = rho * state["square_avg"] + (1 - rho) * grad * grad
         delta = pt.sqrt(state["acc_delta"] + eps) / pt.sqrt(square_avg + eps) * grad
         acc_delta = rho * state["acc_delta"] + (1 - rho) * delta * delta
-        return param - self.learning_rate * delta, {"square_avg": square_avg, "acc_delta": acc_delta}
+        return param - h.learning_rate * delta, {"square_avg": square_avg, "acc_delta": acc_delta}
 
 
 @register("adam")
@@ -246,34 +264,36 @@ class Adam(Optimizer):
 
     reference = "torch.optim.Adam"
     hyperparameters = {
-        "learning_rate": 1e-3,
-        "beta1": 0.9,
-        "beta2": 0.999,
-        "epsilon": 1e-8,
-        "beta1_decay": 1.0,
-        "amsgrad": False,
+        "learning_rate": _rate(1e-3),
+        "beta1": _decay(0.9, "decay of the first-moment average"),
+        "beta2": _decay(0.999, "decay of the second-moment average"),
+        "epsilon": _epsilon(1e-8),
+        "beta1_decay": Hyperparameter(1.0, low=0.0, high=1.0, low_inclusive=False, high_inclusive=True,
+                                      doc="gamma: beta1 decays as beta1 * gamma**(t-1)"),
+        "amsgrad": Hyperparameter(False, doc="use the running maximum of the second moment"),
     }
 
-    def active_slots(self):
+    @classmethod
+    def slots_for(cls, amsgrad=False, **options):
         slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
-        if self.amsgrad:
+        if amsgrad:
             slots["max_exp_avg_sq"] = 0.0
         return slots
 
-    def update_param(self, param, grad, state):
-        with self.float64_scalars() as cast:
-            t = self.t
-            beta1_t = cast(self.beta1 * self.beta1_decay ** (t - 1))
-            bias_correction2_sqrt = cast(pt.sqrt(1 - self.beta2**t))
-            step_size = cast(self.learning_rate / (1 - self.beta1**t))
-        beta2 = self.beta2
+    def update_param(self, param, grad, state, h):
+        with h.float64() as f:
+            t = f.t
+            beta1_t = f.cast(f.beta1 * f.beta1_decay ** (t - 1))
+            bias_correction2_sqrt = f.cast(pt.sqrt(1 - f.beta2**t))
+            step_size = f.cast(f.learning_rate / (1 - f.beta1**t))
+        beta2 = h.beta2
         exp_avg = beta1_t * state["exp_avg"] + (1 - beta1_t) * grad
         exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
         new = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
         second = exp_avg_sq
-        if self.amsgrad:
+        if h.amsgrad:
             second = new["max_exp_avg_sq"] = pt.maximum(state["max_exp_avg_sq"], exp_avg_sq)
-        denom = pt.sqrt(second) / bias_correction2_sqrt + self.epsilon
+        denom = pt.sqrt(second) / bias_correction2_sqrt + h.epsilon
         return param - step_size * exp_avg / denom, new
 
 
@@ -288,7 +308,7 @@ class AdamW(Adam):
     """
 
     reference = "torch.optim.AdamW"
-    hyperparameters = {**Adam.hyperparameters, "weight_decay": 1e-2}
+    hyperparameters = {**Adam.declarations(), "weight_decay": Hyperparameter(1e-2, low=0.0, doc="decoupled weight decay")}
     decoupled_weight_decay = True
 
 
@@ -301,7 +321,7 @@ class AMSGrad(Adam):
     """
 
     reference = "torch.optim.Adam(amsgrad=True)"
-    hyperparameters = {**Adam.hyperparameters, "amsgrad": True}
+    hyperparameters = {**Adam.declarations(), "amsgrad": Hyperparameter(True, doc="use the running maximum of the second moment")}
 
 
 @register("adamax")
@@ -318,15 +338,20 @@ class Adamax(Optimizer):
     """
 
     reference = "torch.optim.Adamax"
-    hyperparameters = {"learning_rate": 2e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
+    hyperparameters = {
+        "learning_rate": _rate(2e-3),
+        "beta1": _decay(0.9, "decay of the first-moment average"),
+        "beta2": _decay(0.999, "decay of the infinity norm"),
+        "epsilon": _epsilon(1e-8),
+    }
     slots = {"exp_avg": 0.0, "exp_inf": 0.0}
 
-    def update_param(self, param, grad, state):
-        with self.float64_scalars() as cast:
-            step_size = cast(self.learning_rate / (1 - self.beta1**self.t))
-        beta1 = self.beta1
+    def update_param(self, param, grad, state, h):
+        with h.float64() as f:
+            step_size = f.cast(f.learning_rate / (1 - f.beta1**f.t))
+        beta1 = h.beta1
         exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
-        exp_inf = pt.maximum(self.beta2 * state["exp_inf"], pt.abs(grad) + self.epsilon)
+        exp_inf = pt.maximum(h.beta2 * state["exp_inf"], pt.abs(grad) + h.epsilon)
         return param - step_size * exp_avg / exp_inf, {"exp_avg": exp_avg, "exp_inf": exp_inf}
 
 
@@ -349,33 +374,34 @@ class NAdam(Optimizer):
 
     reference = "torch.optim.NAdam"
     hyperparameters = {
-        "learning_rate": 2e-3,
-        "beta1": 0.9,
-        "beta2": 0.999,
-        "epsilon": 1e-8,
-        "momentum_decay": 4e-3,
+        "learning_rate": _rate(2e-3),
+        "beta1": _decay(0.9, "decay of the first-moment average"),
+        "beta2": _decay(0.999, "decay of the second-moment average"),
+        "epsilon": _epsilon(1e-8),
+        "momentum_decay": Hyperparameter(4e-3, low=0.0, doc="psi of the momentum schedule"),
     }
     slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
     scalar_slots = {"mu_product": 1.0}
 
-    def _mu(self, t):
-        return self.beta1 * (1 - 0.5 * 0.96 ** (t * self.momentum_decay))
+    @staticmethod
+    def _mu(f, t):
+        return f.beta1 * (1 - 0.5 * 0.96 ** (t * f.momentum_decay))
 
-    def update_scalars(self, state):
-        return {"mu_product": state["mu_product"] * self._mu(self.t)}
+    def update_scalars(self, state, h):
+        return {"mu_product": state["mu_product"] * self._mu(h, h.t)}
 
-    def update_param(self, param, grad, state):
-        with self.float64_scalars() as cast:
-            t, lr = self.t, self.learning_rate
-            mu, mu_next = self._mu(t), self._mu(t + 1)
+    def update_param(self, param, grad, state, h):
+        with h.float64() as f:
+            t, lr = f.t, f.learning_rate
+            mu, mu_next = self._mu(f, t), self._mu(f, t + 1)
             mu_product = state["mu_product"]  # already advanced by update_scalars
-            grad_coef = cast(lr * (1 - mu) / (1 - mu_product))
-            avg_coef = cast(lr * mu_next / (1 - mu_product * mu_next))
-            bias_correction2 = cast(1 - self.beta2**t)
-        beta1, beta2 = self.beta1, self.beta2
+            grad_coef = f.cast(lr * (1 - mu) / (1 - mu_product))
+            avg_coef = f.cast(lr * mu_next / (1 - mu_product * mu_next))
+            bias_correction2 = f.cast(1 - f.beta2**t)
+        beta1, beta2 = h.beta1, h.beta2
         exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
         exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
-        denom = pt.sqrt(exp_avg_sq / bias_correction2) + self.epsilon
+        denom = pt.sqrt(exp_avg_sq / bias_correction2) + h.epsilon
         new_param = param - grad_coef * grad / denom - avg_coef * exp_avg / denom
         return new_param, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
@@ -398,12 +424,17 @@ class RAdam(Optimizer):
     """
 
     reference = "torch.optim.RAdam"
-    hyperparameters = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}
+    hyperparameters = {
+        "learning_rate": _rate(1e-3),
+        "beta1": _decay(0.9, "decay of the first-moment average"),
+        "beta2": _decay(0.999, "decay of the second-moment average"),
+        "epsilon": _epsilon(1e-8),
+    }
     slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
 
-    def update_param(self, param, grad, state):
-        with self.float64_scalars() as cast:
-            t, beta2 = self.t, self.beta2
+    def update_param(self, param, grad, state, h):
+        with h.float64() as f:
+            t, beta2 = f.t, f.beta2
             bias_correction2 = 1 - beta2**t
             rho_inf = 2 / (1 - beta2) - 1
             rho_t = rho_inf - 2 * t * beta2**t / bias_correction2
@@ -416,13 +447,13 @@ class RAdam(Optimizer):
             # and 0 / d + 1 are exact: under Numba the numbers are the switch's to the bit
             # (checked over 30 steps); g++ may fuse the C loop's arithmetic differently (1 ulp).
             rectified = pt.cast(rho_t > 5, "float64")
-            step_size = cast(self.learning_rate / (1 - self.beta1**t))
-            adaptive_coef = cast(pt.sqrt(bias_correction2) * rect * rectified)
-            unrectified = cast(1 - rectified)
-        beta1, beta2 = self.beta1, self.beta2
+            step_size = f.cast(f.learning_rate / (1 - f.beta1**t))
+            adaptive_coef = f.cast(pt.sqrt(bias_correction2) * rect * rectified)
+            unrectified = f.cast(1 - rectified)
+        beta1, beta2 = h.beta1, h.beta2
         exp_avg = beta1 * state["exp_avg"] + (1 - beta1) * grad
         exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
-        scale = adaptive_coef / (pt.sqrt(exp_avg_sq) + self.epsilon) + unrectified
+        scale = adaptive_coef / (pt.sqrt(exp_avg_sq) + h.epsilon) + unrectified
         step = exp_avg * step_size * scale
         return param - step, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
@@ -441,12 +472,33 @@ class Lion(Optimizer):
     """
 
     reference = "Chen et al. 2023, Algorithm 2 (torch.optim has no Lion)"
-    hyperparameters = {"learning_rate": 1e-4, "beta1": 0.9, "beta2": 0.99}
+    hyperparameters = {
+        "learning_rate": _rate(1e-4),
+        "beta1": _decay(0.9, "interpolation of momentum and gradient for the sign"),
+        "beta2": _decay(0.99, "decay of the momentum"),
+    }
     slots = {"exp_avg": 0.0}
     decoupled_weight_decay = True
 
-    def update_param(self, param, grad, state):
-        beta1, beta2 = self.beta1, self.beta2
+    def update_param(self, param, grad, state, h):
+        beta1, beta2 = h.beta1, h.beta2
         direction = pt.sign(beta1 * state["exp_avg"] + (1 - beta1) * grad)
         exp_avg = beta2 * state["exp_avg"] + (1 - beta2) * grad
-        return param - self.learning_rate * direction, {"exp_avg": exp_avg}
+        return param - h.learning_rate * direction, {"exp_avg": exp_avg}
+
+
+def _bounds_of(rules: list[type[Optimizer]]) -> dict[str, tuple[float, float, bool, bool]]:
+    """name -> range of the rules' declarations; a name must mean the same range everywhere."""
+    out: dict[str, tuple[float, float, bool, bool]] = {}
+    for rule in rules:
+        for name, declaration in rule.declarations().items():
+            bounds = declaration.bounds(name)
+            if bounds is None or declaration.is_option:
+                continue
+            if out.setdefault(name, bounds) != bounds:
+                raise TypeError(f"{rule.__name__}: {name!r} is declared with range {bounds}, elsewhere {out[name]}")
+    return out
+
+
+# Bare numbers in other rules' tables (rules written before Hyperparameter) get these ranges.
+HYPERPARAMETER_BOUNDS.update(_bounds_of([globals()[name] for name in __all__]))

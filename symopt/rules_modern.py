@@ -35,7 +35,8 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.tensor.variable import TensorVariable
 
-from .optimizer import HYPERPARAMETER_BOUNDS, Optimizer, _check_number, _mask
+from .optimizer import HYPERPARAMETER_BOUNDS, Optimizer, _check_number
+from .transforms import resolve_mask as _mask
 from .registry import register
 from .schedules import Schedule
 

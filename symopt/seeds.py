@@ -8,7 +8,8 @@ of them:
 
 * every parameter ``p`` of shape ``shape`` becomes one shared variable of shape
   ``(S, *shape)`` whose slice ``s`` starts as seed ``s``'s model's value;
-* dense layers are batched matmuls ``(S, B, n_in) @ (S, n_in, n_out)``;
+* dense layers are batched matmuls ``(S, B, n_in) @ (S, n_in, n_out)`` plus bias, one BLAS
+  call per seed (:class:`symopt._batched.BatchedGemm`);
 * seed ``s`` sees its own mini-batches (its own shuffle of the training set,
   ``numpy.random.default_rng(data_seed_s)``, exactly as :meth:`Trainer.fit` draws
   them) and its own dropout masks (those its own model draws: its key, the same step counter);
@@ -37,17 +38,21 @@ import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.variable import TensorVariable
 
-from .checkpoint import TALLY_WIDTH, new_tally, run_training, tally_means
-from .function import function
-from .nn import Activation, Dense, Dropout, Layer, Sequential, cross_entropy, dropout_mask
+from ._batched import batched_gemm
+from .checkpoint import tally_means
+from .nn import Activation, Dense, Dropout, Layer, Sequential, accuracy, cross_entropy, dropout_mask
 from .optimizer import Optimizer
-from .train import EpochRecord, warm_up
+from .train import EpochRecord, Trainer
+from .transforms import BUILTIN_ORDER, SETTING_KEYWORDS, coupling_transforms
 
-__all__ = ["SeedStack", "SeedTrainer", "seed_axis_ndim", "seed_cross_entropy", "COUPLING_SETTINGS", "STACKED_MODE"]
+__all__ = ["SeedStack", "SeedTrainer", "StackedStep", "seed_axis_ndim", "seed_cross_entropy", "coupling_transforms",
+           "COUPLING_SETTINGS", "STACKED_MODE"]
 
-#: Optimiser settings computed over whole tensors or all parameters: with a seed axis
-#: they would mix the seeds, so a SeedTrainer refuses them.
-COUPLING_SETTINGS = ("clip_norm", "clip_global_norm", "max_norm")
+#: Keywords of the built-in transforms computed over whole tensors or all parameters
+#: (``Transform.reduces``): with a seed axis they would mix the seeds, so a SeedTrainer
+#: refuses them. Derived from :data:`symopt.transforms.BUILTIN_ORDER`; an optimiser's
+#: own list, user transforms included, is :func:`coupling_transforms`.
+COUPLING_SETTINGS = tuple(t.keyword for t in BUILTIN_ORDER if t.reduces is not None and t.keyword in SETTING_KEYWORDS)
 
 
 #: The backend a SeedTrainer compiles with by default. Measured before the counter-based
@@ -153,9 +158,15 @@ class SeedStack:
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dense):
                 W = self._stacked[id(layer.W)]
-                # A batch shared by all seeds is one (B, n_in) @ (n_in, S * n_out) product.
-                out = pt.tensordot(x, W, axes=[[1], [1]]).dimshuffle(1, 0, 2) if x.ndim == 2 else pt.matmul(x, W)
-                x = out if layer.b is None else out + self._stacked[id(layer.b)][:, None, :]
+                b = None if layer.b is None else self._stacked[id(layer.b)]
+                if x.ndim == 2:
+                    # A batch shared by all seeds (evaluation) is one (B, n_in) @ (n_in, S * n_out) product.
+                    out = pt.tensordot(x, W, axes=[[1], [1]]).dimshuffle(1, 0, 2)
+                    x = out if b is None else out + b[:, None, :]
+                else:
+                    # One BLAS gemm per seed, bias rows first (beta = 1); the gradient's
+                    # transposed operands are BLAS flags, not copies (symopt._batched).
+                    x = batched_gemm(x, W, b)
             elif isinstance(layer, Dropout):
                 if not train or layer.p == 0.0:
                     continue
@@ -190,12 +201,48 @@ def seed_cross_entropy(logits: TensorVariable, labels: TensorVariable) -> Tensor
     return losses.reshape((s, b)).mean(axis=1)
 
 
-class SeedTrainer:
+class StackedStep:
+    """The step of a :class:`SeedStack` (a :class:`~symopt.train.StepBuilder`): S streams,
+    seed ``s``'s rows of batch ``i`` are ``order[s, i * batch_size:(i + 1) * batch_size]``.
+
+    The loss differentiated is the sum of the per-seed mean losses, so each seed gets its
+    own gradient; a step returns the S losses, an eval batch the S loss sums and counts
+    of correct answers.
+    """
+
+    def __init__(self, stack: SeedStack):
+        self.model = self.stack = stack
+        self.streams = stack.n_seeds
+
+    def check(self, optimizer: Any) -> None:
+        if [id(p) for p in optimizer.params] != [id(p) for p in self.stack.params]:
+            raise ValueError("SeedTrainer: the optimizer must be built over stack.params, in that order")
+
+    def initial_order(self, n_train: int) -> np.ndarray:
+        return np.tile(np.arange(n_train, dtype=np.int64), (self.streams, 1))
+
+    def train(self, data: tuple[Any, Any], order: Any, batch: Any, batch_size: int) -> tuple[Any, Any, Any, Any]:
+        rows = order[:, batch * batch_size : (batch + 1) * batch_size]  # (S, B)
+        per_seed = seed_cross_entropy(self.stack.output(data[0][rows], train=True), data[1][rows])
+        # d(sum_s L_s)/d(slice s) = dL_s/d(slice s): each seed gets its own gradient.
+        return per_seed.sum(), per_seed, self.stack.extra_updates, {}
+
+    def evaluate(self, data: tuple[Any, Any], start: Any, stop: Any) -> tuple[list[Any], Any]:
+        x, y = data[0][start:stop], data[1][start:stop]
+        logits = self.stack.output(x, train=False)  # (S, b, C)
+        S, n = self.streams, logits.shape[1]
+        flat, labels = logits.reshape((S * n, logits.shape[2])), pt.tile(y, S)
+        loss_sums = cross_entropy(flat, labels, reduction="none").reshape((S, n)).sum(axis=1)
+        correct = accuracy(flat, labels, reduction="none").reshape((S, n)).sum(axis=1)
+        return [loss_sums, correct], {}
+
+
+class SeedTrainer(Trainer):
     """One compiled train step and one eval step for all seeds of a :class:`SeedStack`.
 
-    The counterpart of :class:`~symopt.train.Trainer`: data in shared variables, each
-    step receives only its batch number; seed ``s``'s rows of batch ``i`` are
-    ``order[s, i * batch_size:(i + 1) * batch_size]``.
+    A :class:`~symopt.train.Trainer` whose step is a :class:`StackedStep`: data in shared
+    variables, each step receives only its batch number; seed ``s``'s rows of batch ``i``
+    are ``order[s, i * batch_size:(i + 1) * batch_size]``.
 
     Parameters
     ----------
@@ -210,6 +257,9 @@ class SeedTrainer:
         As for :class:`~symopt.train.Trainer`.
     mode
         Compilation mode; ``None``: ``$SYMOPT_MODE`` if set, else :data:`STACKED_MODE`.
+    on_nonfinite
+        As for :class:`~symopt.train.Trainer`, but ``"continue"`` by default: a seed that
+        diverges is a result of a comparison, recorded with its non-finite losses.
     """
 
     def __init__(
@@ -223,103 +273,40 @@ class SeedTrainer:
         batch_size: int = 128,
         eval_batch_size: int = 1000,
         mode: Any = None,
+        on_nonfinite: str = "continue",
     ):
-        if [id(p) for p in optimizer.params] != [id(p) for p in stack.params]:
-            raise ValueError("SeedTrainer: the optimizer must be built over stack.params, in that order")
-        coupled = [k for k in COUPLING_SETTINGS if k in optimizer.settings]
-        if optimizer.skip_nonfinite:
-            coupled.append("skip_nonfinite")
+        step = StackedStep(stack)
+        step.check(optimizer)
+        coupled = coupling_transforms(optimizer)
         if coupled:
             raise ValueError(
                 f"SeedTrainer: {', '.join(coupled)} would couple the seeds (computed over whole tensors); "
                 f"train seeds separately with symopt.Trainer to use it"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.stack, self.optimizer = stack, optimizer
-        self.batch_size = int(batch_size)
-        self.n_train = len(x_train)
-        if self.batch_size > self.n_train:
-            raise ValueError(f"batch_size {batch_size} exceeds the {self.n_train} training examples")
-        self.steps_per_epoch = self.n_train // self.batch_size
-        dtype = stack.params[0].dtype
-        S = stack.n_seeds
-        self.x_train = pytensor.shared(np.asarray(x_train, dtype=dtype), name="x_train")
-        self.y_train = pytensor.shared(np.asarray(y_train, dtype=np.int64), name="y_train")
-        self.x_test = pytensor.shared(np.asarray(x_test, dtype=dtype), name="x_test")
-        self.y_test = pytensor.shared(np.asarray(y_test, dtype=np.int64), name="y_test")
-        self.order = pytensor.shared(np.tile(np.arange(self.n_train, dtype=np.int64), (S, 1)), name="order")
-        self.n_test, self.eval_batch_size = len(x_test), int(eval_batch_size)
-
-        i = pt.scalar("batch", dtype="int64")
-        rows = self.order[:, i * self.batch_size : (i + 1) * self.batch_size]  # (S, B)
-        per_seed = seed_cross_entropy(stack.output(self.x_train[rows], train=True), self.y_train[rows])
-        # d(sum_s L_s)/d(slice s) = dL_s/d(slice s): each seed gets its own gradient.
-        updates = optimizer.updates(per_seed.sum())
-        updates.update(stack.extra_updates)
         if mode is None and not os.environ.get("SYMOPT_MODE"):
             mode = STACKED_MODE
-        self.train_step = function([i], per_seed, updates=updates, mode=mode)
+        self.stack = stack
+        super().__init__(stack, optimizer, x_train, y_train, x_test, y_test, batch_size, eval_batch_size, mode=mode,
+                         on_nonfinite=on_nonfinite, step=step)
 
-        start, stop = i * self.eval_batch_size, (i + 1) * self.eval_batch_size
-        x, y = self.x_test[start:stop], self.y_test[start:stop]
-        logits = stack.output(x, train=False)  # (S, b, C)
-        n = logits.shape[1]
-        losses = cross_entropy(logits.reshape((S * n, logits.shape[2])), pt.tile(y, S), reduction="none")
-        loss_sums = losses.reshape((S, n)).sum(axis=1)
-        correct = pt.eq(pt.argmax(logits, axis=2), y[None, :]).sum(axis=1)
-        self.eval_step = function([i], [loss_sums, correct], mode=mode)
-
-    def warm_up(self) -> None:
-        """Run the JIT compilation now, leaving every variable as it was."""
-        warm_up(self.train_step, self.eval_step)
-
-    def evaluate(self) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate(self) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[override]
         """Per-seed mean test loss and accuracy, arrays of shape ``(S,)``."""
-        S = self.stack.n_seeds
-        total_loss, total_correct = np.zeros(S), np.zeros(S)
-        for i in range(-(-self.n_test // self.eval_batch_size)):
-            batch_loss, batch_correct = self.eval_step(i)
-            total_loss += batch_loss
-            total_correct += batch_correct
-        return total_loss / self.n_test, total_correct / self.n_test
+        return self._evaluate()
 
-    def run_epoch(
+    def run_epoch(  # type: ignore[override]
         self, rngs: Sequence[np.random.Generator], progress: bool = False, desc: str = "", *, epoch: int | None = None
     ) -> np.ndarray:
         """One pass; seed ``s`` follows ``rngs[s].permutation``. Returns per-seed mean train losses."""
-        return tally_means(self.epoch_tally(rngs, progress, desc, epoch=epoch))
+        return tally_means(self._tally(rngs, progress, desc, epoch=epoch))
 
-    def epoch_tally(
-        self,
-        rngs: Sequence[np.random.Generator],
-        progress: bool = False,
-        desc: str = "",
-        *,
-        epoch: int | None = None,
-        start: int = 0,
-        tally: np.ndarray | None = None,
-        after_step: Callable[[int, np.ndarray], None] | None = None,
+    def epoch_tally(  # type: ignore[override]
+        self, rngs: Sequence[np.random.Generator], progress: bool = False, desc: str = "", **kwargs: Any
     ) -> np.ndarray:
         """One pass, as :meth:`~symopt.train.Trainer.epoch_tally` with one tally row per seed
         (no step is skipped: ``skip_nonfinite`` is refused for stacks)."""
-        order = np.stack([rng.permutation(self.n_train) for rng in rngs]).astype(np.int64)
-        self.order.set_value(order, borrow=True)
-        steps: Any = range(int(start), self.steps_per_epoch)
-        if progress:
-            from ._extras import tqdm
+        return self._tally(rngs, progress, desc, **kwargs)
 
-            steps = tqdm(steps, desc=desc, leave=False, unit="step", initial=int(start), total=self.steps_per_epoch)
-        S = self.stack.n_seeds
-        tally = new_tally(S) if tally is None else np.array(tally, dtype=np.float64).reshape(S, TALLY_WIDTH)
-        for i in steps:
-            tally[:, 0] += self.train_step(i)
-            tally[:, 1] += 1
-            if after_step is not None:
-                after_step(i + 1, tally)
-        return tally
-
-    def fit(
+    def fit(  # type: ignore[override]
         self,
         epochs: int,
         data_seeds: Sequence[int] | None = None,
@@ -338,27 +325,7 @@ class SeedTrainer:
         ``checkpoint``, ``checkpoint_every``, ``resume``, ``config`` and Ctrl-C: as for
         :meth:`Trainer.fit` (one checkpoint holds every seed's state).
         """
-        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-            raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
         data_seeds = list(self.stack.seeds if data_seeds is None else data_seeds)
-        if len(data_seeds) != self.stack.n_seeds:
-            raise ValueError(f"got {len(data_seeds)} data seeds for {self.stack.n_seeds} models")
-        S = self.stack.n_seeds
-
-        def row_records(epoch: int, row: np.ndarray) -> list[EpochRecord]:
-            return [EpochRecord.from_row(epoch, row[s]) for s in range(S)]
-
-        def histories(history: np.ndarray) -> list[list[EpochRecord]]:
-            per_epoch = [row_records(e + 1, row) for e, row in enumerate(history)]
-            return [[records[s] for records in per_epoch] for s in range(S)]
-
-        def on_epoch(epoch: int, row: np.ndarray) -> None:
-            if callback is not None:
-                callback(epoch, row_records(epoch, row))
-
-        history = run_training(
-            self, model=self.stack, optimizer=self.optimizer, epochs=int(epochs), data_seeds=[int(s) for s in data_seeds],
-            run_epoch=self.epoch_tally, evaluate=self.evaluate, progress=progress, seconds_divisor=S, on_epoch=on_epoch,
-            to_history=histories, checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, config=config,
-        )
-        return histories(history)
+        on_epoch = None if callback is None else (lambda records: callback(records[0].epoch, records))
+        return self._fit(epochs, data_seeds, progress, on_epoch, per_stream=True, checkpoint=checkpoint,
+                         checkpoint_every=checkpoint_every, resume=resume, config=config)

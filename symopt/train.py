@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -21,10 +21,9 @@ from pytensor.compile.sharedvalue import SharedVariable
 
 from .checkpoint import TALLY_WIDTH, new_tally, run_training, tally_means
 from .function import function
-from .nn import cross_entropy
-from .optimizer import Optimizer
+from .nn import accuracy, cross_entropy
 
-__all__ = ["EpochRecord", "NonFiniteLossError", "Trainer", "fit", "warm_up", "Model"]
+__all__ = ["EpochRecord", "NonFiniteLossError", "Trainer", "ModelStep", "StepBuilder", "OptimizerLike", "fit", "warm_up", "Model"]
 
 #: What :class:`Trainer` does when a training step's loss is NaN or infinite.
 NONFINITE_POLICIES = ("raise", "continue")
@@ -88,6 +87,82 @@ class EpochRecord:
         return cls(epoch, train_loss, test_loss, test_accuracy, seconds, int(skipped))
 
 
+class OptimizerLike(Protocol):
+    """What :class:`Trainer` needs of an optimiser: an :class:`~symopt.optimizer.Optimizer`,
+    a :class:`~symopt.combine.Combined`, a :class:`~symopt.wrappers.Lookahead` or any
+    object with these members (an :class:`~symopt.wrappers.EMA` goes in ``Trainer(ema=)``:
+    it averages an optimiser's updates). The trainer itself uses ``params`` and ``updates``;
+    ``state_dict`` / ``load_state_dict`` restart a run (experiments), ``iterations``
+    counts the applied steps."""
+
+    params: list[SharedVariable]
+    iterations: SharedVariable
+
+    def updates(self, loss: Any) -> Mapping[SharedVariable, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class StepBuilder(Protocol):
+    """Builds the graphs a :class:`Trainer` compiles: how its model turns data into losses.
+
+    ``streams`` runs train together (one per seed of a stack). The data and the shuffled
+    ``order`` are the trainer's shared variables; ``order`` has the shape of
+    :meth:`initial_order`, each row of the streams' permutations in it.
+    """
+
+    streams: int
+    model: Any
+
+    def check(self, optimizer: OptimizerLike) -> None:
+        """Refuse (ValueError) an optimiser this step cannot train."""
+
+    def initial_order(self, n_train: int) -> np.ndarray: ...
+
+    def train(self, data: tuple[Any, Any], order: Any, batch: Any, batch_size: int) -> tuple[Any, Any, Mapping[Any, Any], Mapping[Any, Any]]:
+        """(loss to differentiate, per-stream losses returned per step, extra updates, givens)."""
+
+    def evaluate(self, data: tuple[Any, Any], start: Any, stop: Any) -> tuple[list[Any], Mapping[Any, Any]]:
+        """([per-stream loss sums, per-stream correct counts] of rows ``start:stop``, givens)."""
+
+
+class ModelStep:
+    """The step of one ``model`` (as :class:`Trainer` takes it): the mean ``loss`` of a
+    mini-batch of its rows of ``order``, and the sums of test loss and correct answers."""
+
+    streams = 1
+
+    def __init__(self, model: Model, loss: Callable[[Any, Any], Any] = cross_entropy):
+        self.model, self.loss = model, loss
+
+    def check(self, optimizer: OptimizerLike) -> None:
+        missing = [p for p in optimizer.params if not any(p is q for q in self.model.params)]
+        if missing:
+            raise ValueError(f"the optimiser holds parameters that are not the model's: {[p.name for p in missing]}")
+
+    def initial_order(self, n_train: int) -> np.ndarray:
+        return np.arange(n_train, dtype=np.int64)
+
+    def _inputs(self) -> tuple[Any, Any]:
+        return pt.matrix("x", dtype=self.model.params[0].dtype), pt.vector("y", dtype="int64")
+
+    def train(self, data: tuple[Any, Any], order: Any, batch: Any, batch_size: int) -> tuple[Any, Any, Mapping[Any, Any], Mapping[Any, Any]]:
+        x, y = self._inputs()
+        train_loss = self.loss(self.model.output(x, train=True), y)
+        extra = dict(getattr(self.model, "extra_updates", {}))  # batch-norm statistics, dropout RNGs
+        rows = order[batch * batch_size : (batch + 1) * batch_size]
+        return train_loss, train_loss, extra, {x: data[0][rows], y: data[1][rows]}
+
+    def evaluate(self, data: tuple[Any, Any], start: Any, stop: Any) -> tuple[list[Any], Mapping[Any, Any]]:
+        x, y = self._inputs()
+        # Sums, so the last partial eval batch is weighted correctly.
+        logits = self.model.output(x, train=False)
+        sums = [cross_entropy(logits, y, reduction="sum"), accuracy(logits, y, reduction="sum")]
+        return sums, {x: data[0][start:stop], y: data[1][start:stop]}
+
+
 class Trainer:
     """Compiles the train and eval functions of one (model, optimiser) pair once.
 
@@ -96,7 +171,8 @@ class Trainer:
     model
         Exposes ``params``, ``output(x, train)`` and optionally ``extra_updates``.
     optimizer
-        An :class:`~symopt.optimizer.Optimizer` over ``model.params``.
+        An :class:`~symopt.optimizer.Optimizer` over ``model.params``, or any
+        :class:`OptimizerLike` (:func:`symopt.combine`, :class:`~symopt.wrappers.Lookahead`).
     x_train, y_train, x_test, y_test
         float images ``(N, D)`` and integer labels.
     batch_size
@@ -114,12 +190,19 @@ class Trainer:
         non-finite loss (a diverged run is then a result, as in a sweep). An optimiser
         built with ``skip_nonfinite=True`` skips such steps instead: they are counted in
         :attr:`EpochRecord.skipped` and never raise.
+    step
+        The :class:`StepBuilder` the compiled functions come from; by default
+        ``ModelStep(model, loss)``. :class:`~symopt.seeds.SeedTrainer` passes a
+        :class:`~symopt.seeds.StackedStep`.
+    ema
+        A :class:`~symopt.wrappers.EMA` whose averages move in the train step, after the
+        optimiser's update (only on steps the optimiser applies); checkpoints hold them.
     """
 
     def __init__(
         self,
         model: Model,
-        optimizer: Optimizer,
+        optimizer: OptimizerLike,
         x_train: np.ndarray,
         y_train: np.ndarray,
         x_test: np.ndarray,
@@ -129,13 +212,16 @@ class Trainer:
         loss: Callable[[Any, Any], Any] = cross_entropy,
         mode: Any = None,
         on_nonfinite: str = "raise",
+        *,
+        step: StepBuilder | None = None,
+        ema: Any = None,
     ):
         if on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
         #: Steps skipped as non-finite in the last :meth:`run_epoch`.
         self.last_skipped = 0
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if len(x_train) != len(y_train) or len(x_test) != len(y_test):
             raise ValueError(
@@ -144,9 +230,8 @@ class Trainer:
             )
         if batch_size > len(x_train):
             raise ValueError(f"batch_size {batch_size} exceeds the {len(x_train)} training samples")
-        missing = [p for p in optimizer.params if not any(p is q for q in model.params)]
-        if missing:
-            raise ValueError(f"the optimiser holds parameters that are not the model's: {[p.name for p in missing]}")
+        self.step = ModelStep(model, loss) if step is None else step
+        self.step.check(optimizer)
         dtype = model.params[0].dtype
         self.model, self.optimizer, self.batch_size = model, optimizer, int(batch_size)
         self.n_train = len(x_train)
@@ -155,36 +240,28 @@ class Trainer:
         self.y_train = pytensor.shared(np.asarray(y_train, dtype=np.int64), name="y_train")
         self.x_test = pytensor.shared(np.asarray(x_test, dtype=dtype), name="x_test")
         self.y_test = pytensor.shared(np.asarray(y_test, dtype=np.int64), name="y_test")
-        self.order = pytensor.shared(np.arange(self.n_train, dtype=np.int64), name="order")
+        self.order = pytensor.shared(self.step.initial_order(self.n_train), name="order")
         self.n_test, self.eval_batch_size = len(x_test), int(eval_batch_size)
 
-        x = pt.matrix("x", dtype=dtype)
-        y = pt.vector("y", dtype="int64")
         i = pt.scalar("batch", dtype="int64")
-
-        train_loss = loss(model.output(x, train=True), y)
-        updates = optimizer.updates(train_loss)
-        extra = dict(getattr(model, "extra_updates", {}))  # batch-norm statistics, dropout RNGs
+        objective, losses, extra, givens = self.step.train((self.x_train, self.y_train), self.order, i, self.batch_size)
+        updates = optimizer.updates(objective)
+        if ema is not None:
+            updates = ema.updates(updates)
+        self.ema = ema
+        extra = dict(extra)
         if getattr(optimizer, "skip_nonfinite", False):
             # A skipped step changes nothing: nor the batch-norm statistics of a non-finite
             # forward pass (dropout generators still advance, like the data order).
-            finite = pt.isfinite(train_loss)
+            finite = pt.isfinite(objective)
             extra = {var: pt.switch(finite, new, var) if isinstance(var.type, pt.TensorType) else new
                      for var, new in extra.items()}
         updates.update(extra)
-        rows = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        self.train_step = function(
-            [i], train_loss, updates=updates, givens={x: self.x_train[rows], y: self.y_train[rows]}, mode=mode
-        )
+        self.train_step = function([i], losses, updates=updates, givens=givens, mode=mode)
 
-        # Sums, so the last partial eval batch is weighted correctly.
-        logits = model.output(x, train=False)
-        loss_sum = cross_entropy(logits, y, reduction="sum")
-        correct = pt.eq(pt.argmax(logits, axis=1), y).sum()
         start, stop = i * self.eval_batch_size, (i + 1) * self.eval_batch_size
-        self.eval_step = function(
-            [i], [loss_sum, correct], givens={x: self.x_test[start:stop], y: self.y_test[start:stop]}, mode=mode
-        )
+        sums, givens = self.step.evaluate((self.x_test, self.y_test), start, stop)
+        self.eval_step = function([i], sums, givens=givens, mode=mode)
 
     def warm_up(self) -> None:
         """Run the JIT compilation now, leaving every variable as it was.
@@ -194,14 +271,20 @@ class Trainer:
         """
         warm_up(self.train_step, self.eval_step)
 
-    def evaluate(self) -> tuple[float, float]:
-        """Mean test loss and accuracy."""
-        total_loss = total_correct = 0.0
+    def _evaluate(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean test loss and accuracy per stream, arrays of shape ``(streams,)``."""
+        streams = self.step.streams
+        total_loss, total_correct = np.zeros(streams), np.zeros(streams)
         for i in range(-(-self.n_test // self.eval_batch_size)):
             batch_loss, batch_correct = self.eval_step(i)
-            total_loss += float(batch_loss)
-            total_correct += float(batch_correct)
+            total_loss += batch_loss
+            total_correct += batch_correct
         return total_loss / self.n_test, total_correct / self.n_test
+
+    def evaluate(self) -> tuple[float, float]:
+        """Mean test loss and accuracy."""
+        test_loss, test_accuracy = self._evaluate()
+        return float(test_loss[0]), float(test_accuracy[0])
 
     def run_epoch(
         self, rng: np.random.Generator, progress: bool = False, desc: str = "", *, epoch: int | None = None
@@ -209,17 +292,7 @@ class Trainer:
         """One shuffled pass over the training set; returns the mean train loss (see :meth:`epoch_tally`)."""
         return float(tally_means(self.epoch_tally(rng, progress, desc, epoch=epoch))[0])
 
-    def epoch_tally(
-        self,
-        rng: np.random.Generator,
-        progress: bool = False,
-        desc: str = "",
-        *,
-        epoch: int | None = None,
-        start: int = 0,
-        tally: np.ndarray | None = None,
-        after_step: Callable[[int, np.ndarray], None] | None = None,
-    ) -> np.ndarray:
+    def epoch_tally(self, rng: np.random.Generator, progress: bool = False, desc: str = "", **position: Any) -> np.ndarray:
         """One shuffled pass over the training set; returns its tally, shape ``(1, 3)``:
         the sum and count of the finite train losses, and the steps the optimiser skipped.
 
@@ -232,27 +305,50 @@ class Trainer:
         ``rng`` as always, so ``rng`` must be in its state at the epoch's start), with
         ``tally`` the epoch's running :func:`~symopt.checkpoint.new_tally` at that step.
         ``after_step(steps_done, tally)`` runs after every step (checkpoints, Ctrl-C).
+        These (and ``epoch``) are keywords of :meth:`_tally`.
         """
-        self.order.set_value(rng.permutation(self.n_train).astype(np.int64), borrow=True)
+        return self._tally([rng], progress, desc, **position)
+
+    def _tally(
+        self,
+        rngs: Sequence[np.random.Generator],
+        progress: bool = False,
+        desc: str = "",
+        *,
+        epoch: int | None = None,
+        start: int = 0,
+        tally: np.ndarray | None = None,
+        after_step: Callable[[int, np.ndarray], None] | None = None,
+    ) -> np.ndarray:
+        """:meth:`epoch_tally` of every stream, stream ``s`` shuffled by ``rngs[s]``: one tally row each."""
+        shape = self.order.get_value(borrow=True).shape
+        order = np.stack([rng.permutation(self.n_train) for rng in rngs]).astype(np.int64).reshape(shape)
+        self.order.set_value(order, borrow=True)
         steps: Any = range(int(start), self.steps_per_epoch)
         if progress:
             from ._extras import tqdm
 
             steps = tqdm(steps, desc=desc, leave=False, unit="step", initial=int(start), total=self.steps_per_epoch)
-        tally = new_tally(1) if tally is None else np.array(tally, dtype=np.float64).reshape(1, TALLY_WIDTH)
+        streams = self.step.streams
+        tally = new_tally(streams) if tally is None else np.array(tally, dtype=np.float64).reshape(streams, TALLY_WIDTH)
         skipping = bool(getattr(self.optimizer, "skip_nonfinite", False))
         counter = getattr(self.optimizer, "skipped", None) if skipping else None
         # The optimiser's own count also holds steps with a finite loss but non-finite gradients.
         skipped_base = int(counter.get_value()) - int(tally[0, 2]) if counter is not None else 0
         for i in steps:
-            loss = float(self.train_step(i))
-            if math.isfinite(loss) or not skipping:
-                if not math.isfinite(loss) and self.on_nonfinite == "raise":
-                    raise NonFiniteLossError(epoch, i + 1, loss)
-                tally[0, 0] += loss
-                tally[0, 1] += 1
+            losses = np.asarray(self.train_step(i), dtype=np.float64).reshape(streams)
+            if math.isfinite(losses.sum()):  # the common case, kept cheap: a few microseconds a step
+                tally[:, 0] += losses
+                tally[:, 1] += 1
+            else:
+                finite = np.isfinite(losses)
+                if not skipping and self.on_nonfinite == "raise" and not finite.all():
+                    raise NonFiniteLossError(epoch, i + 1, float(losses[~finite][0]))
+                counted = finite | (not skipping)
+                tally[counted, 0] += losses[counted]
+                tally[counted, 1] += 1
             if counter is not None:
-                tally[0, 2] = int(counter.get_value()) - skipped_base
+                tally[:, 2] = int(counter.get_value()) - skipped_base
             if after_step is not None:
                 after_step(i + 1, tally)
         self.last_skipped = int(tally[0, 2])
@@ -297,24 +393,49 @@ class Trainer:
         (if any) and raises :class:`~symopt.checkpoint.TrainingInterrupted` (a
         ``KeyboardInterrupt``) holding the history so far.
         """
+        on_epoch = None if callback is None else (lambda records: callback(records[0]))
+        return self._fit(epochs, [seed], progress, on_epoch, per_stream=False, checkpoint=checkpoint,
+                         checkpoint_every=checkpoint_every, resume=resume, config=config, plateau=plateau)
+
+    def _fit(
+        self,
+        epochs: int,
+        data_seeds: Sequence[int],
+        progress: bool,
+        on_epoch: Callable[[list[EpochRecord]], None] | None,
+        *,
+        per_stream: bool,
+        **options: Any,
+    ) -> Any:
+        """The epoch loop of every stream (:func:`~symopt.checkpoint.run_training`).
+
+        Returns one history per stream (``per_stream``) or the one stream's history;
+        ``on_epoch`` receives each epoch's records, one per stream.
+        """
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+        streams = self.step.streams
+        if len(data_seeds) != streams:
+            raise ValueError(f"got {len(data_seeds)} data seeds for {streams} models")
 
-        def records(history: np.ndarray) -> list[EpochRecord]:
-            return [EpochRecord.from_row(e + 1, row[0]) for e, row in enumerate(history)]
+        def row_records(epoch: int, row: np.ndarray) -> list[EpochRecord]:
+            return [EpochRecord.from_row(epoch, row[s]) for s in range(streams)]
 
-        def on_epoch(epoch: int, row: np.ndarray) -> None:
-            if callback is not None:
-                callback(EpochRecord.from_row(epoch, row[0]))
+        def histories(history: np.ndarray) -> list[list[EpochRecord]]:
+            per_epoch = [row_records(e + 1, row) for e, row in enumerate(history)]
+            return [[records[s] for records in per_epoch] for s in range(streams)]
+
+        def each_epoch(epoch: int, row: np.ndarray) -> None:
+            if on_epoch is not None:
+                on_epoch(row_records(epoch, row))
 
         history = run_training(
-            self, model=self.model, optimizer=self.optimizer, epochs=int(epochs), data_seeds=[int(seed)],
-            run_epoch=lambda rngs, progress, desc, **kw: self.epoch_tally(rngs[0], progress, desc, **kw),
-            evaluate=self.evaluate, progress=progress, seconds_divisor=1, on_epoch=on_epoch, to_history=records,
-            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume, config=config,
-            plateau=plateau,
+            self, model=self.model, optimizer=self.optimizer, epochs=int(epochs),
+            data_seeds=[int(s) for s in data_seeds], run_epoch=self._tally, evaluate=self._evaluate,
+            progress=progress, seconds_divisor=streams, on_epoch=each_epoch,
+            to_history=histories if per_stream else (lambda h: histories(h)[0]), **options,
         )
-        return records(history)
+        return histories(history) if per_stream else histories(history)[0]
 
 
 def warm_up(train_step: Any, eval_step: Any) -> None:
@@ -330,7 +451,7 @@ def warm_up(train_step: Any, eval_step: Any) -> None:
 
 def fit(
     model: Model,
-    optimizer: Optimizer,
+    optimizer: OptimizerLike,
     data: Any,
     epochs: int,
     batch_size: int = 128,

@@ -32,6 +32,7 @@ from pytensor.compile.sharedvalue import SharedVariable
 from . import optimizer as _optimizer
 from .optimizer import Optimizer
 from .registry import OPTIMIZERS
+from .transforms import SETTING_KEYWORDS
 
 __all__ = ["get_or_compute_grads"]
 
@@ -63,6 +64,9 @@ def _signature(cls: type[Optimizer]) -> inspect.Signature:
     for p in inspect.signature(cls.__init__).parameters.values():
         if p.kind is _P.KEYWORD_ONLY and p.name not in defaults and p.name != "allow_unused":
             parameters.append(p.replace(annotation=_P.empty))
+    # built-in transforms added to the table after the constructor's signature was written
+    taken = {p.name for p in parameters}
+    parameters += [_P(k, _P.KEYWORD_ONLY, default=None) for k in SETTING_KEYWORDS if k not in taken]
     parameters.append(_P("allow_unused", _P.KEYWORD_ONLY, default=False))
     return inspect.Signature(parameters)
 

@@ -45,7 +45,7 @@ HAS_JAX = st.available("jax") and st.available("optax")
 
 def test_benchmark_tables_name_registered_rules() -> None:
     """The NumPy, torch and optax tables cover rules that exist (a rule missing from them is skipped)."""
-    for table in (st.NUMPY_SLOTS, st.TORCH_RULES, st.OPTAX_RULES):
+    for table in (st.NUMPY_SLOTS, st.TORCH_RULES, st.OPTAX_RULES, st.STEP_FLOOR_RULES):
         assert set(table) <= set(symopt.OPTIMIZERS)
 
 
@@ -65,6 +65,51 @@ def test_numpy_rule_matches_reference(name: str) -> None:
     for a, b in zip(mine, ref.params):
         assert a.dtype == np.float32
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(st.STEP_FLOOR_RULES))
+def test_step_floor_kernel_matches_reference(name: str) -> None:
+    """The step floor's fused Numba loop does the rule's update: tests/reference.py over 12 steps (float32).
+
+    A (6, 5) weight and a bias, flattened as the step floor passes them; 12 steps cover
+    RAdam's switch to the rectified update (step 6 with beta2 = 0.999) and NAdam's
+    momentum product. With weight decay on, so the coupled and decoupled forms are used.
+    """
+    rng = np.random.default_rng(2)
+    h = {**st.hyperparameters(name), "weight_decay": 0.1}
+    rounded = st._rounded(h)
+    kernel, slots, names = st.fused_update_kernel(name, weight_decay=True)
+    params = [rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32)]
+    ref = REFERENCES[name](params, **h)
+    mine = [p.copy().reshape(-1) for p in params]
+    state = [[np.zeros(p.size, np.float32) for _ in slots] for p in params]
+    carry: dict[str, float] = {}
+    for t in range(1, 13):
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+        ref.step([g.copy() for g in grads])
+        lr, wd = rounded["learning_rate"], rounded["weight_decay"]
+        scalars = {"lr": lr, "wd": wd, "dec": 1.0 - lr * wd, **st.STEP_FLOOR_RULES[name][2](rounded, t, carry)}
+        args = [np.float32(scalars[n]) for n in names]
+        for p, g, slot in zip(mine, grads, state, strict=True):
+            kernel(p, g.reshape(-1).copy(), *slot, *args)
+    for a, b in zip(mine, ref.params, strict=True):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a, b.reshape(-1), rtol=2e-5, atol=1e-6)
+
+
+def test_step_floor_is_the_products_plus_one_update_pass() -> None:
+    """The step floor runs the step's products and updates every parameter and slot once per step."""
+    problem = st.make_problem(TINY_SIZES, TINY_BATCH, n_batches=2)
+    floor = st.StepFloor("adam", problem)
+    before = [p.copy() for p in floor.params]
+    for i in range(3):
+        floor.step(i)
+    assert floor.matmuls.calls == 3 * len(st.floor_shapes(TINY_SIZES, TINY_BATCH)) and floor.t == 3
+    assert all(np.all(p != b) for p, b in zip(floor.params, before, strict=True))  # every element moved
+    assert all(np.all(m != 0) and np.all(v > 0) for _, _, (m, v) in floor.flat)
+    # The products read the parameters being updated, and the update reads their gradients.
+    assert all(w is p for w, p in zip(floor.matmuls.Ws, floor.params[0::2], strict=True))
+    assert all(g.base is gw or g is gw for (_, g, _), gw in zip(floor.flat[0::2], floor.matmuls.out_gW, strict=True))
 
 
 def test_numpy_gradients_match_finite_differences() -> None:
@@ -107,21 +152,21 @@ def test_tiny_run_same_work_and_report(tmp_path: Path) -> None:
                     verbose=False)
     result = st.run_benchmark(cfg)
     out = result["optimizers"]["adam"]
-    expected = {"symopt[default]", "numpy", "floor"}
+    expected = {"symopt[default]", "numpy", "floor", "step-floor"}
     expected |= {"torch", "torch-foreach"} if HAS_TORCH else set()
     expected |= {"jax-optax"} if HAS_JAX else set()
     assert set(out["contenders"]) == expected
     for name, c in out["contenders"].items():
         assert "error" not in c, (name, c)
         assert c["n"] == cfg.rounds * cfg.steps and c["median_ms"] > 0
-    assert set(out["check"]) == expected - {"numpy", "floor"}
+    assert set(out["check"]) == expected - {"numpy", "floor", "step-floor"}
     for name, check in out["check"].items():
         assert check["passed"], (name, check)
         assert check["elements"] == sum(p.size for p in st.make_problem(TINY_SIZES, TINY_BATCH).init)
     # The floor ran exactly 14 products per step it took.
     assert out["floor_matmuls_per_step"] == 14
     assert out["floor_calls_total"] == 14 * out["floor_steps_total"]
-    assert out["ratios"]["default_over_floor"] > 0
+    assert out["ratios"]["default_over_floor"] > 0 and out["ratios"]["default_over_step_floor"] > 0
     assert set(result["targets"]) == set(st.TARGETS)
     for key in ("cpu_model", "usable_cores", "threads", "blas", "loadavg_before", "loadavg_after"):
         assert key in result["machine"]
@@ -135,13 +180,17 @@ def test_tiny_run_same_work_and_report(tmp_path: Path) -> None:
     json_path, md_path = st.write_outputs(result, tmp_path / "step_time.json")
     assert json.loads(json_path.read_text())["optimizers"]["adam"]["check"] == out["check"]
     markdown = md_path.read_text()
-    assert "| adam |" in markdown and "default / floor" in markdown and "Targets" in markdown
+    assert "| adam |" in markdown and "default / step floor" in markdown and "Targets" in markdown
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{st.README_BEGIN}\nPREVIOUS-TABLE\n{st.README_END}\noutro\n")
     assert st.update_readme(st.render_markdown(result), readme)
     text = readme.read_text()
     assert "PREVIOUS-TABLE" not in text and "| adam |" in text and text.startswith("intro") and text.endswith("outro\n")
+    begin, end = st.README_SECTIONS["target3"]
+    readme.write_text(f"{st.README_BEGIN}\nKEEP\n{st.README_END}\n{begin}\nOLD\n{end}\n")
+    assert st.update_readme("NEW\n", readme, section="target3")
+    assert readme.read_text() == f"{st.README_BEGIN}\nKEEP\n{st.README_END}\n{begin}\nNEW\n{end}\n"
 
 
 @pytest.fixture
@@ -174,6 +223,7 @@ def test_new_rule_needs_no_numpy_torch_or_optax_step(new_rule: str) -> None:
     assert set(out["contenders"]) == {"symopt[default]", "floor"}
     assert all("error" not in c for c in out["contenders"].values())
     assert "no hand-written NumPy step for 'benchsign'" in out["skipped"]["numpy"]
+    assert "no fused update kernel for 'benchsign'" in out["skipped"]["step-floor"]
     if HAS_TORCH:
         assert "no torch counterpart for 'benchsign'" in out["skipped"]["torch"]
     if HAS_JAX:

@@ -204,16 +204,43 @@ def test_ema_and_lookahead_state_is_restored(dataset: symopt.data.Dataset, tmp_p
         return Trainer(model, LookaheadWithEMA(model.params), dataset.x_train, dataset.y_train, dataset.x_test,
                        dataset.y_test, batch_size=BATCH)
 
+    # the memory is at step 10, the file at step 8 (mid-epoch 2, Lookahead counter 8 % 3 != 0)
+    _crash_resume_is_uninterrupted(make, lambda trainer: trainer.optimizer.state(), 11, tmp_path / "run.ckpt")
+
+
+def _crash_resume_is_uninterrupted(make: Callable[[], Trainer], state: Callable[[Trainer], list[Any]], crash: int,
+                                   path: Path) -> None:
+    """A 2-epoch run crashed during step ``crash`` (checkpoints every 4 steps) and resumed
+    ends with the uninterrupted run's history and ``state``."""
     reference = make()
     expected = reference.fit(2, SEED, progress=False)
-    trainer, path = make(), tmp_path / "run.ckpt"
-    trainer.train_step = Steps(trainer.train_step, at=1 + 11, action="crash")  # during step 11
+    trainer = make()
+    trainer.train_step = Steps(trainer.train_step, at=1 + crash, action="crash")
     with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.fit(2, SEED, progress=False, checkpoint=path, checkpoint_every=4)
-    # the memory is at step 10, the file at step 8 (mid-epoch 2, Lookahead counter 8 % 3 != 0)
     history = _unwrapped(trainer).fit(2, SEED, progress=False, checkpoint=path, resume=True)
     assert _numbers(history) == _numbers(expected)
-    _assert_identical(trainer.optimizer.state(), reference.optimizer.state())
+    _assert_identical(state(trainer), state(reference))
+
+
+def test_combined_optimizer_state_is_restored(dataset: symopt.data.Dataset, tmp_path: Path) -> None:
+    """symopt.combine (Momentum on the weight matrices, Adam on the rest): a run crashed
+    mid-epoch and resumed from its checkpoint ends bit-identical to the uninterrupted run."""
+    def make() -> Trainer:
+        model = nn.MLP([SIDE * SIDE, 8, 3], batchnorm=True, dropout=0.25, seed=4)
+        matrices = [p for p in model.params if p.ndim == 2]
+        rest = [p for p in model.params if p.ndim != 2]
+        opt = symopt.combine(matrices=symopt.Momentum(matrices, learning_rate=0.05),
+                             rest=symopt.Adam(rest, learning_rate=1e-2))
+        return Trainer(model, opt, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
+                       batch_size=BATCH)
+
+    def state(trainer: Trainer) -> list[Any]:
+        members = trainer.optimizer.members.values()
+        slots = [var for opt in members for per_param in opt.state for var in per_param.values()]
+        return _state([*trainer.model.params, *trainer.model.buffers, *(opt.iterations for opt in members), *slots])
+
+    _crash_resume_is_uninterrupted(make, state, 10, tmp_path / "run.ckpt")  # the file at step 8
 
 
 def test_skipped_steps_survive_a_resume(dataset: symopt.data.Dataset, tmp_path: Path) -> None:

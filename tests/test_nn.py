@@ -283,6 +283,19 @@ def test_cross_entropy_gradient_softmax_and_accuracy(ce_fn):
     assert acc == pytest.approx(np.mean(HUGE.argmax(axis=1) == LABELS))
 
 
+def test_accuracy_reductions():
+    """mean (logits' dtype), sum (an exact int64 count) and none (one boolean per row)."""
+    z, y = pt.matrix("z", dtype="float32"), pt.ivector("y")
+    fn = pytensor.function([z, y], [symopt.nn.accuracy(z, y, reduction=r) for r in ("mean", "sum", "none")])
+    mean, count, hits = fn(HUGE.astype("float32"), LABELS)
+    want = HUGE.argmax(axis=1) == LABELS
+    assert mean.dtype == np.float32 and mean == np.float32(want.mean())
+    assert count.dtype == np.int64 and count == want.sum()
+    assert hits.dtype == bool and hits.tolist() == want.tolist()
+    with pytest.raises(ValueError, match="reduction"):
+        symopt.nn.accuracy(z, y, reduction="max")
+
+
 def test_cross_entropy_rejects_out_of_range_labels(ce_fn):
     with pytest.raises(AssertionError, match="class labels"):
         ce_fn(HUGE, HUGE.astype("float32"), np.array([1, 0, 3, 2], dtype="int32"))

@@ -169,3 +169,18 @@ def test_optimizer_over_other_params_refused(data):
     opt = symopt.SGD(_model(0).params)
     with pytest.raises(ValueError, match="stack.params"):
         SeedTrainer(stack, opt, *data)
+
+
+def test_nonfinite_losses_are_recorded_by_default_or_raise(data):
+    """SeedTrainer keeps its default on_nonfinite="continue" (a diverged seed is a result);
+    "raise" stops at the first NaN step as a Trainer does."""
+    x_train, y_train, x_test, y_test = data
+    poisoned = np.full_like(x_train, np.inf)
+    stack = SeedStack(lambda s: MLP([SIZES[0], 4], seed=s, dtype="float32"), [0, 1])
+    trainer = SeedTrainer(stack, symopt.SGD(stack.params), poisoned, y_train, x_test, y_test, batch_size=100)
+    histories = trainer.fit(1, progress=False)
+    assert [np.isnan(h[0].train_loss) for h in histories] == [True, True]
+    trainer = SeedTrainer(stack, symopt.SGD(stack.params), poisoned, y_train, x_test, y_test, batch_size=100,
+                          on_nonfinite="raise")
+    with pytest.raises(symopt.train.NonFiniteLossError, match="epoch 1, step 1"):
+        trainer.fit(1, progress=False)

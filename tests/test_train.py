@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -145,6 +146,58 @@ def test_a_skipped_step_leaves_batchnorm_statistics_alone(dataset: symopt.data.D
     assert np.isfinite(trainer.train_step(1))
     assert not any(np.array_equal(a, b) for a, b in zip(before[-len(bn.buffers):], state()[-len(bn.buffers):]))
     assert all(np.isfinite(b.get_value()).all() for b in bn.buffers)
+
+
+def test_trainer_takes_any_optimizer_like(dataset: symopt.data.Dataset) -> None:
+    """A Lookahead (not an Optimizer) trains through the Trainer as its updates do in a
+    hand-compiled step fed the same batches (rows of the generator's permutation)."""
+    import pytensor.tensor as pt
+
+    def make() -> tuple[nn.MLP, symopt.Lookahead]:
+        model = nn.MLP([SIDE * SIDE, 8, 3], seed=5)
+        return model, symopt.Lookahead(symopt.Momentum(model.params, learning_rate=0.05), k=2)
+
+    model, opt = make()
+    trainer = Trainer(model, opt, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, batch_size=32)
+    trainer.run_epoch(np.random.default_rng(3))
+
+    reference, ref_opt = make()
+    x, y = pt.matrix("x", dtype=reference.params[0].dtype), pt.vector("y", dtype="int64")
+    loss = nn.cross_entropy(reference.output(x, train=True), y)
+    step = symopt.function([x, y], loss, updates=ref_opt.updates(loss))
+    order = np.random.default_rng(3).permutation(len(dataset.x_train))
+    x_train = dataset.x_train.astype(reference.params[0].dtype)
+    for i in range(trainer.steps_per_epoch):
+        rows = order[i * 32 : (i + 1) * 32]
+        step(x_train[rows], dataset.y_train[rows].astype(np.int64))
+    assert int(ref_opt.counter.get_value()) == int(opt.counter.get_value()) == trainer.steps_per_epoch
+    for got, want in zip(model.params, reference.params):
+        np.testing.assert_allclose(got.get_value(), want.get_value(), rtol=1e-6, atol=1e-7)
+
+
+def test_trainer_moves_an_ema_after_each_step(dataset: symopt.data.Dataset) -> None:
+    """Trainer(ema=): the averages follow a_t = d a_{t-1} + (1 - d) p_t (Polyak & Juditsky)
+    over the parameters after each step, recorded from a run without the EMA."""
+    def make(ema: bool) -> tuple[Trainer, Any]:
+        model = nn.MLP([SIDE * SIDE, 8, 3], seed=6)
+        average = symopt.EMA(model.params, decay=0.8) if ema else None
+        opt = symopt.Adam(model.params, learning_rate=1e-2)
+        return Trainer(model, opt, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, batch_size=32,
+                       ema=average), average
+
+    plain, _ = make(False)
+    averages = [p.get_value().astype(np.float64) for p in plain.model.params]
+    plain.order.set_value(np.random.default_rng(0).permutation(len(dataset.x_train)))
+    for i in range(3):
+        plain.train_step(i)
+        averages = [0.8 * a + 0.2 * p.get_value() for a, p in zip(averages, plain.model.params)]
+    trainer, ema = make(True)
+    trainer.order.set_value(np.random.default_rng(0).permutation(len(dataset.x_train)))
+    for i in range(3):
+        trainer.train_step(i)
+    for got, want, p, q in zip(ema.averages, averages, trainer.model.params, plain.model.params):
+        assert np.array_equal(p.get_value(), q.get_value())  # the EMA does not touch the training
+        np.testing.assert_allclose(got.get_value(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_trainer_rejects_bad_arguments(dataset: symopt.data.Dataset) -> None:

@@ -57,27 +57,23 @@ def reset_parameters(model: Any, scale: float, seed: int) -> None:
             layer.running_var.set_value(np.ones(n, dtype=layer.dtype))
 
 
-def build(batchnorm: bool, x_train: Any, y_train: Any, order: Any) -> tuple[Any, Any, Any, Any]:
-    """(model, optimizer, train_step(batch_index) -> loss, evaluate() -> (loss, accuracy) on the training set)."""
-    import pytensor.tensor as pt
+def build(batchnorm: bool, x_train: Any, y_train: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """(model, optimizer, its initial state, trainer, evaluate() -> (loss, correct count) on the training set).
 
-    from ..nn import MLP, cross_entropy
+    The :class:`~symopt.train.Trainer` compiles the step; the loop is the experiment's own:
+    it evaluates on the training set before training, and records the float32 mean loss
+    of the whole set in one call (the Trainer's evaluation sums batches in float64).
+    """
+    from ..nn import MLP, accuracy, cross_entropy
     from ..rules import SGD
+    from ..train import Trainer
 
     model = MLP(SIZES, activation="relu", init=0.01, batchnorm=batchnorm, seed=0)
     opt = SGD(model.params, learning_rate=LEARNING_RATE)
-    x, y = pt.matrix("x", dtype="float32"), pt.vector("y", dtype="int64")
-    i = pt.scalar("i", dtype="int64")
-    loss = cross_entropy(model.output(x, train=True), y)
-    updates = opt.updates(loss)
-    updates.update(model.extra_updates)
-    rows = order[i * BATCH_SIZE : (i + 1) * BATCH_SIZE]
-    step = function([i], loss, updates=updates, givens={x: x_train[rows], y: y_train[rows]})
-    logits = model.output(x_train, train=False)
-    evaluate = function(
-        [], [cross_entropy(logits, y_train), pt.eq(pt.argmax(logits, axis=1), y_train).mean()]
-    )
-    return model, opt, step, evaluate
+    trainer = Trainer(model, opt, x_train, y_train, x_train[:1], y_train[:1], batch_size=BATCH_SIZE)
+    logits = model.output(trainer.x_train, train=False)
+    evaluate = function([], [cross_entropy(logits, trainer.y_train), accuracy(logits, trainer.y_train, reduction="sum")])
+    return model, opt, opt.state_dict(), trainer, evaluate
 
 
 def _finite(v: float) -> float | None:
@@ -85,8 +81,6 @@ def _finite(v: float) -> float | None:
 
 
 def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
-    import pytensor
-
     from ._common import mnist_subset
 
     cfg = QUICK if quick else FULL
@@ -95,31 +89,30 @@ def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
     steps = n // BATCH_SIZE
     start = time.perf_counter()
 
-    x_train = pytensor.shared(np.zeros((n, SIZES[0]), dtype="float32"), name="x_train")
-    y_train = pytensor.shared(np.zeros(n, dtype="int64"), name="y_train")
-    order = pytensor.shared(np.arange(n, dtype="int64"), name="order")
-    nets = {name: build(name == "bn", x_train, y_train, order) for name in ("bn", "no_bn")}
+    empty_x, empty_y = np.zeros((n, SIZES[0]), dtype="float32"), np.zeros(n, dtype="int64")
+    nets = {name: build(name == "bn", empty_x, empty_y) for name in ("bn", "no_bn")}
 
     runs = []
     for s in seeds:
         data = mnist_subset(n, 1, s)  # n random training samples (the test set is not used)
-        x_train.set_value(data.x_train.astype("float32"))
-        y_train.set_value(data.y_train.astype("int64"))
+        for _, _, _, trainer, _ in nets.values():
+            trainer.x_train.set_value(data.x_train.astype("float32"))
+            trainer.y_train.set_value(data.y_train.astype("int64"))
         for k, scale in enumerate(cfg["scales"]):
             record: dict[str, Any] = {"seed": s, "scale_index": k, "scale": scale}
             orders = np.random.default_rng([s, 1, k])
             perms = [orders.permutation(n) for _ in range(epochs)]
-            for name, (model, opt, step, evaluate) in nets.items():
+            for name, (model, opt, initial_state, trainer, evaluate) in nets.items():
                 reset_parameters(model, scale, s)
-                opt.iterations.set_value(np.int64(0))
-                loss, acc = evaluate()
-                accs, losses = [float(acc)], [_finite(loss)]
+                opt.load_state_dict(initial_state)
+                loss, correct = evaluate()
+                accs, losses = [int(correct) / n], [_finite(loss)]
                 for perm in perms:  # the same batches for both networks
-                    order.set_value(perm.astype("int64"))
+                    trainer.order.set_value(perm.astype("int64"))
                     for b in range(steps):
-                        step(b)
-                    loss, acc = evaluate()
-                    accs.append(float(acc))
+                        trainer.train_step(b)
+                    loss, correct = evaluate()
+                    accs.append(int(correct) / n)
                     losses.append(_finite(loss))
                 record[name] = {"train_accuracy": accs, "train_loss": losses}
             runs.append(record)

@@ -10,7 +10,9 @@ equally fast, AdaGrad slightly ahead.
 
 One train function per optimiser is compiled and reused for every seed (parameters set
 to a fresh ``MLP(seed=seed)``, optimiser state to the one captured at construction);
-the after-update loss comes from one eval function shared by all optimisers.
+the after-update loss comes from one eval function shared by all optimisers. Not a
+:class:`~symopt.train.Trainer`: the seeds' protocol draws every batch with replacement (a
+step takes the batch's row indices) and records each batch's loss after its update.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
     import pytensor.tensor as pt
 
     import symopt
-    from symopt.nn import MLP, cross_entropy
+    from symopt.nn import MLP, accuracy, cross_entropy
 
     if quick:
         names, iterations = QUICK["optimizers"], QUICK["iterations"]
@@ -104,7 +106,7 @@ def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
     batch_loss = function([idx], loss)  # the loss after the update, as the seeds record it
     x_test = pt.matrix("x_test", dtype="float32")
     y_test = pt.vector("y_test", dtype="int64")
-    correct = pt.eq(pt.argmax(model.output(x_test, train=False), axis=1), y_test).sum()
+    correct = accuracy(model.output(x_test, train=False), y_test, reduction="sum")
     count_correct = function([x_test, y_test], correct)
 
     doc: dict[str, Any] = {

@@ -45,33 +45,28 @@ def results_path(results_dir: Path, quick: bool) -> Path:
     return Path(results_dir) / ("overfitting-quick.json" if quick else "overfitting.json")
 
 
-def _build(dropout: float, shared: dict[str, Any], batch_size: int, init_seed: int) -> dict[str, Any]:
-    import pytensor.tensor as pt
-
+def _build(dropout: float, data: Any, batch_size: int, init_seed: int) -> dict[str, Any]:
+    """Model, optimiser, :class:`~symopt.train.Trainer` (its compiled step) and an evaluation
+    of train and test accuracy (counts of correct answers)."""
     from ..masks import exclude_bias_and_norm
-    from ..nn import MLP, cross_entropy
+    from ..nn import MLP, accuracy
     from ..rules import SGD
+    from ..train import Trainer
 
     model = MLP([784, *HIDDEN, 10], activation="relu", init="he", dropout=dropout, seed=init_seed)
     opt = SGD(model.params, learning_rate=LEARNING_RATE, weight_decay=0.0, weight_decay_mask=exclude_bias_and_norm)
-    x, y = pt.matrix("x", dtype="float32"), pt.vector("y", dtype="int64")
-    i = pt.scalar("i", dtype="int64")
-    loss = cross_entropy(model.output(x, train=True), y)
-    updates = opt.updates(loss)
-    updates.update(model.extra_updates)
-    rows = shared["order"][i * batch_size : (i + 1) * batch_size]
-    step = function(
-        [i], loss, updates=updates, givens={x: shared["x_train"][rows], y: shared["y_train"][rows]}
-    )
+    # The Trainer compiles the step; the loop is the experiment's own: it evaluates before
+    # training and on the training set too, and records each epoch's train loss as the
+    # float32 mean of its step losses (the Trainer's tally sums in float64).
+    trainer = Trainer(model, opt, data.x_train, data.y_train, data.x_test, data.y_test, batch_size=batch_size)
 
-    def acc(xs: Any, ys: Any) -> Any:
-        return pt.eq(pt.argmax(model.output(xs, train=False), axis=1), ys).mean()
+    def correct(xs: Any, ys: Any) -> Any:
+        return accuracy(model.output(xs, train=False), ys, reduction="sum")
 
-    evaluate = function(
-        [], [acc(shared["x_train"], shared["y_train"]), acc(shared["x_test"], shared["y_test"])]
-    )
+    evaluate = function([], [correct(trainer.x_train, trainer.y_train), correct(trainer.x_test, trainer.y_test)])
     weights = [p for p in model.params if p.ndim >= 2]
-    return {"model": model, "opt": opt, "step": step, "evaluate": evaluate, "weights": weights}
+    return {"model": model, "opt": opt, "trainer": trainer, "evaluate": evaluate, "weights": weights,
+            "initial_state": opt.state_dict()}
 
 
 def weight_sq_norm(weights: list[Any]) -> float:
@@ -80,8 +75,6 @@ def weight_sq_norm(weights: list[Any]) -> float:
 
 
 def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
-    import pytensor
-
     from ..nn import Dropout, initialize
 
     cfg = QUICK if quick else FULL
@@ -91,22 +84,17 @@ def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
     start = time.perf_counter()
 
     first = mnist_subset(n, cfg["n_test"], seeds[0])
-    shared = {
-        "x_train": pytensor.shared(first.x_train.astype("float32"), name="x_train"),
-        "y_train": pytensor.shared(first.y_train.astype("int64"), name="y_train"),
-        "x_test": pytensor.shared(first.x_test.astype("float32"), name="x_test"),
-        "y_test": pytensor.shared(first.y_test.astype("int64"), name="y_test"),
-        "order": pytensor.shared(np.arange(n, dtype="int64"), name="order"),
-    }
-    plain = _build(0.0, shared, bs, init_seed=0)
-    dropped = _build(DROPOUT, shared, bs, init_seed=0)
+    plain = _build(0.0, first, bs, init_seed=0)
+    dropped = _build(DROPOUT, first, bs, init_seed=0)
     nets = {"none": plain, "weight_decay": plain, "dropout": dropped}
 
     runs = []
     for s in seeds:
         data = mnist_subset(n, cfg["n_test"], s)
-        for key in ("x_train", "y_train", "x_test", "y_test"):
-            shared[key].set_value(getattr(data, key).astype("float32" if key.startswith("x") else "int64"))
+        for net in (plain, dropped):
+            for key in ("x_train", "y_train", "x_test", "y_test"):
+                getattr(net["trainer"], key).set_value(getattr(data, key).astype("float32" if key.startswith("x") else "int64"))
+        n_test = len(data.y_test)
         # the same initial weights (He, from the seed's stream) for every setting
         init_rng = np.random.default_rng([s, 0])
         initial = [initialize("he", w.get_value().shape, seed=init_rng, dtype="float32") for w in plain["weights"]]
@@ -120,21 +108,23 @@ def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
                     p.set_value(np.zeros_like(p.get_value()))
             for k, layer in enumerate(l for l in net["model"].layers if isinstance(l, Dropout)):
                 layer.reseed(int(np.random.SeedSequence([s, 2, k]).generate_state(1)[0]))
+            net["opt"].load_state_dict(net["initial_state"])  # a fresh optimiser, then this setting's decay
             net["opt"].set_hyperparameter("weight_decay", WEIGHT_DECAY if setting == "weight_decay" else 0.0)
-            net["opt"].iterations.set_value(np.int64(0))
+            trainer = net["trainer"]
             t0 = time.perf_counter()
             train_acc, test_acc, norms, losses = [], [], [], []
-            a_tr, a_te = net["evaluate"]()
-            train_acc.append(float(a_tr))
-            test_acc.append(float(a_te))
-            norms.append(weight_sq_norm(net["weights"]))
-            for perm in perms:
-                shared["order"].set_value(perm)
-                losses.append(float(np.mean([net["step"](b) for b in range(steps)])))
-                a_tr, a_te = net["evaluate"]()
-                train_acc.append(float(a_tr))
-                test_acc.append(float(a_te))
+
+            def record() -> None:
+                right_train, right_test = net["evaluate"]()
+                train_acc.append(int(right_train) / n)
+                test_acc.append(int(right_test) / n_test)
                 norms.append(weight_sq_norm(net["weights"]))
+
+            record()
+            for perm in perms:
+                trainer.order.set_value(perm)
+                losses.append(float(np.mean([trainer.train_step(b) for b in range(steps)])))
+                record()
             runs.append(
                 {
                     "seed": s,

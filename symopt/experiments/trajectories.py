@@ -87,6 +87,7 @@ def _optimizer_paths(names: list[str], steps: int) -> dict[str, Any]:
         p = pytensor.shared(np.array(START, dtype="float64"), name="p")
         loss = f_bowl(p[0], p[1])
         opt = cls([p], **hp)
+        # Not a Trainer: a closed-form function of two coordinates, no model and no data set.
         step = function([], loss, updates=opt.updates(loss))  # one compiled step per rule
         points = [p.get_value().copy()]
         for _ in range(steps):
@@ -132,8 +133,10 @@ def _learning_rate_runs(steps: int) -> list[dict[str, Any]]:
     loss = p[0] ** 2 + p[1] ** 2
     opt = symopt.SGD([p], learning_rate=GD_RATES[0])
     step = function([], loss, updates=opt.updates(loss))  # compiled once, reused for every rate
+    initial_state = opt.state_dict()
     runs = []
     for lr in GD_RATES:
+        opt.load_state_dict(initial_state)  # each rate a fresh run (step counter 0)
         opt.set_hyperparameter("learning_rate", lr)
         p.set_value(np.array(GD_START, dtype="float64"))
         points = [p.get_value().copy()]

@@ -1,0 +1,386 @@
+r"""Training controls as small composable units around a rule.
+
+A :class:`Transform` changes the gradients before the rule sees them, the parameter
+or gradient one rule step at a time, or the rule's result, and may gate the whole step
+(``applied``). Each built-in is one class here with its own state; an
+:class:`~symopt.optimizer.Optimizer` composes them in :data:`BUILTIN_ORDER`, then the
+user's ``transforms=[...]`` in the order given. One step is built in three phases, each
+walking the transforms in that order:
+
+1. :meth:`Transform.gradients` ``(grads, applied, step) -> (grads, applied)`` over all
+   parameters together; ``applied`` is the symbolic flag of whether this call applies the
+   update (``None``: every call does) and is passed explicitly from one transform to the next;
+2. :meth:`Transform.before_rule` ``(index, param, grad, h) -> (param, grad)`` per parameter,
+   with ``h`` the rule's hyperparameters (:class:`~symopt.hyperparameter.Values`);
+3. :meth:`Transform.after_rule` ``(index, value, h) -> value`` on the rule's new value.
+
+``reduces`` says what a transform computes over: ``None`` (element-wise), ``"tensor"``
+(a whole tensor, or whole columns) or ``"parameters"`` (all parameters together). With a
+seed axis stacked into every tensor (:class:`~symopt.seeds.SeedTrainer`) the last two
+would mix the seeds; :func:`coupling_transforms` lists them.
+
+Adding a built-in control is one subclass here with its ``keyword`` and one line in
+:data:`BUILTIN_ORDER`; the keyword is then accepted by every rule's constructor, stored in
+``opt.settings``, changeable with ``set_hyperparameter`` and saved with the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pytensor
+import pytensor.tensor as pt
+from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.tensor.variable import TensorVariable
+
+from .hyperparameter import Values, check_number
+
+__all__ = [
+    "Transform",
+    "Step",
+    "SkipNonFinite",
+    "Accumulate",
+    "ClipValue",
+    "ClipNorm",
+    "ClipGlobalNorm",
+    "WeightDecay",
+    "MaxNorm",
+    "SettingTransform",
+    "BUILTIN_ORDER",
+    "coupling_transforms",
+    "resolve_mask",
+]
+
+Applied = TensorVariable | None
+
+
+def _describe(param: Any, index: int) -> str:
+    """Human-readable name of a parameter for error messages."""
+    name = getattr(param, "name", None)
+    if name:
+        return f"parameter {name!r} (index {index})"
+    return f"parameter at index {index}"
+
+
+def resolve_mask(owner: str, what: str, mask: Any, params: list[SharedVariable], default: Any) -> list[bool]:
+    """A mask (callable ``param -> bool``, or a list of params) as one bool per parameter."""
+    if mask is None:
+        return [bool(default(p)) for p in params]
+    if callable(mask):
+        out = []
+        for index, param in enumerate(params):
+            flag = mask(param)
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{owner}: {what}({_describe(param, index)}) returned {flag!r}, expected True or False")
+            out.append(bool(flag))
+        return out
+    if isinstance(mask, (str, bytes)) or not isinstance(mask, Sequence | set | frozenset):
+        raise TypeError(f"{owner}: {what} must be a callable param -> bool or a list of parameters, got {mask!r}")
+    ids = {id(p) for p in params}
+    for entry in mask:
+        if id(entry) not in ids:
+            raise ValueError(f"{owner}: {what} names {getattr(entry, 'name', None) or entry!r}, which is not one of the parameters")
+    chosen = {id(entry) for entry in mask}
+    return [id(p) in chosen for p in params]
+
+
+@dataclass
+class Step:
+    """What the gradient phase of one step sees besides the gradients.
+
+    ``live`` are the indices of parameters with a gradient (the rest are left unchanged),
+    ``slots[i]`` parameter ``i``'s per-parameter state (the transforms' own slots included),
+    ``loss`` the loss (``None`` when gradients were given). A transform appends the new
+    values of its own bookkeeping variables to ``updates``; they are applied on every call.
+    """
+
+    params: list[SharedVariable]
+    live: list[int]
+    slots: list[dict[str, SharedVariable]]
+    loss: TensorVariable | None
+    updates: list[tuple[SharedVariable, Any]] = field(default_factory=list)
+
+
+class Transform:
+    """Base class of gradient transforms and parameter constraints.
+
+    Subclasses override any of :meth:`gradients`, :meth:`before_rule`, :meth:`after_rule`
+    (each defaults to the identity) and may declare
+
+    * ``slots``: per-parameter state, name -> fill value, made by the optimiser in the
+      parameter's shape and dtype and saved with the rule's slots (``step.slots[i][name]``);
+    * ``reduces``: ``None``, ``"tensor"`` or ``"parameters"`` (see the module docstring);
+    * ``name``: how messages and :func:`coupling_transforms` call it.
+
+    :meth:`bind` is called once with the optimiser's parameters; validate masks there.
+    """
+
+    name: ClassVar[str] = "transform"
+    #: Constructor keyword of a built-in (``clip_norm``); ``None`` for a user's transform.
+    keyword: ClassVar[str | None] = None
+    reduces: ClassVar[str | None] = None
+    slots: ClassVar[dict[str, float]] = {}
+    #: The shared scalar a built-in's keyword sets (``opt.settings[keyword]``), if any.
+    setting: SharedVariable | None = None
+
+    @classmethod
+    def from_options(cls, owner: str, options: dict[str, Any]) -> Transform | None:
+        """A built-in from the optimiser's constructor keywords, or ``None`` if not asked for."""
+        return None
+
+    @property
+    def active(self) -> bool:
+        """Whether it takes part in the step (``accumulate=1`` is an inactive Accumulate)."""
+        return True
+
+    def bind(self, owner: str, params: list[SharedVariable]) -> None:
+        """Check this transform against the optimiser's parameters (masks, shapes)."""
+
+    def gradients(self, grads: list[Any], applied: Applied, step: Step) -> tuple[list[Any], Applied]:
+        """New gradients (``None`` stays ``None``) and the new applied flag."""
+        return grads, applied
+
+    def before_rule(self, index: int, param: TensorVariable, grad: TensorVariable, h: Values) -> tuple[Any, Any]:
+        """The parameter and gradient the rule's ``update_param`` receives."""
+        return param, grad
+
+    def after_rule(self, index: int, value: TensorVariable, h: Values) -> TensorVariable:
+        """The parameter's new value, from the rule's."""
+        return value
+
+
+class SettingTransform(Transform):
+    """A transform with one positive number (a threshold), kept in a float64 shared scalar.
+
+    With a ``keyword`` and an entry in :data:`BUILTIN_ORDER` it is a built-in: every
+    rule's constructor takes the keyword, ``opt.settings[keyword]`` holds the scalar,
+    ``set_hyperparameter(keyword, c)`` changes it and the state saves it.
+    """
+
+    def __init__(self, value: float, owner: str = "Transform"):
+        self.setting = pytensor.shared(np.float64(self.check(owner, value)), name=f"{owner}.{self.keyword}")
+
+    @classmethod
+    def from_options(cls, owner: str, options: dict[str, Any]) -> Transform | None:
+        value = options.get(cls.keyword)
+        return None if value is None else cls(value, owner=owner)
+
+    @classmethod
+    def check(cls, owner: str, value: Any) -> float:
+        value = check_number(owner, cls.keyword or cls.name, value)
+        if value <= 0:
+            raise ValueError(f"{owner}: {cls.keyword} must be > 0, got {value}")
+        return value
+
+    def set(self, owner: str, value: Any) -> None:
+        self.setting.set_value(np.float64(self.check(owner, value)))
+
+
+# ---------------------------------------------------------------------- the built-ins
+class SkipNonFinite(Transform):
+    """A call whose loss or gradients hold NaN/Inf changes nothing; ``skipped`` counts them."""
+
+    name = keyword = "skip_nonfinite"
+    reduces = "parameters"
+
+    def __init__(self, enabled: bool = True, owner: str = "Transform"):
+        if not isinstance(enabled, (bool, np.bool_)):
+            raise TypeError(f"{owner}: skip_nonfinite must be True or False, got {enabled!r}")
+        self.enabled = bool(enabled)
+        self.skipped = pytensor.shared(np.int64(0), name=f"{owner}.skipped")
+
+    @classmethod
+    def from_options(cls, owner, options):
+        return cls(options.get("skip_nonfinite", False), owner)  # always: opt.skipped exists
+
+    @property
+    def active(self) -> bool:
+        return self.enabled
+
+    def gradients(self, grads, applied, step):
+        checks = [pt.all(pt.isfinite(grads[i])) for i in step.live]
+        if step.loss is not None:
+            checks.append(pt.isfinite(pt.as_tensor_variable(step.loss)))
+        finite = pt.all(pt.stack(checks))
+        step.updates.append((self.skipped, self.skipped + 1 - pt.cast(finite, "int64")))
+        return grads, finite if applied is None else pt.and_(applied, finite)
+
+
+class Accumulate(Transform):
+    """``k`` calls apply one update with the mean of their (counted) gradients."""
+
+    name = keyword = "accumulate"
+
+    def __init__(self, k: int = 1, owner: str = "Transform"):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"{owner}: accumulate must be an integer >= 1, got {k!r}")
+        self.k = int(k)
+        self.micro_steps = pytensor.shared(np.int64(0), name=f"{owner}.micro_steps")
+        self.slots = {"grad_accum": 0.0} if self.k > 1 else {}
+
+    @classmethod
+    def from_options(cls, owner, options):
+        return cls(options.get("accumulate", 1), owner)  # always: opt.micro_steps exists
+
+    @property
+    def active(self) -> bool:
+        return self.k > 1
+
+    def gradients(self, grads, applied, step):
+        # A call that is not applied so far (a skipped non-finite micro-step) adds nothing.
+        counted = self.micro_steps + (1 if applied is None else pt.cast(applied, "int64"))
+        due = pt.eq(counted, self.k)
+        grads = list(grads)
+        for i in step.live:
+            acc = step.slots[i]["grad_accum"]
+            summed = acc + grads[i]
+            if applied is not None:
+                summed = pt.switch(applied, summed, acc)
+            step.updates.append((acc, pt.switch(due, pt.zeros_like(acc), summed)))
+            grads[i] = summed / self.k  # the mean gradient, used when `due`
+        step.updates.append((self.micro_steps, pt.switch(due, 0, counted)))
+        return grads, due if applied is None else pt.and_(applied, due)
+
+
+class ClipValue(SettingTransform):
+    """Clip each gradient element to ``[-c, c]``."""
+
+    name = keyword = "clip_value"
+
+    def gradients(self, grads, applied, step):
+        grads = list(grads)
+        for i in step.live:
+            c = pt.cast(self.setting, grads[i].dtype)
+            grads[i] = pt.clip(grads[i], -c, c)
+        return grads, applied
+
+
+class ClipNorm(SettingTransform):
+    """Rescale each parameter's gradient to norm at most ``c``: ``g c / max(|g|, c)``."""
+
+    name = keyword = "clip_norm"
+    reduces = "tensor"
+
+    def gradients(self, grads, applied, step):
+        grads = list(grads)
+        for i in step.live:
+            g = grads[i]
+            c = pt.cast(self.setting, g.dtype)
+            grads[i] = g * (c / pt.maximum(pt.sqrt(pt.sum(g * g)), c))
+        return grads, applied
+
+
+class ClipGlobalNorm(SettingTransform):
+    """Rescale all gradients together to global norm at most ``c`` (Keras/optax)."""
+
+    name = keyword = "clip_global_norm"
+    reduces = "parameters"
+
+    def gradients(self, grads, applied, step):
+        if not step.live:
+            return grads, applied
+        grads = list(grads)
+        c = self.setting
+        norm = pt.sqrt(pt.sum(pt.stack([pt.cast(pt.sum(grads[i] * grads[i]), "float64") for i in step.live])))
+        factor = c / pt.maximum(norm, c)  # scale only when the norm exceeds c
+        for i in step.live:
+            grads[i] = grads[i] * pt.cast(factor, grads[i].dtype)
+        return grads, applied
+
+
+class WeightDecay(Transform):
+    r"""The rule's ``weight_decay`` :math:`\lambda`, on the parameters the mask picks.
+
+    Coupled (L2, torch's ``weight_decay``): :math:`g \leftarrow g + \lambda p`.
+    Decoupled (Loshchilov & Hutter; torch 2.x AdamW): :math:`p \leftarrow p - \eta\lambda p`
+    before the rule's step, with :math:`\eta` the rule's ``learning_rate``.
+    """
+
+    name = keyword = "weight_decay"
+
+    def __init__(self, decoupled: bool = False, mask: Any = None, owner: str = "Transform"):
+        if not isinstance(decoupled, (bool, np.bool_)):
+            raise TypeError(f"{owner}: decoupled_weight_decay must be True or False, got {decoupled!r}")
+        self.decoupled, self.mask, self.flags = bool(decoupled), mask, None
+
+    @classmethod
+    def from_options(cls, owner, options):
+        # Always: weight_decay is a hyperparameter of every rule (0 by default).
+        return cls(options.get("decoupled_weight_decay", False), options.get("weight_decay_mask"), owner)
+
+    def bind(self, owner, params):
+        self.flags = resolve_mask(owner, "weight_decay_mask", self.mask, params, lambda p: True)
+
+    def before_rule(self, index, param, grad, h):
+        if not self.flags[index]:
+            return param, grad
+        if self.decoupled:
+            return param * (1 - h.learning_rate * h.weight_decay), grad
+        return param, grad + h.weight_decay * param
+
+
+class MaxNorm(SettingTransform):
+    """After the step, each unit's incoming weights (a matrix's columns) to norm <= ``c`` (Lasagne)."""
+
+    name = keyword = "max_norm"
+    reduces = "tensor"
+
+    def __init__(self, value: float, mask: Any = None, owner: str = "Transform"):
+        super().__init__(value, owner)
+        self.mask, self.flags = mask, None
+
+    @classmethod
+    def from_options(cls, owner, options):
+        if options.get("max_norm") is None:
+            if options.get("max_norm_mask") is not None:
+                raise ValueError(f"{owner}: max_norm_mask given without max_norm")
+            return None
+        return cls(options["max_norm"], options.get("max_norm_mask"), owner)
+
+    def bind(self, owner, params):
+        self.flags = resolve_mask(owner, "max_norm_mask", self.mask, params, lambda p: p.ndim >= 2)
+        for index, (param, flag) in enumerate(zip(params, self.flags)):
+            if flag and param.ndim < 2:
+                raise ValueError(f"{owner}: max_norm constrains weight columns; {_describe(param, index)} has {param.ndim} dimensions")
+
+    def after_rule(self, index, value, h):
+        if not self.flags[index]:
+            return value
+        value = pt.as_tensor_variable(value)
+        axes = (0,) if value.ndim == 2 else tuple(range(1, value.ndim))
+        norms = pt.sqrt(pt.sum(value * value, axis=axes, keepdims=True))
+        target = pt.clip(norms, 0, pt.cast(self.setting, h.dtype))
+        return value * (target / (1e-7 + norms))
+
+
+#: The built-in controls, in the order they are applied; their keywords are accepted by
+#: every rule's constructor. A new one is a class above and one entry here.
+BUILTIN_ORDER: tuple[type[Transform], ...] = (
+    SkipNonFinite,
+    Accumulate,
+    ClipValue,
+    ClipNorm,
+    ClipGlobalNorm,
+    WeightDecay,
+    MaxNorm,
+)
+
+#: Keywords of the built-ins with one positive number (``opt.settings``).
+SETTING_KEYWORDS: tuple[str, ...] = tuple(t.keyword for t in BUILTIN_ORDER if issubclass(t, SettingTransform))
+
+
+def coupling_transforms(opt: Any) -> list[str]:
+    """Names of ``opt``'s active transforms that reduce over a whole tensor or over parameters.
+
+    With a seed axis stacked into every parameter these would mix the seeds.
+    """
+    members = getattr(opt, "members", None)  # symopt.combine: each member's own transforms
+    if isinstance(members, dict):
+        return [name for member in members.values() for name in coupling_transforms(member)]
+    inner = getattr(opt, "inner", None)  # EMA / Lookahead: the wrapped optimiser's
+    if inner is not None and not hasattr(opt, "transforms"):
+        return coupling_transforms(inner)
+    return [t.name for t in getattr(opt, "transforms", ()) if t.active and t.reduces is not None]
