@@ -247,6 +247,7 @@ SETTINGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("match_rms_adamw, lr=0.02, eps=1e-3", {"learning_rate": 0.02, "adjust_lr_fn": "match_rms_adamw", "epsilon": 1e-3}),
         ("ns_steps=3, ns_coefficients=(2, -1.5, 0.5)",
          {"learning_rate": 0.02, "ns_steps": 3, "ns_coefficients": (2.0, -1.5, 0.5)}),
+    ],
     # Rules of symopt/rules_modern.py with a torch.optim reference.
     "rprop": [
         ("defaults", {}),
