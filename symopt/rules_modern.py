@@ -35,7 +35,7 @@ import numpy as np
 import pytensor.tensor as pt
 from pytensor.tensor.variable import TensorVariable
 
-from .optimizer import HYPERPARAMETER_BOUNDS, Optimizer, _check_number
+from .optimizer import HYPERPARAMETER_BOUNDS, Optimizer
 from .transforms import resolve_mask as _mask
 from .registry import register
 from .schedules import Schedule
@@ -100,8 +100,8 @@ class _Constrained(Optimizer):
             self.check_values(self._numbers(gi), self._where(gi))
 
     def set_hyperparameter(self, name: str, value: float, group: int | None = None) -> None:
-        if name in self._defaults and name not in self.options:
-            value = _check_number(type(self).__name__, name, value)
+        if name in self._declarations and name not in self.options:
+            value = self._declarations[name].check(type(self).__name__, name, value)
             if group is not None:
                 self._group_index(group)  # a clear IndexError for a group that does not exist
             indices = range(len(self.param_groups)) if group is None else [int(group)]
