@@ -415,20 +415,14 @@ def run_torch(torch: Any, rule: str, hp: dict[str, Any], data: dict[str, np.ndar
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             loss = torch_loss(W, b, x, y, v)
-            loss.backward()
+            objective = loss
+            if "l2_in_loss" in kw:  # symopt's coupled decay g + wd * p is the gradient of wd/2 * |p|^2
+                objective = loss + 0.5 * kw["l2_in_loss"] * (torch.sum(W * W) + torch.sum(b * b))
+            objective.backward()
             opt.step()
             out.append((W.detach().numpy().copy(), b.detach().numpy().copy(), float(loss.detach())))
     finally:
         torch.Tensor.bfloat16 = cast
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss = torch_loss(W, b, x, y, v)
-        objective = loss
-        if "l2_in_loss" in kw:  # symopt's coupled decay g + wd * p is the gradient of wd/2 * |p|^2
-            objective = loss + 0.5 * kw["l2_in_loss"] * (torch.sum(W * W) + torch.sum(b * b))
-        objective.backward()
-        opt.step()
-        out.append((W.detach().numpy().copy(), b.detach().numpy().copy(), float(loss.detach())))
     return out, reference, kw
 
 
