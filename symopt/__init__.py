@@ -35,6 +35,8 @@ from .rules import (
     RAdam,
     RMSprop,
 )
+from .rules_contrib import Adafactor, Muon, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD
+from .rules_modern import ADOPT, ASGD, LAMB, LARS, AdaBelief, AdEMAMix, Rprop
 
 from . import data, masks, nn, schedules, seeds  # noqa: E402  (after the BLAS setting above)
 from .function import function  # noqa: E402
@@ -76,6 +78,18 @@ __all__ = [
     "NAdam",
     "RAdam",
     "Lion",
+    "Adafactor",
+    "Muon",
+    "Prodigy",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
+    "Rprop",
+    "ASGD",
+    "AdaBelief",
+    "ADOPT",
+    "AdEMAMix",
+    "LAMB",
+    "LARS",
     "SAM",
     "Sophia",
     "data",

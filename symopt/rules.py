@@ -58,6 +58,7 @@ class SGD(Optimizer):
     Defaults: ``learning_rate=0.01`` (the method has no canonical value).
     """
 
+    reference = "torch.optim.SGD"
     hyperparameters = {"learning_rate": _rate(0.01)}
 
     def update_param(self, param, grad, state, h):
@@ -75,6 +76,7 @@ class Momentum(Optimizer):
     Defaults: ``learning_rate=0.01``, ``momentum=0.9``.
     """
 
+    reference = "torch.optim.SGD(momentum, dampening=0)"
     hyperparameters = {"learning_rate": _rate(0.01), "momentum": _decay(0.9, "momentum coefficient")}
     slots = {"velocity": 0.0}
 
@@ -94,6 +96,8 @@ class Nesterov(Momentum):
     Defaults: ``learning_rate=0.01``, ``momentum=0.9``.
     """
 
+    reference = "torch.optim.SGD(nesterov=True)"
+
     def update_param(self, param, grad, state, h):
         velocity = h.momentum * state["velocity"] + grad
         return param - h.learning_rate * (grad + h.momentum * velocity), {"velocity": velocity}
@@ -104,26 +108,39 @@ class AdaGrad(Optimizer):
     r"""AdaGrad (Duchi, Hazan & Singer, JMLR 2011).
 
     .. math::
-        s_t = s_{t-1} + g_t^2, \qquad p_t = p_{t-1} - \eta \frac{g_t}{\sqrt{s_t} + \epsilon}
+        s_t = s_{t-1} + g_t^2, \qquad
+        p_t = p_{t-1} - \frac{\eta}{1 + (t - 1)\,\delta} \frac{g_t}{\sqrt{s_0 + s_t} + \epsilon}
 
-    With ``epsilon_inside_sqrt=True`` the denominator is :math:`\sqrt{s_t + \epsilon}`
-    (the Theano seed's form). Defaults: ``learning_rate=0.01``, ``epsilon=1e-10``.
+    :math:`s_0` is ``initial_accumulator_value`` and :math:`\delta` ``lr_decay``
+    (torch's options; the slot ``sum_sq`` holds :math:`s_t` from 0, torch's ``sum`` is
+    :math:`s_0 + s_t`). With ``epsilon_inside_sqrt=True`` the denominator is
+    :math:`\sqrt{s_0 + s_t + \epsilon}` (the Theano seed's form). Defaults:
+    ``learning_rate=0.01``, ``epsilon=1e-10``, ``initial_accumulator_value=0``,
+    ``lr_decay=0``.
     """
 
+    reference = "torch.optim.Adagrad"
     hyperparameters = {
         "learning_rate": _rate(0.01),
         "epsilon": _epsilon(1e-10),
         "epsilon_inside_sqrt": Hyperparameter(False, doc="sqrt(s + eps) instead of sqrt(s) + eps"),
+        "initial_accumulator_value": Hyperparameter(0.0, low=0.0, doc="torch's starting value of the accumulator"),
+        "lr_decay": Hyperparameter(0.0, low=0.0, doc="torch's rate decay: lr / (1 + (t - 1) lr_decay)"),
     }
     slots = {"sum_sq": 0.0}
 
     def update_param(self, param, grad, state, h):
         sum_sq = state["sum_sq"] + grad * grad
+        # s_0 enters the denominator rather than the slot's fill, so that it is a live
+        # hyperparameter like the others (0 + s is exactly s: the default changes nothing).
+        accumulated = h.initial_accumulator_value + sum_sq
         if h.epsilon_inside_sqrt:
-            denom = pt.sqrt(sum_sq + h.epsilon)
+            denom = pt.sqrt(accumulated + h.epsilon)
         else:
-            denom = pt.sqrt(sum_sq) + h.epsilon
-        return param - h.learning_rate * grad / denom, {"sum_sq": sum_sq}
+            denom = pt.sqrt(accumulated) + h.epsilon
+        with h.float64() as f:
+            clr = f.cast(f.learning_rate / (1 + (f.t - 1) * f.lr_decay))
+        return param - clr * grad / denom, {"sum_sq": sum_sq}
 
 
 @register("rmsprop")
@@ -145,6 +162,7 @@ class RMSprop(Optimizer):
     ``momentum=0``.
     """
 
+    reference = "torch.optim.RMSprop"
     hyperparameters = {
         "learning_rate": _rate(1e-3),
         "rho": _decay(0.9, "decay of the squared-gradient average (torch's alpha)"),
@@ -210,6 +228,7 @@ class AdaDelta(Optimizer):
     (``learning_rate=1.0``).
     """
 
+    reference = "torch.optim.Adadelta"
     hyperparameters = {
         "learning_rate": _rate(1.0),
         "rho": _decay(0.95, "decay of both running averages"),
@@ -239,10 +258,23 @@ class Adam(Optimizer):
 
     :math:`\gamma` is ``beta1_decay`` (the first Adam preprint's :math:`\lambda`, the
     Theano seed's ``gamma``); the default 1 gives the published Adam.
+
+    With ``epsilon_hat=True`` epsilon is the paper's :math:`\hat\epsilon` (Kingma & Ba,
+    section 2, the "more efficient" order of computation), added to :math:`\sqrt{\hat v_t}`
+    *before* the bias correction, as ``tf.compat.v1.train.AdamOptimizer`` and Keras 3's
+    ``Adam``/``AdamW`` place it:
+
+    .. math::
+        \eta_t = \eta \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t}, \qquad
+        p_t = p_{t-1} - \eta_t \frac{m_t}{\sqrt{\hat v_t} + \hat\epsilon}
+
+    (the same as the default form with :math:`\epsilon = \hat\epsilon / \sqrt{1 - \beta_2^t}`,
+    so early steps are damped less). Keras's defaults are ``epsilon=1e-7``.
     Defaults (the paper's): ``learning_rate=1e-3``, ``beta1=0.9``, ``beta2=0.999``,
     ``epsilon=1e-8``.
     """
 
+    reference = "torch.optim.Adam"
     hyperparameters = {
         "learning_rate": _rate(1e-3),
         "beta1": _decay(0.9, "decay of the first-moment average"),
@@ -251,6 +283,7 @@ class Adam(Optimizer):
         "beta1_decay": Hyperparameter(1.0, low=0.0, high=1.0, low_inclusive=False, high_inclusive=True,
                                       doc="gamma: beta1 decays as beta1 * gamma**(t-1)"),
         "amsgrad": Hyperparameter(False, doc="use the running maximum of the second moment"),
+        "epsilon_hat": Hyperparameter(False, doc="TF1/Keras placement: epsilon added to sqrt(v) before the bias correction"),
     }
 
     @classmethod
@@ -265,7 +298,10 @@ class Adam(Optimizer):
             t = f.t
             beta1_t = f.cast(f.beta1 * f.beta1_decay ** (t - 1))
             bias_correction2_sqrt = f.cast(pt.sqrt(1 - f.beta2**t))
-            step_size = f.cast(f.learning_rate / (1 - f.beta1**t))
+            if h.epsilon_hat:  # TF1's lr_t: both bias corrections in the one scalar
+                step_size = f.cast(f.learning_rate * pt.sqrt(1 - f.beta2**t) / (1 - f.beta1**t))
+            else:
+                step_size = f.cast(f.learning_rate / (1 - f.beta1**t))
         beta2 = h.beta2
         exp_avg = beta1_t * state["exp_avg"] + (1 - beta1_t) * grad
         exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
@@ -273,7 +309,10 @@ class Adam(Optimizer):
         second = exp_avg_sq
         if h.amsgrad:
             second = new["max_exp_avg_sq"] = pt.maximum(state["max_exp_avg_sq"], exp_avg_sq)
-        denom = pt.sqrt(second) / bias_correction2_sqrt + h.epsilon
+        if h.epsilon_hat:
+            denom = pt.sqrt(second) + h.epsilon
+        else:
+            denom = pt.sqrt(second) / bias_correction2_sqrt + h.epsilon
         return param - step_size * exp_avg / denom, new
 
 
@@ -287,6 +326,7 @@ class AdamW(Adam):
     ``weight_decay=0.01`` (torch's).
     """
 
+    reference = "torch.optim.AdamW"
     hyperparameters = {**Adam.declarations(), "weight_decay": Hyperparameter(1e-2, low=0.0, doc="decoupled weight decay")}
     decoupled_weight_decay = True
 
@@ -299,6 +339,7 @@ class AMSGrad(Adam):
     so the effective step size never grows. Defaults: Adam's.
     """
 
+    reference = "torch.optim.Adam(amsgrad=True)"
     hyperparameters = {**Adam.declarations(), "amsgrad": Hyperparameter(True, doc="use the running maximum of the second moment")}
 
 
@@ -315,6 +356,7 @@ class Adamax(Optimizer):
     ``epsilon=1e-8`` as torch.
     """
 
+    reference = "torch.optim.Adamax"
     hyperparameters = {
         "learning_rate": _rate(2e-3),
         "beta1": _decay(0.9, "decay of the first-moment average"),
@@ -349,6 +391,7 @@ class NAdam(Optimizer):
     ``beta1=0.9``, ``beta2=0.999``, ``epsilon=1e-8``, ``momentum_decay=4e-3``.
     """
 
+    reference = "torch.optim.NAdam"
     hyperparameters = {
         "learning_rate": _rate(2e-3),
         "beta1": _decay(0.9, "decay of the first-moment average"),
@@ -399,6 +442,7 @@ class RAdam(Optimizer):
     ``epsilon=1e-8``.
     """
 
+    reference = "torch.optim.RAdam"
     hyperparameters = {
         "learning_rate": _rate(1e-3),
         "beta1": _decay(0.9, "decay of the first-moment average"),
@@ -446,6 +490,7 @@ class Lion(Optimizer):
     (the paper advises 3-10x below AdamW's), ``weight_decay=0``.
     """
 
+    reference = "Chen et al. 2023, Algorithm 2 (torch.optim has no Lion)"
     hyperparameters = {
         "learning_rate": _rate(1e-4),
         "beta1": _decay(0.9, "interpolation of momentum and gradient for the sign"),
