@@ -121,6 +121,7 @@ class SAM(Optimizer):
     """
 
     needs_loss: ClassVar[bool] = True
+    reference = "optax.contrib.sam (normalize() + sgd(rho) adversary, sync_period=2, opaque_mode=True)"
     base_rule: ClassVar[type[Optimizer]] = SGD
     hyperparameters = {
         **SGD.declarations(),
@@ -240,6 +241,7 @@ class Sophia(Optimizer):
     """
 
     needs_loss: ClassVar[bool] = True
+    reference = "optax.contrib.sophia (Hutchinson, Rademacher u; compared with the same u)"
     decoupled_weight_decay: ClassVar[bool] = True
     hyperparameters = {
         "learning_rate": Hyperparameter(1e-3, low=0.0, doc="learning rate (step size)"),
