@@ -28,7 +28,7 @@ from pytensor.tensor.variable import TensorVariable
 
 from ._npz import StateFile
 from .hyperparameter import ALIASES as _ALIASES
-from .hyperparameter import HYPERPARAMETER_BOUNDS, Hyperparameter, Values, check_number
+from .hyperparameter import HYPERPARAMETER_BOUNDS, Hyperparameter, Values, check_number, member_view
 from .schedules import Schedule
 from .transforms import (
     BUILTIN_ORDER,
@@ -40,6 +40,7 @@ from .transforms import (
     Transform,
     WeightDecay,
     _describe,
+    stack_size,
 )
 
 __all__ = ["Optimizer", "Updates", "HYPERPARAMETER_BOUNDS", "TRANSFORM_SETTINGS"]
@@ -94,11 +95,13 @@ class _Group:
         value = self.values[name]
         return value.symbolic(iterations) if isinstance(value, Schedule) else value
 
-    def current(self, name: str, iterations: SharedVariable) -> float:
+    def current(self, name: str, iterations: SharedVariable) -> float | np.ndarray:
+        """The current value: a float, or a copy of the per-member vector."""
         value = self.values[name]
         if isinstance(value, Schedule):
             return float(value(iterations.get_value()))
-        return float(value.get_value())
+        current = value.get_value()
+        return float(current) if current.ndim == 0 else current.copy()
 
 
 def _takes_values(function: Callable[..., Any], positional: int) -> bool:
@@ -348,24 +351,24 @@ class Optimizer:
                     )
                 seen[id(param)] = index
                 self.params.append(param)
+        if not self.params:
+            raise ValueError(f"{owner}: no parameters to optimise (params is empty)")
+        #: S when every parameter carries a leading seed axis of length S (symopt.seeds.SeedStack), else None.
+        self.stack_size: int | None = stack_size(self.params)
+        for gi, (group_params, overrides) in enumerate(group_specs):
             values: dict[str, SharedVariable | Schedule] = {}
             for key, default in numeric.items():
                 value = overrides.get(key, default)
                 if isinstance(value, Schedule):
                     values[key] = value
                     continue
-                value = self._declarations[key].check(f"{owner} (param group {gi})", key, value)
+                where = owner if len(group_specs) == 1 else f"{owner} (param group {gi})"
+                value = self._declarations[key].check(where, key, value)
+                if isinstance(value, np.ndarray):
+                    self._check_members(where, key, len(value))
                 tag = key if len(group_specs) == 1 else f"{key}[{gi}]"
-                values[key] = pytensor.shared(np.float64(value), name=f"{owner}.{tag}")
+                values[key] = pytensor.shared(np.asarray(value, dtype=np.float64), name=f"{owner}.{tag}")
             self.param_groups.append(_Group(list(group_params), values))
-        if not self.params:
-            raise ValueError(f"{owner}: no parameters to optimise (params is empty)")
-
-        for group in self.param_groups:
-            group.scalars = {
-                key: pytensor.shared(np.float64(fill), name=f"{owner}.{key}")
-                for key, fill in self.scalar_slots.items()
-            }
         self.iterations: SharedVariable = pytensor.shared(np.int64(0), name=f"{owner}.iterations")
 
         # The training controls, in BUILTIN_ORDER, then the user's.
@@ -398,12 +401,46 @@ class Optimizer:
         #: Applied-or-not bookkeeping: micro-steps of the current accumulation, skipped steps.
         self.micro_steps: SharedVariable = builtin[Accumulate].micro_steps
         self.skipped: SharedVariable = builtin[SkipNonFinite].skipped
+        #: Per stack member, the calls skipped as non-finite (stacked parameters only).
+        self.member_skipped: SharedVariable | None = builtin[SkipNonFinite].member_skipped
+        per_member_skip = self.skip_nonfinite and self.stack_size is not None
+        if per_member_skip and self.accumulate > 1:
+            raise ValueError(f"{owner}: skip_nonfinite with accumulate > 1 is not supported on stacked parameters "
+                             f"(each member would need its own accumulation count)")
+        #: Per stack member, the applied steps (stacked parameters with skip_nonfinite): a skipped
+        #: member's next step is its own step t, as in its separate run. ``iterations`` then
+        #: counts the calls in which at least one member stepped (schedules follow it).
+        self.member_steps: SharedVariable | None = None
+        if per_member_skip:
+            self.member_steps = pytensor.shared(np.zeros(self.stack_size, dtype=np.int64), name=f"{owner}.member_steps")
+        # Optimiser-wide scalars are per member when their values can differ between members.
+        self._member_scalars = self.stack_size is not None and (per_member_skip or any(
+            not isinstance(v, Schedule) and v.ndim == 1 for g in self.param_groups for v in g.values.values()))
+        for group in self.param_groups:
+            group.scalars = {
+                key: pytensor.shared(np.full(self.stack_size, fill, dtype=np.float64) if self._member_scalars
+                                     else np.float64(fill), name=f"{owner}.{key}")
+                for key, fill in self.scalar_slots.items()
+            }
 
         slots = self._all_slots()
         self.state: list[dict[str, SharedVariable]] = [
             {slot: self._make_slot(param, index, slot, fill) for slot, fill in slots.items()}
             for index, param in enumerate(self.params)
         ]
+
+    def _check_members(self, owner: str, name: str, length: int) -> None:
+        """A per-member vector needs stacked parameters and one value per member."""
+        if self.stack_size is None:
+            raise ValueError(
+                f"{owner}: hyperparameter {name!r} is a vector of {length} values (one per stack member), but the "
+                f"parameters are not stacked over a seed axis (symopt.seeds.SeedStack); give one number"
+            )
+        if length != self.stack_size:
+            raise ValueError(
+                f"{owner}: hyperparameter {name!r} has {length} values but the stack has {self.stack_size} members; "
+                f"give one value per member"
+            )
 
     def _check_setting(self, key: str, value: Any) -> float:
         return _builtin(key).check(type(self).__name__, value)
@@ -486,15 +523,20 @@ class Optimizer:
         """New values of the optimiser-wide ``scalar_slots`` (float64), once per step."""
         return {}
 
-    def _values(self, group: _Group, dtype: str, target: str) -> Values:
-        """The group's hyperparameters in ``dtype``, built under the current floatX."""
+    def _values(self, group: _Group, dtype: str, target: str, ndim: int = 0) -> Values:
+        """The group's hyperparameters in ``dtype``, built under the current floatX.
+
+        Per-member values (vectors over the stack axis) come shaped ``(S, 1, ..., 1)`` to
+        broadcast against an ``ndim``-d stacked tensor.
+        """
         values: dict[str, Any] = {}
         for name in group.values:
             var = group.symbolic(name, self.iterations)
-            values[name] = pt.cast(var, dtype) if var.dtype != dtype else var
+            values[name] = member_view(pt.cast(var, dtype) if var.dtype != dtype else var, ndim)
         values.update(self.options)
-        t = pt.cast(self.iterations + 1, dtype)
-        return Values(values, t, dtype, target, lambda d, tg: self._values(group, d, tg))
+        steps = self.iterations if self.member_steps is None else member_view(self.member_steps, ndim)
+        t = pt.cast(steps + 1, dtype)
+        return Values(values, t, dtype, target, lambda d, tg: self._values(group, d, tg, ndim))
 
     @contextlib.contextmanager
     def _legacy(self, h: Values) -> Iterator[None]:
@@ -591,13 +633,21 @@ class Optimizer:
         Wrappers (:class:`~symopt.wrappers.EMA`, :class:`~symopt.wrappers.Lookahead`)
         take it from here to move only with the optimiser.
         """
+        member_losses = None
+        if loss is not None:
+            loss = pt.as_tensor_variable(loss)
+            if loss.ndim == 1 and self.stack_size is not None:
+                # One loss per stack member: each member's gradient is that of its own loss.
+                member_losses, loss = loss, loss.sum()
+            else:
+                member_losses = getattr(loss.tag, "member_losses", None)
         grads = self._gradients(loss, grads, allow_unused)
         grads = [None if g is None else (pt.cast(g, p.dtype) if g.dtype != p.dtype else g) for p, g in zip(self.params, grads)]
         live = [i for i, g in enumerate(grads) if g is not None]
         active = [t for t in self.transforms if t.active]
 
         # Phase 1: the gradients of all parameters together, and the applied flag.
-        step = Step(self.params, live, self.state, loss)
+        step = Step(self.params, live, self.state, loss, member_losses=member_losses)
         applied: TensorVariable | None = None
         for transform in active:
             grads, applied = transform.gradients(list(grads), applied, step)
@@ -610,8 +660,11 @@ class Optimizer:
         new_state: list[tuple[SharedVariable, TensorVariable]] = []
         for group in self.param_groups:
             with pytensor.config.change_flags(floatX="float64"):
-                h64 = self._values(group, "float64", "float64")
+                h64 = self._values(group, "float64", "float64", 1 if self._member_scalars else 0)
                 scalars = self._checked(self._rule_scalars(dict(group.scalars), h64), group.scalars, "update_scalars")
+                if self._member_scalars:  # a value the members share, kept per member
+                    scalars = {k: pt.broadcast_to(v, (self.stack_size,)) if pt.as_tensor_variable(v).ndim == 0
+                               else v for k, v in scalars.items()}
             new_state += [(group.scalars[k], v) for k, v in scalars.items()]
             for param in group.params:
                 grad = grad_of[id(param)]
@@ -620,11 +673,12 @@ class Optimizer:
                 index = index_of[id(param)]
                 slots = {k: v for k, v in self.state[index].items() if k not in transform_slots}
                 with pytensor.config.change_flags(floatX=param.dtype):
-                    h = self._values(group, param.dtype, param.dtype)
+                    h = self._values(group, param.dtype, param.dtype, param.ndim if self.stack_size else 0)
                     current, view = self._same_static_shape(param, grad, slots)
                     for transform in active:
                         current, grad = transform.before_rule(index, current, grad, h)
-                    view.update(scalars)  # float64: use inside h.float64() and cast
+                    # float64: use inside h.float64() and cast; per member as (S, 1, ..., 1)
+                    view.update({k: member_view(v, param.ndim) for k, v in scalars.items()})
                     new_value, slot_values = self._rule_step(current, grad, view, h)
                     for transform in active:
                         new_value = transform.after_rule(index, new_value, h)
@@ -633,7 +687,13 @@ class Optimizer:
                 new_state += [(slots[k], v) for k, v in slot_values.items()]
         for var, value in new_state:
             out[var] = self._cast_to(var, value)
-        if applied is not None:  # a step that is not applied leaves everything as it was
+        if applied is not None and applied.ndim == 1:
+            # Per member (stacked, skip_nonfinite): every variable here has the stack axis first.
+            for var in out:
+                out[var] = pt.switch(member_view(applied, var.ndim), out[var], var)
+            out[self.iterations] = self.iterations + pt.cast(pt.any(applied), "int64")
+            out[self.member_steps] = self.member_steps + pt.cast(applied, "int64")
+        elif applied is not None:  # a step that is not applied leaves everything as it was
             for var in out:
                 out[var] = pt.switch(applied, out[var], var)
             out[self.iterations] = self.iterations + pt.cast(applied, "int64")
@@ -726,10 +786,11 @@ class Optimizer:
             raise IndexError(f"{type(self).__name__}: no param group {group!r} (there are {len(self.param_groups)})")
         return self.param_groups[int(group)]
 
-    def set_hyperparameter(self, name: str, value: float, group: int | None = None) -> None:
+    def set_hyperparameter(self, name: str, value: float | Sequence[float] | np.ndarray, group: int | None = None) -> None:
         """Change a numeric hyperparameter in place; compiled functions see it next call.
 
-        ``group=None`` sets it for every param group.
+        ``group=None`` sets it for every param group. A hyperparameter built per stack
+        member (a vector) takes a vector (one value per member) or one number (every member).
         """
         owner = type(self).__name__
         if name in self.options:
@@ -746,11 +807,17 @@ class Optimizer:
         for g in groups:
             if isinstance(g.values[name], Schedule):
                 raise ValueError(f"{owner}: {name} follows a schedule; change it with schedule.set(...)")
+            if isinstance(value, np.ndarray):
+                self._check_members(owner, name, len(value))
+                if g.values[name].ndim == 0:
+                    raise ValueError(f"{owner}: hyperparameter {name!r} was built with one value for all stack members; "
+                                     f"pass a vector at construction to set it per member")
         for g in groups:
-            g.values[name].set_value(np.float64(value))
+            var = g.values[name]
+            var.set_value(np.full(var.get_value(borrow=True).shape, value, dtype=np.float64))
 
-    def get_hyperparameter(self, name: str, group: int = 0) -> float | bool:
-        """Current value of a hyperparameter (or option)."""
+    def get_hyperparameter(self, name: str, group: int = 0) -> float | bool | np.ndarray:
+        """Current value of a hyperparameter (or option); a per-member one as a vector."""
         if name in self.options:
             return self.options[name]
         if name in self.settings:
@@ -787,6 +854,7 @@ class Optimizer:
             "counters": {
                 "micro_steps": np.array(self.micro_steps.get_value(), dtype=np.int64),
                 "skipped": np.array(self.skipped.get_value(), dtype=np.int64),
+                **{name: np.array(var.get_value(), dtype=np.int64) for name, var in self._member_counters()},
             },
             "scalars": [{k: np.array(v.get_value()) for k, v in g.scalars.items()} for g in self.param_groups],
             "slots": {
@@ -832,21 +900,25 @@ class Optimizer:
                         value = np.asarray(saved[name], dtype=np.float64)
                     except (TypeError, ValueError):
                         raise ValueError(f"{owner}: state {key} {name!r} is not a number: {saved[name]!r}") from None
-                    if value.shape != ():
-                        raise ValueError(f"{owner}: state {key} {name!r} must be a scalar, got shape {value.shape}")
+                    want = var.get_value(borrow=True).shape
+                    if value.shape != want:
+                        kind = "a scalar" if want == () else f"a vector of {want[0]} values (one per stack member)"
+                        raise ValueError(f"{owner}: state {key} {name!r} must be {kind}, got shape {value.shape}")
                     if key == "hyperparameters":
-                        self._declarations[name].check(owner, name, value.item())
-                    elif not np.isfinite(value):
+                        self._declarations[name].check(owner, name, value.item() if value.ndim == 0 else value)
+                    elif not np.all(np.isfinite(value)):
                         raise ValueError(f"{owner}: state scalar {name!r} must be finite, got {value}")
                     pending.append((var, value))
         if set(state["settings"]) != set(self.settings):
             raise ValueError(f"{owner}: state has settings {sorted(state['settings'])}, this optimiser {sorted(self.settings)}")
         for name, value in state["settings"].items():
             pending.append((self.settings[name], np.asarray(self._check_setting(name, np.asarray(value).item()))))
-        for name, var in (("micro_steps", self.micro_steps), ("skipped", self.skipped)):
+        for name, var in (("micro_steps", self.micro_steps), ("skipped", self.skipped), *self._member_counters()):
             count = np.asarray(state["counters"].get(name, -1))
-            if count.shape != () or count.dtype.kind not in "iu" or count < 0:
-                raise ValueError(f"{owner}: state counter {name!r} must be a non-negative integer, got {count!r}")
+            want = var.get_value(borrow=True).shape
+            if count.shape != want or count.dtype.kind not in "iu" or np.any(count < 0):
+                kind = "integer" if want == () else f"integer vector of shape {want}"
+                raise ValueError(f"{owner}: state counter {name!r} must be a non-negative {kind}, got {count!r}")
             pending.append((var, count.astype(np.int64)))
         slots = state["slots"]
         if set(slots) != set(self._all_slots()):
@@ -872,6 +944,11 @@ class Optimizer:
             var.set_value(value.copy())
         for schedule, values in schedule_values:
             schedule.load_state(values)
+
+    def _member_counters(self) -> list[tuple[str, SharedVariable]]:
+        """The per-member counters of stacked parameters with skip_nonfinite."""
+        return [(name, var) for name, var in (("member_steps", self.member_steps), ("member_skipped", self.member_skipped))
+                if var is not None]
 
     def _flat_state(self) -> dict[str, np.ndarray]:
         """:meth:`state_dict` as ``name -> array`` (the ``.npz`` layout of :meth:`save`)."""
