@@ -210,6 +210,9 @@ class Optimizer:
     decoupled_weight_decay: ClassVar[bool] = False
     #: Registry name, set by :func:`symopt.register`.
     name: ClassVar[str | None] = None
+    #: ``False`` for a rule whose update reduces over a whole tensor (it would mix the
+    #: members of a seed stack); its constructor then refuses stacked parameters.
+    stackable: ClassVar[bool] = True
     _declarations: ClassVar[dict[str, Hyperparameter]] = {
         "weight_decay": Hyperparameter(0.0, low=0.0, doc="weight decay (L2 or decoupled)")
     }
@@ -355,6 +358,9 @@ class Optimizer:
             raise ValueError(f"{owner}: no parameters to optimise (params is empty)")
         #: S when every parameter carries a leading seed axis of length S (symopt.seeds.SeedStack), else None.
         self.stack_size: int | None = stack_size(self.params)
+        if not type(self).stackable and any(getattr(p.tag, "seed_axis", False) for p in self.params):
+            raise ValueError(f"{owner}: the rule's update reduces over whole tensors, so it would mix the members "
+                             f"of a seed stack; train the seeds separately")
         for gi, (group_params, overrides) in enumerate(group_specs):
             values: dict[str, SharedVariable | Schedule] = {}
             for key, default in numeric.items():

@@ -477,7 +477,7 @@ def seed_coupling_transforms(opt: Any) -> list[str]:
     if isinstance(members, dict):
         return [name for member in members.values() for name in seed_coupling_transforms(member)]
     inner = getattr(opt, "inner", None)
-    if inner is not None and not hasattr(opt, "transforms"):
+    if inner is not None:  # EMA / Lookahead: the wrapped optimiser's, and its per-member skipping
         wrapped = seed_coupling_transforms(inner)
         if getattr(inner, "member_skipped", None) is not None:
             wrapped.append(f"skip_nonfinite (under {type(opt).__name__})")
