@@ -323,3 +323,51 @@ def test_clip_global_norm_needs_all_params_stacked():
     stacked = _stacked_params()
     with pytest.raises(ValueError, match="clip_global_norm"):
         symopt.Adam([stacked[0], pytensor.shared(np.zeros(3), name="plain")], clip_global_norm=1.0)
+
+
+# ---------------------------------------------------------------- a diverging seed in a SeedTrainer
+def test_diverging_seed_is_frozen_and_the_others_equal_their_separate_runs():
+    """One seed's learning rate makes it diverge: with skip_nonfinite it is frozen (its steps
+    with a non-finite loss change nothing, counted per seed), the others train on; every seed
+    equals its separate Trainer run with its own learning rate (float32 round-off of the
+    batched matmuls), the diverged one included."""
+    from symopt.nn import MLP
+    from symopt.seeds import SeedStack, SeedTrainer
+    from symopt.train import Trainer
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(4, 12))
+    y_train, y_test = rng.integers(0, 4, 120), rng.integers(0, 4, 40)
+    x_train = (centers[y_train] + rng.normal(size=(120, 12))).astype(np.float32)
+    x_test = (centers[y_test] + rng.normal(size=(40, 12))).astype(np.float32)
+    seeds, rates = [5, 6, 7], [0.1, 1e30, 0.05]
+
+    def make(seed):
+        return MLP([12, 8, 4], seed=seed, dtype="float32")
+
+    stack = SeedStack(make, seeds)
+    opt = symopt.SGD(stack.params, learning_rate=rates, skip_nonfinite=True)
+    trainer = SeedTrainer(stack, opt, x_train, y_train, x_test, y_test, batch_size=30, eval_batch_size=40)
+    histories = trainer.fit(2, progress=False)
+
+    model = make(seeds[0])
+    single_opt = symopt.SGD(model.params, skip_nonfinite=True)
+    initial = single_opt.state_dict()
+    single = Trainer(model, single_opt, x_train, y_train, x_test, y_test, batch_size=30, eval_batch_size=40)
+    skipped = []
+    for s, seed in enumerate(seeds):
+        fresh = make(seed)
+        for var, new in zip(model.params, fresh.params):
+            var.set_value(new.get_value())
+        single_opt.load_state_dict(initial)
+        single_opt.set_hyperparameter("learning_rate", rates[s])
+        history = single.fit(2, seed, progress=False)
+        skipped.append(int(single_opt.skipped.get_value()))
+        for got, want in zip(stack.values(s), [p.get_value() for p in model.params]):
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"seed {seed}")
+        assert [r.skipped for r in histories[s]] == [r.skipped for r in history]
+        if s != 1:
+            np.testing.assert_allclose([r.train_loss for r in histories[s]], [r.train_loss for r in history], rtol=1e-5)
+    assert skipped[0] == skipped[2] == 0 and skipped[1] > 0
+    np.testing.assert_array_equal(opt.member_skipped.get_value(), skipped)
+    np.testing.assert_array_equal(opt.member_steps.get_value(), [8, 8 - skipped[1], 8])
