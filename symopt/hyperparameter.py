@@ -162,7 +162,10 @@ class Values:
 
     Every numeric hyperparameter of the parameter's group as an attribute (a symbolic
     scalar in ``h.dtype``; a schedule already evaluated at this step), every option as a
-    Python bool, ``h.t`` the 1-based number of the step being built. Also a read-only
+    Python bool, ``h.t`` the 1-based number of the step being built. On a seed stack a
+    per-member value (and ``h.t`` when members count their own steps) has shape
+    ``(S, 1, ..., 1)``, broadcasting against the stacked parameter, so a rule written for
+    scalars steps every member with its own values. Also a read-only
     mapping (``h["beta1"]``, ``"amsgrad" in h``).
 
     Per-step scalar coefficients that cancel badly in float32 (``1 - beta2**t``) belong

@@ -167,7 +167,9 @@ class Optimizer:
     **hyperparameters
         Values for the rule's hyperparameters (see the rule's ``hyperparameters``),
         numbers or :mod:`symopt.schedules` objects; the rest take the rule's defaults.
-        Every rule accepts ``weight_decay``.
+        Every rule accepts ``weight_decay``. On parameters stacked over a seed axis
+        (:class:`~symopt.seeds.SeedStack`) a number may also be a vector with one value
+        per stack member (a float64 shared vector, see :meth:`set_hyperparameter`).
 
     The clip and ``max_norm`` values are shared scalars too, changed with
     :meth:`set_hyperparameter`.
