@@ -31,7 +31,7 @@ learning rate, ``weight_decay > 0``, and every option torch also has: ``amsgrad`
    mean anything, and the script fails. (Only run when all rules are selected.)
 
 Mapping: sgd->SGD; momentum->SGD(momentum, dampening=0); nesterov->SGD(nesterov=True);
-adagrad->Adagrad(lr_decay=0, initial_accumulator_value=0); rmsprop->RMSprop (symopt
+adagrad->Adagrad(lr_decay=0, initial_accumulator_value=0); adafactor->Adafactor; rmsprop->RMSprop (symopt
 ``rho`` is torch ``alpha``); adadelta->Adadelta; adam, amsgrad->Adam(amsgrad);
 adamw->AdamW; adamax->Adamax; nadam->NAdam; radam->RAdam. torch 2.13.0 has no
 ``torch.optim.Lion``, so lion is compared with an independent implementation written
@@ -40,8 +40,12 @@ Algorithm 2 (used only if ``torch.optim`` has no ``Lion``; the JSON says which).
 Every hyperparameter, defaults included, is passed to both sides explicitly, because
 some of symopt's defaults differ from torch's (RMSprop, Adadelta).
 
-Not checked here, because torch has no counterpart: Adam/AdamW/AMSGrad
-``beta1_decay != 1``, AdaGrad/RMSprop ``epsilon_inside_sqrt=True`` (and, in the other
+Adam/AdamW/AMSGrad ``epsilon_hat=True`` (TF1/Keras placement, epsilon added to sqrt(v)
+before the bias correction) has no torch option; it is compared with torch's Adam/AdamW
+whose ``eps`` is set to ``epsilon_hat / sqrt(1 - beta2^t)`` before step ``t``, the same
+update (Kingma & Ba, section 2). Not checked here, because torch has no counterpart:
+Adam/AdamW/AMSGrad ``beta1_decay != 1``, ``max_norm_axes`` (torch.optim has no max-norm
+constraint), EMA's ``overwrite_frequency`` (a Keras option), AdaGrad/RMSprop ``epsilon_inside_sqrt=True`` (and, in the other
 direction, torch-only options such as NAdam/RAdam ``decoupled_weight_decay``,
 Adagrad ``lr_decay``, SGD ``dampening``, ``maximize``). Rules registered in
 ``symopt.OPTIMIZERS`` that are not in the mapping (plug-ins) are listed as skipped.
@@ -191,17 +195,20 @@ SETTINGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("amsgrad", {"learning_rate": 0.02, "amsgrad": True}),
         ("lr=0.02, wd=0.05", {"learning_rate": 0.02, "weight_decay": 0.05}),
         ("amsgrad, wd=0.05", {"learning_rate": 0.02, "amsgrad": True, "weight_decay": 0.05}),
+        ("epsilon_hat, eps=1e-3", {"learning_rate": 0.02, "epsilon_hat": True, "epsilon": 1e-3}),
     ],
     "amsgrad": [
         ("defaults", {}),
         ("lr=0.02, betas=(0.8, 0.99)", {"learning_rate": 0.02, "beta1": 0.8, "beta2": 0.99}),
         ("lr=0.02, wd=0.05", {"learning_rate": 0.02, "weight_decay": 0.05}),
+        ("epsilon_hat, eps=1e-3", {"learning_rate": 0.02, "epsilon_hat": True, "epsilon": 1e-3}),
     ],
     "adamw": [
         ("defaults (wd=0.01)", {}),
         ("wd=0", {"weight_decay": 0.0}),
         ("lr=0.02, wd=0.1", {"learning_rate": 0.02, "weight_decay": 0.1}),
         ("amsgrad, lr=0.02, wd=0.1", {"learning_rate": 0.02, "weight_decay": 0.1, "amsgrad": True}),
+        ("epsilon_hat, eps=1e-3, wd=0.1", {"learning_rate": 0.02, "weight_decay": 0.1, "epsilon_hat": True, "epsilon": 1e-3}),
     ],
     "adamax": [
         ("defaults", {}),
@@ -225,7 +232,29 @@ SETTINGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("lr=3e-3, betas=(0.95, 0.98)", {"learning_rate": 3e-3, "beta1": 0.95, "beta2": 0.98}),
         ("lr=3e-3, wd=1.0 (decoupled)", {"learning_rate": 3e-3, "weight_decay": 1.0}),
     ],
+    # symopt/rules_contrib.py
+    "adafactor": [
+        ("defaults", {}),
+        ("lr=0.05, beta2_decay=-0.5, eps=(1e-6, 1e-2), d=1.2",
+         {"learning_rate": 0.05, "beta2_decay": -0.5, "epsilon1": 1e-6, "epsilon2": 1e-2, "d": 1.2}),
+        ("lr=0.05, wd=0.2 (decoupled)", {"learning_rate": 0.05, "weight_decay": 0.2}),
+    ],
+    # Muon trains W only (b stays fixed): both torch and symopt refuse vectors. W is 5x8
+    # (wide); the transposed branch for tall matrices is covered by
+    # tests/test_rules_contrib.py against NumPy.
+    "muon": [
+        ("defaults", {}),
+        ("lr=0.02, momentum=0.9, wd=0.05", {"learning_rate": 0.02, "momentum": 0.9, "weight_decay": 0.05}),
+        ("nesterov=False, lr=0.02", {"learning_rate": 0.02, "nesterov": False}),
+        ("match_rms_adamw, lr=0.02, eps=1e-3", {"learning_rate": 0.02, "adjust_lr_fn": "match_rms_adamw", "epsilon": 1e-3}),
+        ("ns_steps=3, ns_coefficients=(2, -1.5, 0.5)",
+         {"learning_rate": 0.02, "ns_steps": 3, "ns_coefficients": (2.0, -1.5, 0.5)}),
+    ],
 }
+#: Rules that optimise matrices only: W is trained, b stays at its initial value.
+MATRIX_ONLY = {"muon"}
+#: Constructor settings that are not hyperparameters, with their defaults (torch names them the same).
+CONSTRUCTOR_SETTINGS = {"muon": {"ns_steps": 5, "ns_coefficients": (3.4445, -4.7750, 2.0315), "adjust_lr_fn": None}}
 
 # Options symopt has and torch does not: not compared here.
 SKIPPED_OPTIONS = {
@@ -246,6 +275,8 @@ NEGATIVE_CONTROLS: list[tuple[str, str, dict[str, Any], str, dict[str, Any]]] = 
      "adam", {"learning_rate": 0.02, "weight_decay": 0.05}, "adamw", {"learning_rate": 0.02, "weight_decay": 0.05}),
     ("symopt adamw wd=0.1 (decoupled) vs torch Adam wd=0.1 (L2)",
      "adamw", {"learning_rate": 0.02, "weight_decay": 0.1}, "adam", {"learning_rate": 0.02, "weight_decay": 0.1}),
+    ("symopt adam epsilon_hat, eps=1e-3 vs torch Adam eps=1e-3 (constant)",
+     "adam", {"learning_rate": 0.02, "epsilon_hat": True, "epsilon": 1e-3}, "adam", {"learning_rate": 0.02, "epsilon": 1e-3}),
     ("symopt adam beta1_decay=0.99 vs torch Adam",
      "adam", {"learning_rate": 0.02, "beta1_decay": 0.99}, "adam", {"learning_rate": 0.02}),
     ("symopt rmsprop epsilon_inside_sqrt, eps=1e-4 vs torch RMSprop eps=1e-4",
@@ -302,6 +333,15 @@ def torch_optimizer(torch: Any, rule: str, hp: dict[str, Any], params: list[Any]
             return optim.Lion(params, **kw), "torch.optim.Lion", kw
         ref = make_lion_reference(torch)
         return ref(params, **kw), "independent Lion from Chen et al. 2023, Algorithm 2 (torch.optim has no Lion)", kw
+    if rule == "adafactor":  # symopt's epsilon1=0 is torch's None: the dtype's machine epsilon
+        kw = {"lr": lr, "beta2_decay": hp["beta2_decay"], "eps": (hp["epsilon1"] or None, hp["epsilon2"]),
+              "d": hp["d"], "weight_decay": wd, "foreach": False}
+        return optim.Adafactor(params, **kw), "torch.optim.Adafactor", kw
+    if rule == "muon":
+        kw = {"lr": lr, "weight_decay": wd, "momentum": hp["momentum"], "nesterov": hp["nesterov"], "eps": hp["epsilon"],
+              "ns_coefficients": tuple(hp["ns_coefficients"]), "ns_steps": hp["ns_steps"], "adjust_lr_fn": hp["adjust_lr_fn"]}
+        return (optim.Muon(params, **kw),
+                "torch.optim.Muon with its Newton-Schulz iteration in float64 (Tensor.bfloat16 patched to a float64 copy)", kw)
     raise KeyError(rule)
 
 
@@ -318,7 +358,7 @@ def run_symopt(rule: str, kwargs: dict[str, Any], data: dict[str, np.ndarray], s
     x = pt.dmatrix("x")
     y = pt.dvector("y")
     loss = pytensor_loss(W, b, x, y, pt.constant(data["v"]))
-    opt = symopt.get(rule)([W, b], **kwargs)
+    opt = symopt.get(rule)([W] if rule in MATRIX_ONLY else [W, b], **kwargs)
     train = pytensor.function([x, y], loss, updates=opt.updates(loss))
     out = []
     for _ in range(steps):
@@ -327,19 +367,43 @@ def run_symopt(rule: str, kwargs: dict[str, Any], data: dict[str, np.ndarray], s
     return out
 
 
-def run_torch(torch: Any, rule: str, hp: dict[str, Any], data: dict[str, np.ndarray], steps: int):
-    """The same with torch.optim (or the Lion reference) and torch autograd."""
+def run_torch(torch: Any, rule: str, hp: dict[str, Any], data: dict[str, np.ndarray], steps: int,
+              bfloat16: bool = False):
+    """The same with torch.optim (or the Lion reference) and torch autograd.
+
+    torch.optim.Muon casts its Newton-Schulz input to bfloat16 (8 significant bits), which
+    no float64 comparison survives; unless ``bfloat16`` is true, ``Tensor.bfloat16`` returns
+    a float64 copy during the run, so torch's own iteration runs in float64.
+    """
     W = torch.tensor(data["W0"].copy(), dtype=torch.float64, requires_grad=True)
     b = torch.tensor(data["b0"].copy(), dtype=torch.float64, requires_grad=True)
     x, y, v = (torch.tensor(data[k], dtype=torch.float64) for k in ("x", "y", "v"))
-    opt, reference, kw = torch_optimizer(torch, rule, hp, [W, b])
+    opt, reference, kw = torch_optimizer(torch, rule, hp, [W] if rule in MATRIX_ONLY else [W, b])
+    epsilon_hat = bool(hp.get("epsilon_hat")) and rule in ("adam", "amsgrad", "adamw")
+    if epsilon_hat:
+        reference += " with eps = epsilon_hat / sqrt(1 - beta2**t) set before step t"
+    if bfloat16:
+        reference = reference.split(" with ")[0] + " as shipped (bfloat16 Newton-Schulz)"
     out = []
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss = torch_loss(W, b, x, y, v)
-        loss.backward()
-        opt.step()
-        out.append((W.detach().numpy().copy(), b.detach().numpy().copy(), float(loss.detach())))
+    cast = torch.Tensor.bfloat16
+    try:
+        if rule == "muon" and not bfloat16:
+            # a copy, as the cast makes: torch divides the result in place, and without
+            # nesterov it is the momentum buffer itself
+            torch.Tensor.bfloat16 = lambda self, *args, **kwargs: self.clone()
+        for t in range(1, steps + 1):
+            if epsilon_hat:
+                # Kingma & Ba, sec. 2: the epsilon_hat order of computation is the
+                # default one with epsilon = epsilon_hat / sqrt(1 - beta2**t)
+                for group in opt.param_groups:
+                    group["eps"] = hp["epsilon"] / (1 - hp["beta2"] ** t) ** 0.5
+            opt.zero_grad(set_to_none=True)
+            loss = torch_loss(W, b, x, y, v)
+            loss.backward()
+            opt.step()
+            out.append((W.detach().numpy().copy(), b.detach().numpy().copy(), float(loss.detach())))
+    finally:
+        torch.Tensor.bfloat16 = cast
     return out, reference, kw
 
 
@@ -410,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         if rule not in SETTINGS:
             unmatched.append(rule)
             continue
-        defaults = symopt.get(rule).hyperparameters
+        defaults = {**symopt.get(rule).hyperparameters, **CONSTRUCTOR_SETTINGS.get(rule, {})}
         for setting, overrides in SETTINGS[rule]:
             hp = {**defaults, **overrides}
             t0 = time.perf_counter()
@@ -428,6 +492,15 @@ def main(argv: list[str] | None = None) -> int:
             results.append(row)
             status = "pass" if row["passed"] else f"FAIL (first at step {row['first_failing_step']})"
             print(f"{rule:9s} {setting:34s} {row['max_rel_error']:10.3e}  {status}", flush=True)
+
+    # Informational, not pass/fail: how far torch's shipped bfloat16 iteration is from float64.
+    muon_bfloat16 = None
+    if "muon" in SETTINGS and (wanted is None or "muon" in wanted):
+        hp = {**symopt.get("muon").hyperparameters, **CONSTRUCTOR_SETTINGS["muon"]}
+        sym = run_symopt("muon", {}, data, args.steps)
+        ref, reference, _ = run_torch(torch, "muon", hp, data, args.steps, bfloat16=True)
+        muon_bfloat16 = {"reference": reference, "max_rel_error": compare(sym, ref, data)["max_rel_error"]}
+        print(f"muon      vs {reference}: {muon_bfloat16['max_rel_error']:10.3e}  (information only)", flush=True)
 
     controls = []
     if wanted is None:
@@ -474,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_failed": len(failed),
         "results": results,
         "negative_controls": controls,
+        "muon_vs_torch_bfloat16": muon_bfloat16,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

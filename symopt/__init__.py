@@ -35,6 +35,7 @@ from .rules import (
     RAdam,
     RMSprop,
 )
+from .rules_contrib import Adafactor, Muon, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD
 
 from . import data, masks, nn, schedules, seeds  # noqa: E402  (after the BLAS setting above)
 from .function import function  # noqa: E402
@@ -75,6 +76,11 @@ __all__ = [
     "NAdam",
     "RAdam",
     "Lion",
+    "Adafactor",
+    "Muon",
+    "Prodigy",
+    "ScheduleFreeAdamW",
+    "ScheduleFreeSGD",
     "data",
     "nn",
     "masks",

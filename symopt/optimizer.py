@@ -34,6 +34,7 @@ from .transforms import (
     BUILTIN_ORDER,
     SETTING_KEYWORDS,
     Accumulate,
+    MaxNorm,
     SettingTransform,
     SkipNonFinite,
     Step,
@@ -51,7 +52,7 @@ __all__ = ["Optimizer", "Updates", "HYPERPARAMETER_BOUNDS", "TRANSFORM_SETTINGS"
 TRANSFORM_SETTINGS = SETTING_KEYWORDS
 
 #: The constructor keywords that configure transforms rather than the rule.
-_TRANSFORM_KEYWORDS = ("max_norm_mask", "weight_decay_mask", "accumulate", "skip_nonfinite", "decoupled_weight_decay")
+_TRANSFORM_KEYWORDS = ("max_norm_mask", "max_norm_axes", "weight_decay_mask", "accumulate", "skip_nonfinite", "decoupled_weight_decay")
 
 
 #: Attributes of the values a rule receives (``h.t``, ``h.cast``, ...), so no hyperparameter names.
@@ -145,10 +146,11 @@ class Optimizer:
         Clip each gradient element to ``[-c, c]``; rescale each parameter's gradient,
         then all gradients together, to norm at most ``c`` (``g * c / max(norm, c)``,
         Keras/optax semantics). Applied in that order, before weight decay.
-    max_norm, max_norm_mask
+    max_norm, max_norm_mask, max_norm_axes
         After the step, rescale each unit's incoming weights (columns of a matrix,
         Lasagne's norm constraint) to norm at most ``max_norm``; the mask (callable
-        ``param -> bool`` or a list) picks the parameters, by default those with ``ndim >= 2``.
+        ``param -> bool`` or a list) picks the parameters, by default those with ``ndim >= 2``;
+        ``max_norm_axes`` (Lasagne's ``norm_axes``) the axes each norm sums over.
     weight_decay_mask
         Which parameters weight decay applies to (callable or list), e.g.
         :func:`symopt.masks.exclude_bias_and_norm`; coupled and decoupled alike.
@@ -210,6 +212,11 @@ class Optimizer:
     #: Decoupled rules (AdamW, Lion) shrink the parameter by ``1 - lr * wd`` before the
     #: step instead of adding ``wd * p`` to the gradient (the constructor can override it).
     decoupled_weight_decay: ClassVar[bool] = False
+    #: Rules whose decay is part of their own step (Adafactor, Prodigy, schedule-free AdamW)
+    #: apply ``weight_decay`` in :meth:`update_param`; the weight-decay transform then
+    #: neither adds it to the gradient nor shrinks the parameter, and ``weight_decay``
+    #: reads 0 for parameters that ``weight_decay_mask`` excludes.
+    weight_decay_in_rule: ClassVar[bool] = False
     #: Registry name, set by :func:`symopt.register`.
     name: ClassVar[str | None] = None
     #: ``False`` for a rule whose update reduces over a whole tensor (it would mix the
@@ -294,6 +301,8 @@ class Optimizer:
             out["skip_nonfinite"] = SkipNonFinite(transform_options["skip_nonfinite"], owner).enabled
         if transform_options.get("decoupled_weight_decay") is not None:
             out["decoupled_weight_decay"] = WeightDecay(transform_options["decoupled_weight_decay"], owner=owner).decoupled
+        if transform_options.get("max_norm_axes") is not None:
+            out["max_norm_axes"] = MaxNorm.check_axes(owner, transform_options["max_norm_axes"])
         return out
 
     @classmethod
@@ -319,6 +328,7 @@ class Optimizer:
         clip_global_norm: float | None = None,
         max_norm: float | None = None,
         max_norm_mask: Any = None,
+        max_norm_axes: int | Sequence[int] | None = None,
         weight_decay_mask: Any = None,
         decoupled_weight_decay: bool | None = None,
         accumulate: int = 1,
@@ -328,6 +338,13 @@ class Optimizer:
     ):
         owner = type(self).__name__
         self._h: Values | None = None
+        #: While a step is built: the shared variable whose update is being built and its
+        #: param group (static shape, tags such as ``tag.seed_axis``, the group's scalars),
+        #: for rules that reduce over a tensor or a group.
+        self.current_param: SharedVariable | None = None
+        self.current_group: _Group | None = None
+        if self.weight_decay_in_rule and decoupled_weight_decay is not None:
+            raise ValueError(f"{owner} applies weight decay in its own step; decoupled_weight_decay does not apply to it")
         # Built-ins added to BUILTIN_ORDER after this signature was written arrive here.
         given = {"clip_value": clip_value, "clip_norm": clip_norm, "clip_global_norm": clip_global_norm, "max_norm": max_norm}
         given.update({k: hyperparameters.pop(k) for k in list(hyperparameters) if k in SETTING_KEYWORDS})
@@ -388,6 +405,7 @@ class Optimizer:
             "skip_nonfinite": skip_nonfinite,
             "weight_decay_mask": weight_decay_mask,
             "max_norm_mask": max_norm_mask,
+            "max_norm_axes": max_norm_axes,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
         if isinstance(transforms, Transform) or not isinstance(transforms, Sequence):
@@ -506,9 +524,14 @@ class Optimizer:
 
     def _make_slot(self, param: SharedVariable, index: int, slot: str, fill: float) -> SharedVariable:
         """The one place state variables are made: the parameter's shape and dtype."""
-        value = param.get_value(borrow=True)
+        transform_slots = {name for t in self.transforms for name in t.slots}
+        shape = param.get_value(borrow=True).shape if slot in transform_slots else self.slot_shape(param, slot)
         label = param.name or f"param{index}"
-        return pytensor.shared(np.full(value.shape, fill, dtype=param.dtype), name=f"{label}.{slot}")
+        return pytensor.shared(np.full(shape, fill, dtype=param.dtype), name=f"{label}.{slot}")
+
+    def slot_shape(self, param: SharedVariable, slot: str) -> tuple[int, ...]:
+        """Shape of the rule's ``slot`` for ``param``: the parameter's; override for factored state (Adafactor)."""
+        return tuple(param.get_value(borrow=True).shape)
 
     # ------------------------------------------------------------------ the rule API
     def active_slots(self) -> dict[str, float]:
@@ -531,8 +554,23 @@ class Optimizer:
         """New values of the optimiser-wide ``scalar_slots`` (float64), once per step."""
         return {}
 
-    def _values(self, group: _Group, dtype: str, target: str, ndim: int = 0) -> Values:
-        """The group's hyperparameters in ``dtype``, built under the current floatX.
+    def update_group_scalars(
+        self,
+        state: dict[str, TensorVariable],
+        h: Values,
+        params: list[TensorVariable],
+        grads: list[TensorVariable],
+        slots: list[dict[str, TensorVariable]],
+    ) -> dict[str, TensorVariable]:
+        """:meth:`update_scalars` seeing the whole param group, for scalars that reduce over
+        all its parameters (Prodigy's distance estimate): the live parameters before this
+        step, their gradients (after the gradient transforms, before coupled weight decay)
+        and their slots. The default calls :meth:`update_scalars`."""
+        return self._rule_scalars(state, h)
+
+    def _values(self, group: _Group, dtype: str, target: str, no_decay: bool = False, ndim: int = 0) -> Values:
+        """The group's hyperparameters in ``dtype``, built under the current floatX
+        (``no_decay``: ``weight_decay`` reads 0, for a masked parameter of a rule that decays itself).
 
         Per-member values (vectors over the stack axis) come shaped ``(S, 1, ..., 1)`` to
         broadcast against an ``ndim``-d stacked tensor.
@@ -540,11 +578,13 @@ class Optimizer:
         values: dict[str, Any] = {}
         for name in group.values:
             var = group.symbolic(name, self.iterations)
+            if no_decay and name == "weight_decay":
+                var = pt.zeros((), dtype=var.dtype)
             values[name] = member_view(pt.cast(var, dtype) if var.dtype != dtype else var, ndim)
         values.update(self.options)
         steps = self.iterations if self.member_steps is None else member_view(self.member_steps, ndim)
         t = pt.cast(steps + 1, dtype)
-        return Values(values, t, dtype, target, lambda d, tg: self._values(group, d, tg, ndim))
+        return Values(values, t, dtype, target, lambda d, tg: self._values(group, d, tg, no_decay, ndim))
 
     @contextlib.contextmanager
     def _legacy(self, h: Values) -> Iterator[None]:
@@ -666,10 +706,17 @@ class Optimizer:
         transform_slots = {name for t in self.transforms for name in t.slots}
         out = Updates()
         new_state: list[tuple[SharedVariable, TensorVariable]] = []
+        decay = next((t for t in active if isinstance(t, WeightDecay)), None)
         for group in self.param_groups:
+            self.current_group = group
+            live_params = [p for p in group.params if grad_of[id(p)] is not None]
             with pytensor.config.change_flags(floatX="float64"):
-                h64 = self._values(group, "float64", "float64", 1 if self._member_scalars else 0)
-                scalars = self._checked(self._rule_scalars(dict(group.scalars), h64), group.scalars, "update_scalars")
+                h64 = self._values(group, "float64", "float64", ndim=1 if self._member_scalars else 0)
+                scalars = self.update_group_scalars(
+                    dict(group.scalars), h64, live_params, [grad_of[id(p)] for p in live_params],
+                    [self.state[index_of[id(p)]] for p in live_params],
+                )
+                scalars = self._checked(scalars, group.scalars, "update_scalars")
                 if self._member_scalars:  # a value the members share, kept per member
                     scalars = {k: pt.broadcast_to(v, (self.stack_size,)) if pt.as_tensor_variable(v).ndim == 0
                                else v for k, v in scalars.items()}
@@ -680,19 +727,27 @@ class Optimizer:
                     continue
                 index = index_of[id(param)]
                 slots = {k: v for k, v in self.state[index].items() if k not in transform_slots}
+                own_decay = self.weight_decay_in_rule and decay is not None
                 with pytensor.config.change_flags(floatX=param.dtype):
-                    h = self._values(group, param.dtype, param.dtype, param.ndim if self.stack_size else 0)
+                    h = self._values(group, param.dtype, param.dtype, no_decay=own_decay and not decay.flags[index],
+                                     ndim=param.ndim if self.stack_size else 0)
                     current, view = self._same_static_shape(param, grad, slots)
                     for transform in active:
-                        current, grad = transform.before_rule(index, current, grad, h)
+                        if not (own_decay and transform is decay):
+                            current, grad = transform.before_rule(index, current, grad, h)
                     # float64: use inside h.float64() and cast; per member as (S, 1, ..., 1)
                     view.update({k: member_view(v, param.ndim) for k, v in scalars.items()})
-                    new_value, slot_values = self._rule_step(current, grad, view, h)
+                    self.current_param = param
+                    try:
+                        new_value, slot_values = self._rule_step(current, grad, view, h)
+                    finally:
+                        self.current_param = None
                     for transform in active:
                         new_value = transform.after_rule(index, new_value, h)
                 slot_values = self._checked(slot_values, slots, "update_param")
                 out[param] = self._cast_to(param, new_value)
                 new_state += [(slots[k], v) for k, v in slot_values.items()]
+        self.current_group = None
         for var, value in new_state:
             out[var] = self._cast_to(var, value)
         if applied is not None and applied.ndim == 1:

@@ -240,6 +240,18 @@ class Adam(Optimizer):
 
     :math:`\gamma` is ``beta1_decay`` (the first Adam preprint's :math:`\lambda`, the
     Theano seed's ``gamma``); the default 1 gives the published Adam.
+
+    With ``epsilon_hat=True`` epsilon is the paper's :math:`\hat\epsilon` (Kingma & Ba,
+    section 2, the "more efficient" order of computation), added to :math:`\sqrt{\hat v_t}`
+    *before* the bias correction, as ``tf.compat.v1.train.AdamOptimizer`` and Keras 3's
+    ``Adam``/``AdamW`` place it:
+
+    .. math::
+        \eta_t = \eta \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t}, \qquad
+        p_t = p_{t-1} - \eta_t \frac{m_t}{\sqrt{\hat v_t} + \hat\epsilon}
+
+    (the same as the default form with :math:`\epsilon = \hat\epsilon / \sqrt{1 - \beta_2^t}`,
+    so early steps are damped less). Keras's defaults are ``epsilon=1e-7``.
     Defaults (the paper's): ``learning_rate=1e-3``, ``beta1=0.9``, ``beta2=0.999``,
     ``epsilon=1e-8``.
     """
@@ -252,6 +264,7 @@ class Adam(Optimizer):
         "beta1_decay": Hyperparameter(1.0, low=0.0, high=1.0, low_inclusive=False, high_inclusive=True,
                                       doc="gamma: beta1 decays as beta1 * gamma**(t-1)"),
         "amsgrad": Hyperparameter(False, doc="use the running maximum of the second moment"),
+        "epsilon_hat": Hyperparameter(False, doc="TF1/Keras placement: epsilon added to sqrt(v) before the bias correction"),
     }
 
     @classmethod
@@ -266,7 +279,10 @@ class Adam(Optimizer):
             t = f.t
             beta1_t = f.cast(f.beta1 * f.beta1_decay ** (t - 1))
             bias_correction2_sqrt = f.cast(pt.sqrt(1 - f.beta2**t))
-            step_size = f.cast(f.learning_rate / (1 - f.beta1**t))
+            if h.epsilon_hat:  # TF1's lr_t: both bias corrections in the one scalar
+                step_size = f.cast(f.learning_rate * pt.sqrt(1 - f.beta2**t) / (1 - f.beta1**t))
+            else:
+                step_size = f.cast(f.learning_rate / (1 - f.beta1**t))
         beta2 = h.beta2
         exp_avg = beta1_t * state["exp_avg"] + (1 - beta1_t) * grad
         exp_avg_sq = beta2 * state["exp_avg_sq"] + (1 - beta2) * grad * grad
@@ -274,7 +290,10 @@ class Adam(Optimizer):
         second = exp_avg_sq
         if h.amsgrad:
             second = new["max_exp_avg_sq"] = pt.maximum(state["max_exp_avg_sq"], exp_avg_sq)
-        denom = pt.sqrt(second) / bias_correction2_sqrt + h.epsilon
+        if h.epsilon_hat:
+            denom = pt.sqrt(second) + h.epsilon
+        else:
+            denom = pt.sqrt(second) / bias_correction2_sqrt + h.epsilon
         return param - step_size * exp_avg / denom, new
 
 

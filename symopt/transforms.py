@@ -399,39 +399,85 @@ class WeightDecay(Transform):
 
 
 class MaxNorm(SettingTransform):
-    """After the step, each unit's incoming weights (a matrix's columns) to norm <= ``c`` (Lasagne)."""
+    r"""After the step, each unit's incoming weights to norm <= ``c`` (Lasagne's ``norm_constraint``).
+
+    .. math:: w \leftarrow w \, \frac{\min(\lVert w \rVert_A, c)}{10^{-7} + \lVert w \rVert_A},
+        \qquad \lVert w \rVert_A = \Big(\sum_{a \in A} w^2\Big)^{1/2}
+
+    with the sum over the axes :math:`A` (kept, so each slice along the other axes has its
+    own norm). :math:`A` is ``axes`` (Lasagne's ``norm_axes``), the same for every masked
+    parameter; ``None`` takes Lasagne's default: a matrix's columns (``(0,)``), or every
+    axis but the first of a 3- to 5-D convolution kernel. The mask picks the parameters
+    (default: those with 2 or more dimensions); with explicit ``axes`` a masked vector is
+    allowed, and every axis must exist in every masked parameter.
+    """
 
     name = keyword = "max_norm"
     reduces = "tensor"
     per_member = True  # a stacked weight's columns are each member's own
 
-    def __init__(self, value: float, mask: Any = None, owner: str = "Transform"):
+    def __init__(self, value: float, mask: Any = None, owner: str = "Transform", axes: Any = None):
         super().__init__(value, owner)
         self.mask, self.flags = mask, None
+        self.axes = self.check_axes(owner, axes)
+        self._resolved: dict[int, tuple[int, ...]] = {}
+
+    @staticmethod
+    def check_axes(owner: str, axes: Any) -> tuple[int, ...] | None:
+        """``axes`` as a tuple of ints (one int is one axis), or ``None``; anything else is a ValueError."""
+        if axes is None:
+            return None
+        if isinstance(axes, (int, np.integer)) and not isinstance(axes, (bool, np.bool_)):
+            axes = (axes,)
+        if isinstance(axes, (str, bytes)) or not isinstance(axes, Sequence):
+            raise ValueError(f"{owner}: max_norm_axes must be an int or a sequence of ints, got {axes!r}")
+        if not axes:
+            raise ValueError(f"{owner}: max_norm_axes must name at least one axis, got {axes!r}")
+        for axis in axes:
+            if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (int, np.integer)):
+                raise ValueError(f"{owner}: max_norm_axes must be an int or a sequence of ints, got {axes!r}")
+        return tuple(int(a) for a in axes)
 
     @classmethod
     def from_options(cls, owner, options):
         if options.get("max_norm") is None:
-            if options.get("max_norm_mask") is not None:
-                raise ValueError(f"{owner}: max_norm_mask given without max_norm")
+            for keyword in ("max_norm_mask", "max_norm_axes"):
+                if options.get(keyword) is not None:
+                    raise ValueError(f"{owner}: {keyword} given without max_norm")
             return None
-        return cls(options["max_norm"], options.get("max_norm_mask"), owner)
+        return cls(options["max_norm"], options.get("max_norm_mask"), owner, options.get("max_norm_axes"))
 
     def bind(self, owner, params):
-        self.lead = [int(seed_axis(p)) for p in params]  # a stacked parameter's axes start one later
-        self.flags = resolve_mask(owner, "max_norm_mask", self.mask, params, lambda p: p.ndim - seed_axis(p) >= 2)
-        for index, (param, flag) in enumerate(zip(params, self.flags)):
-            if flag and param.ndim - self.lead[index] < 2:
-                raise ValueError(f"{owner}: max_norm constrains weight columns; {_describe(param, index)} has "
-                                 f"{param.ndim - self.lead[index]} dimensions")
+        # A stacked parameter's (symopt.seeds) axes start one later: the seed axis is not reduced.
+        flags = resolve_mask(owner, "max_norm_mask", self.mask, params, lambda p: p.ndim - seed_axis(p) >= 2)
+        resolved: dict[int, tuple[int, ...]] = {}
+        for index, (param, flag) in enumerate(zip(params, flags)):
+            if not flag:
+                continue
+            lead = int(seed_axis(param))
+            ndim = param.ndim - lead
+            if self.axes is None:
+                if ndim < 2:
+                    raise ValueError(f"{owner}: max_norm constrains weight columns; {_describe(param, index)} has {ndim} dimensions")
+                resolved[index] = (lead,) if ndim == 2 else tuple(range(lead + 1, param.ndim))
+                continue
+            bad = [a for a in self.axes if not -ndim <= a < ndim]
+            if bad:
+                raise ValueError(
+                    f"{owner}: max_norm_axes {self.axes} do not fit {_describe(param, index)}, which has "
+                    f"{ndim} dimensions (axis {bad[0]}); give a max_norm_mask that leaves it out"
+                )
+            normalised = tuple(a % ndim + lead for a in self.axes)
+            if len(set(normalised)) != len(normalised):
+                raise ValueError(f"{owner}: max_norm_axes {self.axes} name an axis twice for {_describe(param, index)}")
+            resolved[index] = tuple(sorted(normalised))
+        self.flags, self._resolved = flags, resolved
 
     def after_rule(self, index, value, h):
         if not self.flags[index]:
             return value
         value = pt.as_tensor_variable(value)
-        lead = self.lead[index]
-        axes = (lead,) if value.ndim - lead == 2 else tuple(range(lead + 1, value.ndim))
-        norms = pt.sqrt(pt.sum(value * value, axis=axes, keepdims=True))
+        norms = pt.sqrt(pt.sum(value * value, axis=self._resolved[index], keepdims=True))
         target = pt.clip(norms, 0, pt.cast(self.setting, h.dtype))
         return value * (target / (1e-7 + norms))
 

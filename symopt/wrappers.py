@@ -184,9 +184,25 @@ class EMA(_Wrapper):
     The older form ``EMA(params, decay)`` with ``ema.updates(opt.updates(loss))`` (averages
     of given parameters over any updates dict) still works; there ``state_dict`` holds
     the averages only.
+
+    ``overwrite_frequency=N`` (Keras 3's ``use_ema=True, ema_overwrite_frequency=N``):
+    after every :math:`N`-th applied step, counted from the EMA's creation, the
+    parameters are overwritten by their averages in the same compiled step,
+
+    .. math:: p_t \leftarrow a_t \quad\text{if } t \bmod N = 0,
+
+    so training continues from the averages. ``None`` (the default) never overwrites.
+    The count is state (``counter``), saved and restored with the averages.
     """
 
-    def __init__(self, optimizer: Any = None, decay: float = 0.999, *, params: Sequence[SharedVariable] | None = None):
+    def __init__(
+        self,
+        optimizer: Any = None,
+        decay: float = 0.999,
+        *,
+        params: Sequence[SharedVariable] | None = None,
+        overwrite_frequency: int | None = None,
+    ):
         if (optimizer is None) == (params is None):
             raise TypeError("EMA: give an optimiser to wrap (or, the older form, params=[...])")
         if params is not None:
@@ -202,6 +218,17 @@ class EMA(_Wrapper):
         self.params = params
         self.averages = _copies(params, "ema")
         self.decay = pytensor.shared(np.float64(self._check_decay(decay)), name="EMA.decay")
+        self.overwrite_frequency = self._check_frequency(overwrite_frequency)
+        # Only an overwriting EMA counts, so the default's state and graph stay as they were.
+        self.counter = None if self.overwrite_frequency is None else pytensor.shared(np.int64(0), name="EMA.counter")
+
+    @staticmethod
+    def _check_frequency(frequency: Any, what: str = "overwrite_frequency") -> int | None:
+        if frequency is None:
+            return None
+        if isinstance(frequency, (bool, np.bool_)) or not isinstance(frequency, (int, np.integer)) or frequency < 1:
+            raise ValueError(f"EMA: {what} must be None or an integer >= 1, got {frequency!r}")
+        return int(frequency)
 
     @staticmethod
     def _check_decay(decay: Any) -> float:
@@ -228,11 +255,23 @@ class EMA(_Wrapper):
         """``updates`` plus the averages' updates; the averages move only when ``applied``."""
         out = Updates(updates)
         out.applied = applied
+        overwrite = None
+        if self.counter is not None:
+            if applied is None:
+                count = self.counter + 1
+                overwrite = pt.eq(count % self.overwrite_frequency, 0)
+            else:  # not while accumulating or on a skipped step
+                count = self.counter + pt.cast(applied, "int64")
+                overwrite = pt.and_(applied, pt.eq(count % self.overwrite_frequency, 0))
         for param, average in zip(self.params, self.averages):
             new = pt.as_tensor_variable(out.get(param, param))
             d = pt.cast(self.decay, param.dtype)
             moved = pt.cast(d * average + (1 - d) * new, param.dtype)
             out[average] = moved if applied is None else pt.switch(applied, moved, average)
+            if overwrite is not None:
+                out[param] = pt.switch(overwrite, moved, new)
+        if self.counter is not None:
+            out[self.counter] = count
         return out
 
     def reset(self) -> None:
@@ -253,10 +292,14 @@ class EMA(_Wrapper):
                 param.set_value(value)
 
     def _own_state(self) -> dict[str, Any]:
-        return {
+        state = {
             "averages": [a.get_value(borrow=False) for a in self.averages],
             "decay": np.array(self.decay.get_value(), dtype=np.float64),
         }
+        if self.counter is not None:
+            state["overwrite_frequency"] = np.array(self.overwrite_frequency, dtype=np.int64)
+            state["counter"] = np.array(self.counter.get_value(), dtype=np.int64)
+        return state
 
     def _check_own_state(self, state: Mapping[str, Any]) -> list[tuple[SharedVariable, np.ndarray]]:
         missing = {"averages", "decay"} - set(state)
@@ -264,7 +307,19 @@ class EMA(_Wrapper):
             raise ValueError(f"EMA: state is missing {sorted(missing)}")
         averages = _check_arrays("EMA", "averages", state["averages"], self.averages)
         decay = self._check_decay(np.asarray(state["decay"]).item())
-        return [*zip(self.averages, averages), (self.decay, np.asarray(decay, dtype=np.float64))]
+        pending = [*zip(self.averages, averages), (self.decay, np.asarray(decay, dtype=np.float64))]
+        saved = state.get("overwrite_frequency")
+        saved = None if saved is None else self._check_frequency(np.asarray(saved).item(), "state overwrite_frequency")
+        if saved != self.overwrite_frequency:
+            raise ValueError(f"EMA: state has overwrite_frequency={saved}, this EMA has overwrite_frequency={self.overwrite_frequency}")
+        if self.counter is not None:
+            if "counter" not in state:
+                raise ValueError("EMA: state is missing ['counter']")
+            counter = np.asarray(state["counter"])
+            if counter.shape != () or counter.dtype.kind not in "iu" or counter < 0:
+                raise ValueError(f"EMA: state counter must be a non-negative integer, got {counter!r}")
+            pending.append((self.counter, counter.astype(np.int64)))
+        return pending
 
 
 class Lookahead(_Wrapper):

@@ -237,6 +237,10 @@ class Adam(ReferenceRule):
     ``beta1_decay`` (:math:`\gamma`) is the first preprint's decaying first-moment
     coefficient :math:`\beta_{1,t} = \beta_1 \gamma^{t-1}`; the bias correction keeps
     :math:`1 - \beta_1^t`.
+
+    ``epsilon_hat``: the order of computation of Kingma & Ba's section 2 as the
+    ``tf.compat.v1.train.AdamOptimizer`` documentation writes it, ``lr_t = lr *
+    sqrt(1 - beta2^t) / (1 - beta1^t)``, ``p -= lr_t * m / (sqrt(v) + epsilon_hat)``.
     """
 
     defaults = {
@@ -246,6 +250,7 @@ class Adam(ReferenceRule):
         "epsilon": 1e-8,
         "beta1_decay": 1.0,
         "amsgrad": False,
+        "epsilon_hat": False,
         "weight_decay": 0.0,
     }
 
@@ -262,6 +267,9 @@ class Adam(ReferenceRule):
         if h.amsgrad:
             v = np.maximum(state["max_exp_avg_sq"], v)
             state["max_exp_avg_sq"] = v
+        if h.epsilon_hat:
+            lr_t = h.learning_rate * math.sqrt(1.0 - h.beta2**t) / (1.0 - h.beta1**t)
+            return p - lr_t * m / (np.sqrt(v) + h.epsilon)
         m_hat = m / (1.0 - h.beta1**t)
         v_hat = v / (1.0 - h.beta2**t)
         return p - h.learning_rate * m_hat / (np.sqrt(v_hat) + h.epsilon)
@@ -408,3 +416,273 @@ REFERENCES: dict[str, type[ReferenceRule]] = {
     "radam": RAdam,
     "lion": Lion,
 }
+
+
+# ---------------------------------------------------------------------- rules that reduce over tensors
+# Adafactor, Muon, Prodigy and Schedule-Free (symopt/rules_contrib.py), written from the
+# papers' equations in the forms torch.optim / optax.contrib document. Their weight decay
+# is part of their own step and some state is not parameter-shaped, so they drive their
+# own steps; a parameter's leading seed axis, when ``seed_axis=True``, is a batch axis.
+class WholeTensorRule(ReferenceRule):
+    """Base of the rules below: ``update`` sees the raw gradient and applies its own decay.
+
+    ``seed_axis=True`` (a keyword of the constructor) treats each parameter's first axis
+    as a stack of independent seeds: reductions over a tensor are taken per seed.
+    """
+
+    #: Optimiser-wide scalars, name -> initial value (float64).
+    scalars: ClassVar[dict[str, float]] = {}
+
+    def __init__(self, params: Sequence[np.ndarray], *, seed_axis: bool = False, **hyperparameters: float | bool) -> None:
+        super().__init__(params, **hyperparameters)
+        self.lead = 1 if seed_axis else 0
+        self.scalar = dict(self.scalars)
+        for p, state in zip(self.params, self.state):
+            for slot in state:
+                state[slot] = np.zeros(self.slot_shape(p, slot), dtype=p.dtype)
+
+    def slot_shape(self, p: Array, slot: str) -> tuple[int, ...]:
+        return p.shape
+
+    def scalar_state(self) -> dict[str, float]:
+        return dict(self.scalar)
+
+    def rms(self, x: Array) -> Array:
+        """sqrt(mean(x**2)) per seed (a float for an unstacked tensor)."""
+        axes = tuple(range(self.lead, x.ndim))
+        if not axes:
+            return np.abs(x)
+        value = np.sqrt(np.mean(np.square(x), axis=axes, keepdims=True))
+        return value if self.lead else value.reshape(())
+
+    def before(self, grads: list[Array], hs: list[SimpleNamespace]) -> None:
+        """Hook for optimiser-wide quantities computed from all gradients (Prodigy)."""
+
+    def step(self, grads: Sequence[np.ndarray]) -> None:
+        if len(grads) != len(self.params):
+            raise ValueError(f"got {len(grads)} gradients for {len(self.params)} parameters")
+        self.t += 1
+        grads = [np.asarray(g, dtype=p.dtype) for p, g in zip(self.params, grads)]
+        hs = [self.rounded(p.dtype) for p in self.params]
+        self.before(grads, hs)
+        for i, (p, g, h) in enumerate(zip(self.params, grads, hs)):
+            new = self.update(p, g, self.state[i], h)
+            for what, arr in [("parameter", new), *self.state[i].items()]:
+                if arr.dtype != p.dtype:
+                    raise AssertionError(f"{type(self).__name__}: {what} became {arr.dtype}")
+            self.params[i] = new
+
+
+class Adafactor(WholeTensorRule):
+    r"""Shazeer & Stern (2018), Algorithm 4 (factored second moments) with the relative step
+    size and update clipping of their section 8, as torch.optim.Adafactor documents it:
+    :math:`\hat\beta_t = t^{c}`, :math:`\rho_t = \min(\eta, t^{-1/2})`, no first moment,
+    decoupled decay after :math:`\alpha_t` is measured."""
+
+    defaults = {
+        "learning_rate": 1e-2,
+        "beta2_decay": -0.8,
+        "epsilon1": 0.0,
+        "epsilon2": 1e-3,
+        "d": 1.0,
+        "weight_decay": 0.0,
+    }
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("row_var", "col_var", "variance")
+
+    def factored(self, p: Array) -> bool:
+        return p.ndim - self.lead >= 2
+
+    def slot_shape(self, p: Array, slot: str) -> tuple[int, ...]:
+        if self.factored(p):
+            return {"row_var": p.shape[:-1], "col_var": p.shape[:-2] + p.shape[-1:]}.get(slot, ())
+        return p.shape if slot == "variance" else ()
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        t = self.t
+        beta = t**h.beta2_decay
+        rho = min(h.learning_rate, 1.0 / math.sqrt(t))
+        eps1 = h.epsilon1 if h.epsilon1 > 0 else float(np.finfo(p.dtype).eps)
+        alpha = np.maximum(h.epsilon2, self.rms(p)) * rho
+        p = p * (1.0 - h.learning_rate * h.weight_decay)
+        if self.factored(p):
+            row = (1.0 - beta) * state["row_var"] + beta * np.mean(np.square(g), axis=-1)
+            col = (1.0 - beta) * state["col_var"] + beta * np.mean(np.square(g), axis=-2)
+            state["row_var"], state["col_var"] = row, col
+            v = row[..., :, None] * col[..., None, :] / np.maximum(np.mean(row, axis=-1), eps1)[..., None, None]
+        else:
+            v = state["variance"] = (1.0 - beta) * state["variance"] + beta * np.square(g)
+        u = g / np.sqrt(np.maximum(v, eps1 * eps1))
+        return p - (alpha / np.maximum(1.0, self.rms(u) / h.d)) * u
+
+
+REFERENCES.update({
+    "adafactor": Adafactor,
+})
+
+
+class Muon(WholeTensorRule):
+    r"""Jordan et al. (2024) as torch.optim.Muon documents it: momentum as a running average
+    (``lerp``), Nesterov's look-ahead, a quintic Newton-Schulz iteration on the Frobenius-
+    normalised matrix (transposed when tall), the learning rate scaled by the shape, and
+    decoupled decay. ``ns_coefficients``, ``ns_steps`` and ``adjust_lr_fn`` are constructor
+    keywords, as in symopt."""
+
+    defaults = {"learning_rate": 1e-3, "momentum": 0.95, "epsilon": 1e-7, "weight_decay": 0.1, "nesterov": True}
+
+    def __init__(self, params: Sequence[np.ndarray], *, ns_coefficients: Sequence[float] = (3.4445, -4.7750, 2.0315),
+                 ns_steps: int = 5, adjust_lr_fn: str | None = None, **kwargs: float | bool) -> None:
+        super().__init__(params, **kwargs)
+        self.ns_coefficients, self.ns_steps, self.adjust_lr_fn = tuple(ns_coefficients), ns_steps, adjust_lr_fn
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("momentum_buffer",)
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        mu = h.momentum
+        p = p * (1.0 - h.learning_rate * h.weight_decay)
+        buffer = state["momentum_buffer"] = mu * state["momentum_buffer"] + (1.0 - mu) * g
+        x = (1.0 - mu) * g + mu * buffer if h.nesterov else buffer
+        rows, cols = p.shape[self.lead:]
+        if rows > cols:
+            x = np.swapaxes(x, -1, -2)
+        x = x / np.maximum(np.sqrt(np.sum(np.square(x), axis=(-2, -1), keepdims=True)), h.epsilon)
+        a, b, c = (float(np.dtype(p.dtype).type(v)) for v in self.ns_coefficients)
+        for _ in range(self.ns_steps):
+            gram = x @ np.swapaxes(x, -1, -2)
+            x = a * x + (b * gram + c * gram @ gram) @ x
+        if rows > cols:
+            x = np.swapaxes(x, -1, -2)
+        ratio = 0.2 * math.sqrt(max(rows, cols)) if self.adjust_lr_fn == "match_rms_adamw" else math.sqrt(max(1.0, rows / cols))
+        return p - (h.learning_rate * ratio) * x
+
+
+REFERENCES.update({
+    "muon": Muon,
+})
+
+
+class Prodigy(WholeTensorRule):
+    r"""Mishchenko & Defazio (2024), Algorithm 4 (Prodigy with Adam), in the form of
+    optax.contrib.prodigy: the estimate :math:`d` scales the gradients entering the moments,
+    the step :math:`\hat\eta_t = d_{t-1}\eta\sqrt{1-\beta_2^t}/(1-\beta_1^t)` and the
+    weighted sums :math:`r_t`, :math:`s_t` over *all* parameters give
+    :math:`d_t = \max(d_{t-1}, c\, r_t / \lVert s_t \rVert_1)`, used (times eps) in this
+    step's denominator. ``params0`` is the parameters at the first step."""
+
+    defaults = {
+        "learning_rate": 1.0,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "beta3": math.sqrt(0.999),
+        "epsilon": 1e-8,
+        "estim_lr0": 1e-6,
+        "estim_lr_coef": 1.0,
+        "weight_decay": 0.0,
+        "safeguard_warmup": False,
+    }
+    scalars = {"estim_lr": 0.0, "numerator_weighted": 0.0}
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq", "grad_sum", "params0")
+
+    def before(self, grads: list[Array], hs: list[SimpleNamespace]) -> None:
+        h = SimpleNamespace(**self.hyperparameters)  # scalars in float64, as optax's for float64 params
+        t = self.t
+        d = h.estim_lr0 if t == 1 else self.scalar["estim_lr"]
+        dlr = d * h.learning_rate * math.sqrt(1.0 - h.beta2**t) / (1.0 - h.beta1**t)
+        numerator, denominator = 0.0, 0.0
+        for p, g, state in zip(self.params, grads, self.state):
+            if t == 1:
+                state["params0"] = p.copy()
+            numerator += float(np.sum(g * (state["params0"] - p)))
+            coef = (d if h.safeguard_warmup else dlr) / h.estim_lr0
+            state["grad_sum"] = h.beta3 * state["grad_sum"] + coef * (d * g)
+            denominator += float(np.sum(np.abs(state["grad_sum"])))
+        weighted = h.beta3 * self.scalar["numerator_weighted"] + (d / h.estim_lr0) * dlr * numerator
+        self.scalar["numerator_weighted"] = weighted
+        self.scalar["estim_lr"] = max(d, h.estim_lr_coef * weighted / denominator)
+        self.d, self.dlr = d, dlr
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        dg = self.d * g
+        m = state["exp_avg"] = h.beta1 * state["exp_avg"] + (1.0 - h.beta1) * dg
+        v = state["exp_avg_sq"] = h.beta2 * state["exp_avg_sq"] + (1.0 - h.beta2) * np.square(dg)
+        eps = self.scalar["estim_lr"] * self.hyperparameters["epsilon"]
+        return p - (self.hyperparameters["weight_decay"] * self.dlr) * p - self.dlr * m / (np.sqrt(v) + eps)
+
+
+REFERENCES.update({
+    "prodigy": Prodigy,
+})
+
+
+class ScheduleFreeSGD(WholeTensorRule):
+    r"""Defazio et al. (2024), Algorithm 1 (Schedule-Free SGD) with the warm-up weighting
+    :math:`c_t = L_t^k / \sum_{i \le t} L_i^k`, :math:`L_t = \max_{i \le t} \eta'_i`, as
+    optax.contrib.schedule_free: :math:`z \leftarrow z - \eta (g + \lambda y)`,
+    :math:`x \leftarrow (1 - c_t) x + c_t z`, :math:`y = \beta_1 x + (1 - \beta_1) z`, with
+    :math:`x` recovered from :math:`y` and :math:`z`; :math:`z_0 = y_0`. ``rate_at(t)``
+    gives :math:`\eta'_t` (the learning rate; a subclass or test may override it)."""
+
+    defaults = {"learning_rate": 1.0, "beta1": 0.9, "weight_lr_power": 2.0, "weight_decay": 0.0}
+    scalars = {"max_lr": 0.0, "weight_sum": 0.0}
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("z",)
+
+    def before(self, grads: list[Array], hs: list[SimpleNamespace]) -> None:
+        h = self.hyperparameters
+        self.scalar["max_lr"] = max(self.scalar["max_lr"], h["learning_rate"])
+        weight = self.scalar["max_lr"] ** h["weight_lr_power"]
+        self.scalar["weight_sum"] += weight
+        total = self.scalar["weight_sum"]
+        self.ck = weight / total if total > 0 else 0.0
+
+    def direction(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        return g + h.weight_decay * p
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        z_prev = p if self.t == 1 else state["z"]
+        z = state["z"] = z_prev - h.learning_rate * self.direction(p, g, state, h)
+        x_prev = (p - (1.0 - h.beta1) * z_prev) / h.beta1
+        x = (1.0 - self.ck) * x_prev + self.ck * z
+        return h.beta1 * x + (1.0 - h.beta1) * z
+
+    def eval_params(self) -> list[Array]:
+        """x = (y - (1 - beta1) z) / beta1, optax's schedule_free_eval_params."""
+        out = []
+        for p, state in zip(self.params, self.state):
+            b1 = float(np.dtype(p.dtype).type(self.hyperparameters["beta1"]))
+            out.append(p.copy() if self.t == 0 else (p - (1.0 - b1) * state["z"]) / b1)
+        return out
+
+
+class ScheduleFreeAdamW(ScheduleFreeSGD):
+    r"""Schedule-Free AdamW (Defazio et al., 2024, Algorithm 2 without warm-up in the
+    bias correction), as optax.contrib.schedule_free_adamw: the base step is
+    :math:`g / (\sqrt{v_t / (1 - \beta_2^t)} + \epsilon) + \lambda y`."""
+
+    defaults = {
+        "learning_rate": 0.0025,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "epsilon": 1e-8,
+        "weight_lr_power": 2.0,
+        "weight_decay": 0.0,
+    }
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("z", "exp_avg_sq")
+
+    def direction(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        v = state["exp_avg_sq"] = h.beta2 * state["exp_avg_sq"] + (1.0 - h.beta2) * np.square(g)
+        v_hat = v / (1.0 - h.beta2**self.t)
+        return g / (np.sqrt(v_hat) + h.epsilon) + h.weight_decay * p
+
+
+REFERENCES.update({
+    "schedule_free_sgd": ScheduleFreeSGD,
+    "schedule_free_adamw": ScheduleFreeAdamW,
+})

@@ -74,6 +74,30 @@ def test_no_library_module_imports_the_experiments() -> None:
     assert offenders == []
 
 
+#: The README's "Architecture" layers; every other module of the package is core.
+TRAINING = {"symopt.nn", "symopt.data", "symopt.train", "symopt.seeds", "symopt.checkpoint"}
+
+
+def _layer(module: str) -> int:
+    if any(module == a or module.startswith(a + ".") for a in APPLICATIONS):
+        return 2
+    return 1 if module in TRAINING else 0
+
+
+def test_each_layer_imports_only_its_own_and_lower_layers() -> None:
+    """Core modules never import the training layer or the applications; training never the applications."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if rel.name == "__init__.py" and len(rel.parts) == 1:
+            continue  # the package facade re-exports every layer
+        module = ".".join(("symopt", *rel.with_suffix("").parts)).removesuffix(".__init__")
+        for name in _imports(path):
+            if name.startswith("symopt.") and _layer(name) > _layer(module):
+                offenders.append(f"{module} imports {name}")
+    assert offenders == []
+
+
 @pytest.fixture
 def without(monkeypatch: pytest.MonkeyPatch):
     """``without("tqdm")``: make importing that package fail, as if it were not installed."""

@@ -249,6 +249,7 @@ def test_hyperparameters_class_defaults_vs_instance_values_and_repr() -> None:
         "epsilon": 1e-8,
         "beta1_decay": 1.0,
         "amsgrad": False,
+        "epsilon_hat": False,
         "weight_decay": 0.0,
     }
     assert symopt.AdamW.hyperparameters["weight_decay"] == 0.01

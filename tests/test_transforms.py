@@ -241,3 +241,77 @@ def test_bad_transforms() -> None:
         symopt.Momentum(p, transforms=[Taken(0.5)])
     with pytest.raises(TypeError, match="decoupled_weight_decay must be True or False"):
         symopt.SGD(p, decoupled_weight_decay="yes")
+
+
+# ---------------------------------------------------------------- max_norm_axes (Lasagne's norm_axes)
+def _lasagne_norm_constraint(w: np.ndarray, c: float, axes: tuple[int, ...]) -> np.ndarray:
+    """lasagne.updates.norm_constraint(w, c, norm_axes=axes), epsilon 1e-7, in NumPy."""
+    norms = np.sqrt(np.sum(w * w, axis=axes, keepdims=True))
+    return w * (np.clip(norms, 0, c) / (1e-7 + norms))
+
+
+@pytest.mark.parametrize(
+    ("keywords", "axes_W", "axes_b"),
+    [
+        (dict(max_norm_axes=1), (1,), None),  # rows of W; b left out by the default mask
+        (dict(max_norm_axes=(-1,)), (1,), None),  # negative axes count from the end, as NumPy's
+        (dict(max_norm_axes=0, max_norm_mask=lambda q: True), (0,), (0,)),  # a vector's whole norm
+        (dict(max_norm_axes=[0, 1]), (0, 1), None),  # the Frobenius norm of the whole matrix
+    ],
+    ids=["rows", "negative", "vector", "whole-matrix"],
+)
+def test_max_norm_axes_against_lasagne(keywords: dict[str, Any], axes_W: tuple[int, ...], axes_b: Any) -> None:
+    batches = _batches()[:STEPS]
+
+    def after(p: list[np.ndarray]) -> list[np.ndarray]:
+        W, b = p
+        return [_lasagne_norm_constraint(W, 0.3, axes_W), b if axes_b is None else _lasagne_norm_constraint(b, 0.3, axes_b)]
+
+    _, got = _run(lambda ps: symopt.SGD(ps, learning_rate=LR, max_norm=0.3, **keywords), batches)
+    want = _sgd_reference(batches, after=after)
+    _close(got, want)
+    # The constraint was active (the result is not plain SGD's) and holds.
+    free = _sgd_reference(batches)
+    assert max(float(np.max(np.abs(g - f))) for g, f in zip(got, free)) > 1e-2
+    assert np.max(np.sqrt(np.sum(got[0] ** 2, axis=axes_W))) <= 0.3
+
+
+def test_max_norm_axes_on_a_convolution_kernel_in_float32() -> None:
+    """A (out, in, h, w) kernel normed over (0, 2, 3), float32 throughout."""
+    rng = np.random.default_rng(3)
+    start = rng.normal(size=(2, 3, 2, 2)).astype("float32")
+    K = pytensor.shared(start.copy(), name="K")
+    opt = symopt.SGD([K], learning_rate=0.1, max_norm=1.5, max_norm_axes=(0, 2, 3))
+    g = pt.tensor4("g", dtype="float32")
+    updates = opt.updates(grads=[g])
+    assert updates[K].dtype == "float32"
+    step = pytensor.function([g], [], updates=updates)
+    want = start
+    for _ in range(3):
+        grad = rng.normal(size=start.shape).astype("float32")
+        step(grad)
+        want = _lasagne_norm_constraint((want - np.float32(0.1) * grad).astype("float64"), 1.5, (0, 2, 3))
+    assert K.get_value().dtype == np.float32
+    np.testing.assert_allclose(K.get_value(), want, rtol=1e-5, atol=1e-6)  # float32 rounding of ~10 ops
+
+
+def test_max_norm_axes_validation() -> None:
+    W = pytensor.shared(np.zeros((3, 2)), name="W")
+    b = pytensor.shared(np.zeros(2), name="b")
+    with pytest.raises(ValueError, match=r"SGD: max_norm_axes \(2,\) do not fit parameter 'W' \(index 0\), which has 2 dimensions"):
+        symopt.SGD([W, b], max_norm=1.0, max_norm_axes=2)
+    with pytest.raises(ValueError, match=r"max_norm_axes \(1,\) do not fit parameter 'b' \(index 1\)"):
+        symopt.SGD([W, b], max_norm=1.0, max_norm_axes=1, max_norm_mask=[W, b])
+    with pytest.raises(ValueError, match=r"max_norm_axes \(0, -2\) name an axis twice for parameter 'W'"):
+        symopt.SGD([W, b], max_norm=1.0, max_norm_axes=(0, -2))
+    for bad in [(), "0", 1.0, (0, 1.5), True, None.__class__]:
+        with pytest.raises(ValueError, match="SGD: max_norm_axes must"):
+            symopt.SGD([W, b], max_norm=1.0, max_norm_axes=bad)
+    with pytest.raises(ValueError, match="SGD: max_norm_axes given without max_norm"):
+        symopt.SGD([W, b], max_norm_axes=0)
+    # Without axes a vector still cannot be constrained (Lasagne refuses it too).
+    with pytest.raises(ValueError, match="max_norm constrains weight columns; parameter 'b'"):
+        symopt.SGD([W, b], max_norm=1.0, max_norm_mask=[b])
+    assert symopt.SGD.validate(max_norm=1.0, max_norm_axes=-1)["max_norm_axes"] == (-1,)
+    with pytest.raises(ValueError, match="Adam: max_norm_axes must"):
+        symopt.Adam.validate(max_norm=1.0, max_norm_axes="rows")

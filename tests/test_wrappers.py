@@ -77,7 +77,11 @@ def test_build_returns_the_applied_flag() -> None:
     assert always is None
 
 
-@pytest.mark.parametrize("wrap", [_ema_of_sgd, _lookahead_of_momentum, _ema_of_lookahead])
+def _ema_overwriting(p):
+    return symopt.EMA(symopt.SGD([p], learning_rate=0.1), decay=0.8, overwrite_frequency=2)
+
+
+@pytest.mark.parametrize("wrap", [_ema_of_sgd, _lookahead_of_momentum, _ema_of_lookahead, _ema_overwriting])
 @pytest.mark.parametrize("via", ["state_dict", "file"])
 def test_resume_is_bit_identical(wrap: Any, via: str, tmp_path: Path) -> None:
     """3 steps, save, fresh objects, load, 3 steps == 6 uninterrupted steps."""
@@ -170,3 +174,100 @@ def test_trainer_takes_wrapped_optimizers() -> None:
     assert new[0] == old[0]
     for a, b in zip(new[1], old[1]):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- EMA overwrite_frequency (Keras 3)
+def _keras_ema_overwrite(grads: list[np.ndarray], start: np.ndarray, lr: float, decay: float, n: int,
+                         applied: list[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Keras 3 ``use_ema=True, ema_overwrite_frequency=n`` around SGD, in NumPy: after the
+    gradient step the average moves, then every n-th applied step the variable takes it."""
+    p, avg, t = start.copy(), start.copy(), 0
+    for i, g in enumerate(grads):
+        if applied is not None and not applied[i]:
+            continue
+        t += 1
+        p = p - lr * g
+        avg = decay * avg + (1 - decay) * p
+        if t % n == 0:
+            p = avg.copy()
+    return p, avg
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_ema_overwrite_frequency_against_numpy(n: int) -> None:
+    p, ema, step = _setup(lambda p: symopt.EMA(symopt.SGD([p], learning_rate=0.1), decay=0.8, overwrite_frequency=n))
+    start = p.get_value()
+    for g in _grads():
+        step(g)
+    want_p, want_avg = _keras_ema_overwrite(_grads(), start, 0.1, 0.8, n)
+    np.testing.assert_allclose(p.get_value(), want_p, rtol=1e-13)
+    np.testing.assert_allclose(ema.averages[0].get_value(), want_avg, rtol=1e-13)
+    assert int(ema.counter.get_value()) == STEPS
+
+
+def test_ema_overwrite_counts_applied_steps_only() -> None:
+    """accumulate=2 and a skipped non-finite call: only applied steps count towards n."""
+    p = pytensor.shared(np.array([1.0, -2.0, 0.5]), name="p")
+    ema = symopt.EMA(symopt.SGD([p], learning_rate=0.1, accumulate=2, skip_nonfinite=True), decay=0.6,
+                     overwrite_frequency=2)
+    g = pt.vector("g", dtype="float64")
+    step = pytensor.function([g], [], updates=ema.updates(grads=[g]))
+    calls = [*_grads(), *_grads()]
+    calls[3] = np.array([np.nan, 0.0, 0.0])  # the second pair's second call: skipped, the pair completes later
+    counted = [c for c in calls if np.all(np.isfinite(c))]
+    means = [(counted[i] + counted[i + 1]) / 2 for i in range(0, len(counted) - 1, 2)]
+    for c in calls:
+        step(c)
+    want_p, want_avg = _keras_ema_overwrite(means, np.array([1.0, -2.0, 0.5]), 0.1, 0.6, 2)
+    np.testing.assert_allclose(p.get_value(), want_p, rtol=1e-13)
+    np.testing.assert_allclose(ema.averages[0].get_value(), want_avg, rtol=1e-13)
+    assert int(ema.counter.get_value()) == len(means) == int(ema.iterations.get_value())
+
+
+def test_ema_overwrite_old_form_and_float32() -> None:
+    """EMA(params, overwrite_frequency=) over an optimiser's updates; float32 stays float32."""
+    start = np.array([1.0, -2.0, 0.5], dtype="float32")
+    q = pytensor.shared(start.copy(), name="q")
+    ema = symopt.EMA(params=[q], decay=0.5, overwrite_frequency=3)
+    g = pt.vector("g", dtype="float32")
+    updates = ema.updates(symopt.SGD([q], learning_rate=0.1).updates(grads=[g]))
+    assert updates[q].dtype == "float32" and updates[ema.averages[0]].dtype == "float32"
+    step = pytensor.function([g], [], updates=updates)
+    grads = [x.astype("float32") for x in _grads()]
+    for i, x in enumerate(grads, start=1):
+        step(x)
+        if i % 3 == 0:  # just overwritten: the parameter is its average, bit for bit
+            np.testing.assert_array_equal(q.get_value(), ema.averages[0].get_value())
+    want_p, want_avg = _keras_ema_overwrite([x.astype("float64") for x in grads], start.astype("float64"), 0.1, 0.5, 3)
+    assert q.get_value().dtype == np.float32 and ema.averages[0].get_value().dtype == np.float32
+    np.testing.assert_allclose(q.get_value(), want_p, rtol=1e-6)  # float32 rounding of ~20 operations
+    np.testing.assert_allclose(ema.averages[0].get_value(), want_avg, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_ema_overwrite_frequency_must_be_a_positive_integer(bad: Any) -> None:
+    p = pytensor.shared(np.zeros(3), name="p")
+    with pytest.raises(ValueError, match=r"EMA: overwrite_frequency must be None or an integer >= 1, got"):
+        symopt.EMA(symopt.SGD([p]), overwrite_frequency=bad)
+
+
+def test_ema_overwrite_state_must_match(tmp_path: Path) -> None:
+    p, ema, step = _setup(_ema_overwriting)
+    step(_grads()[0])
+    state = ema.state_dict()
+    assert int(state["counter"]) == 1 and int(state["overwrite_frequency"]) == 2
+    _, plain, _ = _setup(_ema_of_sgd)
+    before = plain.averages[0].get_value()
+    with pytest.raises(ValueError, match=r"EMA: state has overwrite_frequency=2, this EMA has overwrite_frequency=None"):
+        plain.load_state_dict(state)
+    np.testing.assert_array_equal(plain.averages[0].get_value(), before)  # nothing half-applied
+    _, other, _ = _setup(lambda p: symopt.EMA(symopt.SGD([p], learning_rate=0.1), decay=0.8, overwrite_frequency=3))
+    with pytest.raises(ValueError, match=r"state has overwrite_frequency=2, this EMA has overwrite_frequency=3"):
+        other.load_state_dict(state)
+    _, again, _ = _setup(_ema_overwriting)
+    with pytest.raises(ValueError, match=r"state has overwrite_frequency=None, this EMA has overwrite_frequency=2"):
+        again.load_state_dict(plain.state_dict())
+    bad = {**state, "counter": np.array(-1)}
+    with pytest.raises(ValueError, match="EMA: state counter must be a non-negative integer"):
+        again.load_state_dict(bad)
+    assert int(again.counter.get_value()) == 0
