@@ -222,6 +222,11 @@ class Optimizer:
     #: ``False`` for a rule whose update reduces over a whole tensor (it would mix the
     #: members of a seed stack); its constructor then refuses stacked parameters.
     stackable: ClassVar[bool] = True
+    #: ``False`` for a stackable rule whose state is not shaped like its parameter (Adafactor's
+    #: factored moments), so a per-member value shaped ``(S, 1, ..., 1)`` does not broadcast
+    #: against it: per-member hyperparameters and per-member ``skip_nonfinite`` (per-member
+    #: step counts) are refused on a stack.
+    per_member_values: ClassVar[bool] = True
     _declarations: ClassVar[dict[str, Hyperparameter]] = {
         "weight_decay": Hyperparameter(0.0, low=0.0, doc="weight decay (L2 or decoupled)")
     }
@@ -430,6 +435,9 @@ class Optimizer:
         #: Per stack member, the calls skipped as non-finite (stacked parameters only).
         self.member_skipped: SharedVariable | None = builtin[SkipNonFinite].member_skipped
         per_member_skip = self.skip_nonfinite and self.stack_size is not None
+        if per_member_skip and not type(self).per_member_values:
+            raise ValueError(f"{owner}: skip_nonfinite on a seed stack keeps a step count per member, which this "
+                             f"rule's state cannot take (per_member_values is False); train the seeds separately")
         if per_member_skip and self.accumulate > 1:
             raise ValueError(f"{owner}: skip_nonfinite with accumulate > 1 is not supported on stacked parameters "
                              f"(each member would need its own accumulation count)")
@@ -456,7 +464,10 @@ class Optimizer:
         ]
 
     def _check_members(self, owner: str, name: str, length: int) -> None:
-        """A per-member vector needs stacked parameters and one value per member."""
+        """A per-member vector needs stacked parameters, one value per member and a rule that takes it."""
+        if not type(self).per_member_values:
+            raise ValueError(f"{owner}: hyperparameter {name!r} cannot be a per-member vector: this rule's state is "
+                             f"not shaped like its parameters (per_member_values is False); give one number")
         if self.stack_size is None:
             raise ValueError(
                 f"{owner}: hyperparameter {name!r} is a vector of {length} values (one per stack member), but the "

@@ -62,7 +62,8 @@ def _member_values(rule: type, name: str) -> np.ndarray:
     """S distinct valid values of a numeric hyperparameter around the rule's default."""
     declaration = rule.declarations()[name]
     default = float(declaration.default)
-    if declaration.high == 1.0:  # a decay factor
+    bounds = declaration.bounds(name)
+    if bounds is not None and bounds[1] == 1.0:  # a decay factor
         values = [default, default * 0.9, default * 0.8] if default > 0 else [0.0, 0.5, 0.8]
     elif default == 0.0:
         values = [0.0, 1e-2, 1e-3]
@@ -81,7 +82,7 @@ def _stacked_run(rule: type, hyper: dict, poison=None, set_after: dict | None = 
     with set_hyperparameter after the compile (the values the run then uses)."""
     params = _stacked_params()
     x, y = pt.tensor3("x"), pt.tensor3("y")
-    opt = rule(params, **hyper)
+    opt = rule(params[: _n_params(rule)], **hyper)
     losses = _loss(*params, x, y)
     step = pytensor.function([x, y], losses, updates=opt.updates(losses))
     for name, value in (set_after or {}).items():
@@ -99,7 +100,7 @@ class _Single:
         first = _initial()
         self.params = [pytensor.shared(v[0].copy(), name=n) for v, n in zip(first, ["W", "b"])]
         x, y = pt.matrix("x"), pt.matrix("y")
-        self.opt = rule(self.params, **hyper)
+        self.opt = rule(self.params[: _n_params(rule)], **hyper)
         self.fresh = self.opt.state_dict()
         self.step = pytensor.function([x, y], _loss(*self.params, x, y), updates=self.opt.updates(_loss(*self.params, x, y)))
 
@@ -138,7 +139,21 @@ def _assert_member_equals(stacked, member, separate):
 
 
 def _stack_refused(rule: type) -> str | None:
-    return None if getattr(rule, "stackable", True) else f"{rule.__name__} reduces over whole tensors (not stackable)"
+    """Why the rule cannot run this test's stacked grid (its own refusal), or None."""
+    if not getattr(rule, "stackable", True):
+        return f"{rule.__name__} reduces over whole tensors (not stackable)"
+    if not getattr(rule, "per_member_values", True):
+        return f"{rule.__name__} declares per_member_values = False (it refuses per-member vectors on a stack)"
+    try:
+        rule(_stacked_params()[: _n_params(rule)])
+    except ValueError as exc:  # e.g. Prodigy: its distance estimate sums over all parameters
+        return f"{rule.__name__} refuses seed stacks: {exc}"
+    return None
+
+
+def _n_params(rule: type) -> int:
+    """Muon steps matrices only: it gets W (b stays fixed); the others W and b."""
+    return 1 if rule.name == "muon" else 2
 
 
 # ---------------------------------------------------------------- per-member hyperparameters
@@ -230,6 +245,11 @@ def test_bad_vectors_refused():
     with pytest.raises(ValueError, match=r"learning_rate\[0\]"):
         opt.set_hyperparameter("learning_rate", [-1.0, 1e-3, 1e-3])
     np.testing.assert_array_equal(opt.get_hyperparameter("learning_rate"), [1e-3, 2e-3, 3e-3])
+    adafactor = symopt.get("adafactor")  # per_member_values = False: its row/column state drops an axis
+    with pytest.raises(ValueError, match="'learning_rate' cannot be a per-member vector"):
+        adafactor(params, learning_rate=[1e-3, 2e-3, 3e-3])
+    with pytest.raises(ValueError, match="skip_nonfinite on a seed stack"):
+        adafactor(params, skip_nonfinite=True)
 
 
 # ---------------------------------------------------------------- per-member guards
