@@ -780,8 +780,8 @@ TORCH_RULES: dict[str, Callable[[Any, dict[str, Any], list[Any], bool], Any]] = 
     "momentum": _torch_sgd,
     "nesterov": lambda torch, h, ps, fe: _torch_sgd(torch, h, ps, fe, nesterov=True),
     "adagrad": lambda torch, h, ps, fe: torch.optim.Adagrad(
-        ps, lr=h["learning_rate"], lr_decay=0.0, weight_decay=h["weight_decay"], initial_accumulator_value=0.0,
-        eps=h["epsilon"], foreach=fe),
+        ps, lr=h["learning_rate"], lr_decay=h["lr_decay"], weight_decay=h["weight_decay"],
+        initial_accumulator_value=h["initial_accumulator_value"], eps=h["epsilon"], foreach=fe),
     "rmsprop": lambda torch, h, ps, fe: torch.optim.RMSprop(
         ps, lr=h["learning_rate"], alpha=h["rho"], eps=h["epsilon"], weight_decay=h["weight_decay"],
         momentum=h["momentum"], centered=h["centered"], foreach=fe),
@@ -799,6 +799,13 @@ TORCH_RULES: dict[str, Callable[[Any, dict[str, Any], list[Any], bool], Any]] = 
         ps, lr=h["learning_rate"], betas=_betas(h), eps=h["epsilon"], weight_decay=h["weight_decay"], foreach=fe),
     "lion": lambda torch, h, ps, fe: torch_lion(torch)(
         ps, lr=h["learning_rate"], betas=_betas(h), weight_decay=h["weight_decay"], foreach=fe),
+    # Rules of symopt/rules_modern.py (torch's Rprop has no weight decay; symopt's default is 0).
+    "rprop": lambda torch, h, ps, fe: torch.optim.Rprop(
+        ps, lr=h["learning_rate"], etas=(h["eta_minus"], h["eta_plus"]),
+        step_sizes=(h["step_size_min"], h["step_size_max"]), foreach=fe),
+    "asgd": lambda torch, h, ps, fe: torch.optim.ASGD(
+        ps, lr=h["learning_rate"], lambd=h["lambd"], alpha=h["alpha"], t0=h["t0"], weight_decay=h["weight_decay"],
+        foreach=fe),
 }
 
 
@@ -940,6 +947,22 @@ OPTAX_RULES: dict[str, Callable[[Any, dict[str, Any]], tuple[Any, str]]] = {
     "adagrad": _optax_hand("adagrad"),
     "nadam": _optax_hand("nadam"),
     "amsgrad": _optax_hand("amsgrad"),
+    # Rules of symopt/rules_modern.py: optax is their reference implementation.
+    "adabelief": lambda optax, h: (_with_l2(optax, h, optax.adabelief(
+        h["learning_rate"], b1=h["beta1"], b2=h["beta2"], eps=h["epsilon"], eps_root=h["epsilon_root"],
+        nesterov=h["nesterov"])), "optax.adabelief"),
+    "adopt": lambda optax, h: (_with_l2(optax, h, optax.contrib.adopt(
+        h["learning_rate"], b1=h["beta1"], b2=h["beta2"], eps=h["epsilon"], nesterov=h["nesterov"],
+        use_clipping=h["clipping"])), "optax.contrib.adopt"),
+    "ademamix": lambda optax, h: (optax.contrib.ademamix(
+        h["learning_rate"], b1=h["beta1"], b2=h["beta2"], b3=h["beta3"], alpha=h["alpha"], eps=h["epsilon"],
+        eps_root=h["epsilon_root"], weight_decay=h["weight_decay"]), "optax.contrib.ademamix"),
+    "lamb": lambda optax, h: (optax.lamb(
+        h["learning_rate"], b1=h["beta1"], b2=h["beta2"], eps=h["epsilon"], eps_root=h["epsilon_root"],
+        weight_decay=h["weight_decay"]), "optax.lamb"),
+    "lars": lambda optax, h: (optax.lars(
+        h["learning_rate"], weight_decay=h["weight_decay"], trust_coefficient=h["trust_coefficient"],
+        eps=h["epsilon"], momentum=h["momentum"], nesterov=h["nesterov"]), "optax.lars"),
 }
 
 

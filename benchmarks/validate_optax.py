@@ -80,6 +80,46 @@ SETTINGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("lr=0.02, warmup_steps=10, weight_lr_power=3",
          {"learning_rate": 0.02, "warmup_steps": 10, "weight_lr_power": 3.0}),
     ],
+    # Rules of symopt/rules_modern.py. "mask_b": no weight decay on b (optax's mask);
+    # "trust_b": no trust ratio on b (LARS); "alpha_warmup": AdEMAMix's alpha as a schedule.
+    "adabelief": [
+        ("defaults", {}),
+        ("lr=0.02, betas=(0.8, 0.99)", {"learning_rate": 0.02, "beta1": 0.8, "beta2": 0.99}),
+        ("paper eps=1e-8, eps_root=0", {"learning_rate": 0.02, "epsilon": 1e-8, "epsilon_root": 0.0}),
+        ("nesterov, lr=0.02", {"learning_rate": 0.02, "nesterov": True}),
+        ("lr=0.02, wd=0.05 (L2)", {"learning_rate": 0.02, "weight_decay": 0.05}),
+    ],
+    "adopt": [
+        ("defaults", {}),
+        ("lr=0.02, betas=(0.8, 0.999)", {"learning_rate": 0.02, "beta1": 0.8, "beta2": 0.999}),
+        ("nesterov, lr=0.02", {"learning_rate": 0.02, "nesterov": True}),
+        ("no clipping, lr=0.02", {"learning_rate": 0.02, "clipping": False}),
+        ("lr=0.02, eps=1e-3, wd=0.05 (L2)", {"learning_rate": 0.02, "epsilon": 1e-3, "weight_decay": 0.05}),
+    ],
+    "ademamix": [
+        ("defaults", {}),
+        ("lr=0.02, beta3=0.99, alpha=2", {"learning_rate": 0.02, "beta3": 0.99, "alpha": 2.0}),
+        ("lr=0.02, eps_root=1e-4, betas=(0.8,0.99)",
+         {"learning_rate": 0.02, "epsilon_root": 1e-4, "beta1": 0.8, "beta2": 0.99}),
+        ("lr=0.02, wd=0.1 (decoupled)", {"learning_rate": 0.02, "weight_decay": 0.1}),
+        ("alpha warmup 0->5 over 20 steps", {"learning_rate": 0.02, "alpha_warmup": True}),
+    ],
+    "lamb": [
+        ("defaults", {}),
+        ("lr=0.02, betas=(0.8, 0.99)", {"learning_rate": 0.02, "beta1": 0.8, "beta2": 0.99}),
+        ("lr=0.02, eps=1e-3, eps_root=1e-6", {"learning_rate": 0.02, "epsilon": 1e-3, "epsilon_root": 1e-6}),
+        ("lr=0.02, wd=0.1", {"learning_rate": 0.02, "weight_decay": 0.1}),
+        ("lr=0.02, wd=0.1 not on b", {"learning_rate": 0.02, "weight_decay": 0.1, "mask_b": True}),
+    ],
+    "lars": [
+        ("defaults", {}),
+        ("lr=5, momentum=0.5", {"learning_rate": 5.0, "momentum": 0.5}),
+        ("lr=5, nesterov", {"learning_rate": 5.0, "nesterov": True}),
+        ("lr=5, trust=0.01, eps=1e-3", {"learning_rate": 5.0, "trust_coefficient": 0.01, "epsilon": 1e-3}),
+        ("lr=5, wd=0.05", {"learning_rate": 5.0, "weight_decay": 0.05}),
+        ("lr=5, wd=0.05 not on b, no trust on b",
+         {"learning_rate": 5.0, "weight_decay": 0.05, "mask_b": True, "trust_b": True}),
+    ],
 }
 
 
@@ -125,17 +165,63 @@ def optax_transform(optax: Any, rule: str, hp: dict[str, Any]) -> tuple[Any, str
             learning_rate=hp["learning_rate"], warmup_steps=hp.get("warmup_steps"), b1=hp["beta1"], b2=hp["beta2"],
             eps=hp["epsilon"], weight_decay=hp["weight_decay"], weight_lr_power=hp["weight_lr_power"],
         ), "optax.contrib.schedule_free_adamw"
+    if rule in MODERN:
+        return _modern_transform(optax, rule, hp)
     raise KeyError(rule)
 
 
-def symopt_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """optax's ``warmup_steps=N`` is symopt's linear warm-up schedule as the learning rate."""
+def _modern_transform(optax: Any, rule: str, hp: dict[str, Any]) -> tuple[Any, str]:
+    """The optax transformations of the rules of symopt/rules_modern.py."""
+    lr, wd = hp["learning_rate"], hp.get("weight_decay", 0.0)
+    mask = {"W": True, "b": False} if hp.get("mask_b") else None
+    if rule == "adabelief":
+        tx = optax.adabelief(lr, b1=hp["beta1"], b2=hp["beta2"], eps=hp["epsilon"], eps_root=hp["epsilon_root"],
+                             nesterov=hp["nesterov"])
+        name = "optax.adabelief"
+    elif rule == "adopt":
+        tx = optax.contrib.adopt(lr, b1=hp["beta1"], b2=hp["beta2"], eps=hp["epsilon"], nesterov=hp["nesterov"],
+                                 use_clipping=hp["clipping"])
+        name = "optax.contrib.adopt"
+    elif rule == "ademamix":
+        alpha = optax.linear_schedule(0.0, 5.0, WARMUP_STEPS) if hp.get("alpha_warmup") else hp["alpha"]
+        return optax.contrib.ademamix(lr, b1=hp["beta1"], b2=hp["beta2"], b3=hp["beta3"], alpha=alpha,
+                                      eps=hp["epsilon"], eps_root=hp["epsilon_root"], weight_decay=wd,
+                                      mask=mask), "optax.contrib.ademamix"
+    elif rule == "lamb":
+        return optax.lamb(lr, b1=hp["beta1"], b2=hp["beta2"], eps=hp["epsilon"], eps_root=hp["epsilon_root"],
+                          weight_decay=wd, mask=mask), "optax.lamb"
+    elif rule == "lars":
+        trust = {"W": True, "b": False} if hp.get("trust_b") else True
+        return optax.lars(lr, weight_decay=wd, weight_decay_mask=True if mask is None else mask,
+                          trust_coefficient=hp["trust_coefficient"], eps=hp["epsilon"], trust_ratio_mask=trust,
+                          momentum=hp["momentum"], nesterov=hp["nesterov"]), "optax.lars"
+    else:
+        raise KeyError(rule)
+    if wd:  # coupled L2: the decay term joins the gradient before the rule
+        return optax.chain(optax.add_decayed_weights(wd, mask), tx), f"optax.chain(add_decayed_weights, {name})"
+    return tx, name
+
+
+MODERN = ("adabelief", "adopt", "ademamix", "lamb", "lars")
+WARMUP_STEPS = 20
+
+
+def symopt_kwargs(kwargs: dict[str, Any], params: list[Any]) -> dict[str, Any]:
+    """optax's ``warmup_steps=N`` is symopt's linear warm-up schedule as the learning rate;
+    the masks and AdEMAMix's alpha warm-up of the modern rules' settings become keywords."""
     import symopt
 
     kwargs = dict(kwargs)
     steps = kwargs.pop("warmup_steps", None)
     if steps is not None:
         kwargs["learning_rate"] = symopt.schedules.linear_warmup(peak=kwargs["learning_rate"], warmup_steps=steps)
+    W, _ = params
+    if kwargs.pop("mask_b", False):
+        kwargs["weight_decay_mask"] = [W]
+    if kwargs.pop("trust_b", False):
+        kwargs["trust_ratio_mask"] = [W]
+    if kwargs.pop("alpha_warmup", False):
+        kwargs["alpha"] = symopt.schedules.LinearWarmup(peak=5.0, warmup_steps=WARMUP_STEPS)
     return kwargs
 
 
@@ -167,7 +253,7 @@ def run_symopt(rule: str, kwargs: dict[str, Any], data: dict[str, np.ndarray], s
     b = pytensor.shared(data["b0"].copy(), name="b")
     out_ = pt.dot(pt.tanh(pt.dot(pt.constant(data["x"]), W) + b), pt.constant(data["v"]))
     loss = pt.mean((out_ - pt.constant(data["y"])) ** 2)
-    opt = symopt.get(rule)([W, b], **symopt_kwargs(kwargs))
+    opt = symopt.get(rule)([W, b], **symopt_kwargs(kwargs, [W, b]))
     train = pytensor.function([], loss, updates=opt.updates(loss))
     out = []
     for _ in range(steps):

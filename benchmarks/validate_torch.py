@@ -33,7 +33,8 @@ learning rate, ``weight_decay > 0``, and every option torch also has: ``amsgrad`
 Mapping: sgd->SGD; momentum->SGD(momentum, dampening=0); nesterov->SGD(nesterov=True);
 adagrad->Adagrad(lr_decay=0, initial_accumulator_value=0); adafactor->Adafactor; rmsprop->RMSprop (symopt
 ``rho`` is torch ``alpha``); adadelta->Adadelta; adam, amsgrad->Adam(amsgrad);
-adamw->AdamW; adamax->Adamax; nadam->NAdam; radam->RAdam. torch 2.13.0 has no
+adamw->AdamW; adamax->Adamax; nadam->NAdam; radam->RAdam; rprop->Rprop; asgd->ASGD
+(AdaGrad's ``initial_accumulator_value`` and ``lr_decay`` are compared too). torch 2.13.0 has no
 ``torch.optim.Lion``, so lion is compared with an independent implementation written
 here from Chen et al. (2023), "Symbolic Discovery of Optimization Algorithms",
 Algorithm 2 (used only if ``torch.optim`` has no ``Lion``; the JSON says which).
@@ -47,7 +48,7 @@ update (Kingma & Ba, section 2). Not checked here, because torch has no counterp
 Adam/AdamW/AMSGrad ``beta1_decay != 1``, ``max_norm_axes`` (torch.optim has no max-norm
 constraint), EMA's ``overwrite_frequency`` (a Keras option), AdaGrad/RMSprop ``epsilon_inside_sqrt=True`` (and, in the other
 direction, torch-only options such as NAdam/RAdam ``decoupled_weight_decay``,
-Adagrad ``lr_decay``, SGD ``dampening``, ``maximize``). Rules registered in
+SGD ``dampening``, ``maximize``). Rules registered in
 ``symopt.OPTIMIZERS`` that are not in the mapping (plug-ins) are listed as skipped.
 
 torch keeps step counters and NAdam's ``mu_product`` in the default dtype, so the
@@ -173,6 +174,10 @@ SETTINGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("defaults", {}),
         ("lr=0.1, eps=1e-6", {"learning_rate": 0.1, "epsilon": 1e-6}),
         ("lr=0.1, wd=0.05", {"learning_rate": 0.1, "weight_decay": 0.05}),
+        ("lr=0.1, initial_accumulator_value=0.5", {"learning_rate": 0.1, "initial_accumulator_value": 0.5}),
+        ("lr=0.1, lr_decay=0.05", {"learning_rate": 0.1, "lr_decay": 0.05}),
+        ("lr=0.1, init=0.1, lr_decay=0.02, wd=0.05",
+         {"learning_rate": 0.1, "initial_accumulator_value": 0.1, "lr_decay": 0.02, "weight_decay": 0.05}),
     ],
     "rmsprop": [
         ("defaults", {}),
@@ -250,6 +255,20 @@ SETTINGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("ns_steps=3, ns_coefficients=(2, -1.5, 0.5)",
          {"learning_rate": 0.02, "ns_steps": 3, "ns_coefficients": (2.0, -1.5, 0.5)}),
     ],
+    # Rules of symopt/rules_modern.py with a torch.optim reference.
+    "rprop": [
+        ("defaults", {}),
+        ("lr=0.05, etas=(0.3, 1.5)", {"learning_rate": 0.05, "eta_minus": 0.3, "eta_plus": 1.5}),
+        ("lr=0.05, step sizes in [1e-3, 0.06]", {"learning_rate": 0.05, "step_size_min": 1e-3, "step_size_max": 0.06}),
+        ("lr=0.05, wd=0.05", {"learning_rate": 0.05, "weight_decay": 0.05}),
+    ],
+    "asgd": [
+        ("defaults", {}),
+        ("lr=0.1, lambd=0.05, alpha=0.6", {"learning_rate": 0.1, "lambd": 0.05, "alpha": 0.6}),
+        ("lr=0.1, t0=10 (averaging from step 12)", {"learning_rate": 0.1, "t0": 10.0}),
+        ("lr=0.1, t0=3.5, lambd=0.01, wd=0.05",
+         {"learning_rate": 0.1, "t0": 3.5, "lambd": 0.01, "weight_decay": 0.05}),
+    ],
 }
 #: Rules that optimise matrices only: W is trained, b stays at its initial value.
 MATRIX_ONLY = {"muon"}
@@ -284,6 +303,10 @@ NEGATIVE_CONTROLS: list[tuple[str, str, dict[str, Any], str, dict[str, Any]]] = 
      "rmsprop", {"learning_rate": 0.01, "epsilon": 1e-4, "epsilon_inside_sqrt": False}),
     ("symopt nesterov vs torch SGD(momentum, nesterov=False)",
      "nesterov", {"learning_rate": 0.05}, "momentum", {"learning_rate": 0.05}),
+    ("symopt adagrad initial_accumulator_value=0.5 vs torch Adagrad with 0",
+     "adagrad", {"learning_rate": 0.1, "initial_accumulator_value": 0.5}, "adagrad", {"learning_rate": 0.1}),
+    ("symopt rprop eta_plus=1.5 vs torch Rprop etas=(0.5, 1.2)",
+     "rprop", {"learning_rate": 0.05, "eta_plus": 1.5}, "rprop", {"learning_rate": 0.05}),
 ]
 
 
@@ -299,8 +322,8 @@ def torch_optimizer(torch: Any, rule: str, hp: dict[str, Any], params: list[Any]
               "nesterov": rule == "nesterov", "foreach": False}
         return optim.SGD(params, **kw), "torch.optim.SGD", kw
     if rule == "adagrad":
-        kw = {"lr": lr, "lr_decay": 0.0, "weight_decay": wd, "initial_accumulator_value": 0.0,
-              "eps": hp["epsilon"], "foreach": False}
+        kw = {"lr": lr, "lr_decay": hp["lr_decay"], "weight_decay": wd,
+              "initial_accumulator_value": hp["initial_accumulator_value"], "eps": hp["epsilon"], "foreach": False}
         return optim.Adagrad(params, **kw), "torch.optim.Adagrad", kw
     if rule == "rmsprop":
         kw = {"lr": lr, "alpha": hp["rho"], "eps": hp["epsilon"], "weight_decay": wd,
@@ -342,6 +365,16 @@ def torch_optimizer(torch: Any, rule: str, hp: dict[str, Any], params: list[Any]
               "ns_coefficients": tuple(hp["ns_coefficients"]), "ns_steps": hp["ns_steps"], "adjust_lr_fn": hp["adjust_lr_fn"]}
         return (optim.Muon(params, **kw),
                 "torch.optim.Muon with its Newton-Schulz iteration in float64 (Tensor.bfloat16 patched to a float64 copy)", kw)
+    if rule == "rprop":
+        kw = {"lr": lr, "etas": (hp["eta_minus"], hp["eta_plus"]),
+              "step_sizes": (hp["step_size_min"], hp["step_size_max"]), "foreach": False}
+        # torch's Rprop has no weight_decay: symopt's L2 term enters the torch loss (run_torch).
+        note = {"l2_in_loss": wd} if wd else {}
+        return optim.Rprop(params, **kw), "torch.optim.Rprop", {**kw, **note}
+    if rule == "asgd":
+        kw = {"lr": lr, "lambd": hp["lambd"], "alpha": hp["alpha"], "t0": hp["t0"], "weight_decay": wd,
+              "foreach": False}
+        return optim.ASGD(params, **kw), "torch.optim.ASGD", kw
     raise KeyError(rule)
 
 
@@ -399,7 +432,10 @@ def run_torch(torch: Any, rule: str, hp: dict[str, Any], data: dict[str, np.ndar
                     group["eps"] = hp["epsilon"] / (1 - hp["beta2"] ** t) ** 0.5
             opt.zero_grad(set_to_none=True)
             loss = torch_loss(W, b, x, y, v)
-            loss.backward()
+            objective = loss
+            if "l2_in_loss" in kw:  # symopt's coupled decay g + wd * p is the gradient of wd/2 * |p|^2
+                objective = loss + 0.5 * kw["l2_in_loss"] * (torch.sum(W * W) + torch.sum(b * b))
+            objective.backward()
             opt.step()
             out.append((W.detach().numpy().copy(), b.detach().numpy().copy(), float(loss.detach())))
     finally:

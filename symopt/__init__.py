@@ -36,6 +36,7 @@ from .rules import (
     RMSprop,
 )
 from .rules_contrib import Adafactor, Muon, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD
+from .rules_modern import ADOPT, ASGD, LAMB, LARS, AdaBelief, AdEMAMix, Rprop
 
 from . import data, masks, nn, schedules, seeds  # noqa: E402  (after the BLAS setting above)
 from .function import function  # noqa: E402
@@ -81,6 +82,13 @@ __all__ = [
     "Prodigy",
     "ScheduleFreeAdamW",
     "ScheduleFreeSGD",
+    "Rprop",
+    "ASGD",
+    "AdaBelief",
+    "ADOPT",
+    "AdEMAMix",
+    "LAMB",
+    "LARS",
     "data",
     "nn",
     "masks",

@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="continue the run checkpointed in PATH (same flags; --epochs may grow); "
                             "keeps checkpointing to PATH unless --checkpoint is given")
 
-    sub.add_parser("optimizers", help="list registered optimisers and their defaults")
+    sub.add_parser("optimizers", help="list registered optimisers, the implementation each matches, and their defaults")
 
     from .experiments import EXPERIMENTS
 
@@ -476,11 +476,18 @@ def _resume_check(path: Path, run_config: dict[str, Any], epochs: int) -> str:
 
 
 def _list_optimizers() -> None:
+    """One line per registered rule: name, class, the implementation its numbers match, defaults."""
     import symopt
 
+    rows = []
     for name, cls in sorted(symopt.OPTIMIZERS.items()):
+        # A plug-in rule need not declare a reference; its module says where it comes from.
+        reference = getattr(cls, "reference", None) or f"(no reference declared; {cls.__module__})"
         defaults = ", ".join(f"{k}={v}" for k, v in cls.hyperparameters.items())
-        print(f"{name:<10} {cls.__name__:<10} {defaults}")
+        rows.append((name, cls.__name__, reference, defaults))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for name, cls_name, reference, defaults in rows:
+        print(f"{name:<{widths[0]}}  {cls_name:<{widths[1]}}  {reference:<{widths[2]}}  {defaults}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

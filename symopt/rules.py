@@ -59,6 +59,7 @@ class SGD(Optimizer):
     Defaults: ``learning_rate=0.01`` (the method has no canonical value).
     """
 
+    reference = "torch.optim.SGD"
     hyperparameters = {"learning_rate": _rate(0.01)}
 
     def update_param(self, param, grad, state, h):
@@ -76,6 +77,7 @@ class Momentum(Optimizer):
     Defaults: ``learning_rate=0.01``, ``momentum=0.9``.
     """
 
+    reference = "torch.optim.SGD(momentum, dampening=0)"
     hyperparameters = {"learning_rate": _rate(0.01), "momentum": _decay(0.9, "momentum coefficient")}
     slots = {"velocity": 0.0}
 
@@ -95,6 +97,8 @@ class Nesterov(Momentum):
     Defaults: ``learning_rate=0.01``, ``momentum=0.9``.
     """
 
+    reference = "torch.optim.SGD(nesterov=True)"
+
     def update_param(self, param, grad, state, h):
         velocity = h.momentum * state["velocity"] + grad
         return param - h.learning_rate * (grad + h.momentum * velocity), {"velocity": velocity}
@@ -105,26 +109,39 @@ class AdaGrad(Optimizer):
     r"""AdaGrad (Duchi, Hazan & Singer, JMLR 2011).
 
     .. math::
-        s_t = s_{t-1} + g_t^2, \qquad p_t = p_{t-1} - \eta \frac{g_t}{\sqrt{s_t} + \epsilon}
+        s_t = s_{t-1} + g_t^2, \qquad
+        p_t = p_{t-1} - \frac{\eta}{1 + (t - 1)\,\delta} \frac{g_t}{\sqrt{s_0 + s_t} + \epsilon}
 
-    With ``epsilon_inside_sqrt=True`` the denominator is :math:`\sqrt{s_t + \epsilon}`
-    (the Theano seed's form). Defaults: ``learning_rate=0.01``, ``epsilon=1e-10``.
+    :math:`s_0` is ``initial_accumulator_value`` and :math:`\delta` ``lr_decay``
+    (torch's options; the slot ``sum_sq`` holds :math:`s_t` from 0, torch's ``sum`` is
+    :math:`s_0 + s_t`). With ``epsilon_inside_sqrt=True`` the denominator is
+    :math:`\sqrt{s_0 + s_t + \epsilon}` (the Theano seed's form). Defaults:
+    ``learning_rate=0.01``, ``epsilon=1e-10``, ``initial_accumulator_value=0``,
+    ``lr_decay=0``.
     """
 
+    reference = "torch.optim.Adagrad"
     hyperparameters = {
         "learning_rate": _rate(0.01),
         "epsilon": _epsilon(1e-10),
         "epsilon_inside_sqrt": Hyperparameter(False, doc="sqrt(s + eps) instead of sqrt(s) + eps"),
+        "initial_accumulator_value": Hyperparameter(0.0, low=0.0, doc="torch's starting value of the accumulator"),
+        "lr_decay": Hyperparameter(0.0, low=0.0, doc="torch's rate decay: lr / (1 + (t - 1) lr_decay)"),
     }
     slots = {"sum_sq": 0.0}
 
     def update_param(self, param, grad, state, h):
         sum_sq = state["sum_sq"] + grad * grad
+        # s_0 enters the denominator rather than the slot's fill, so that it is a live
+        # hyperparameter like the others (0 + s is exactly s: the default changes nothing).
+        accumulated = h.initial_accumulator_value + sum_sq
         if h.epsilon_inside_sqrt:
-            denom = pt.sqrt(sum_sq + h.epsilon)
+            denom = pt.sqrt(accumulated + h.epsilon)
         else:
-            denom = pt.sqrt(sum_sq) + h.epsilon
-        return param - h.learning_rate * grad / denom, {"sum_sq": sum_sq}
+            denom = pt.sqrt(accumulated) + h.epsilon
+        with h.float64() as f:
+            clr = f.cast(f.learning_rate / (1 + (f.t - 1) * f.lr_decay))
+        return param - clr * grad / denom, {"sum_sq": sum_sq}
 
 
 @register("rmsprop")
@@ -146,6 +163,7 @@ class RMSprop(Optimizer):
     ``momentum=0``.
     """
 
+    reference = "torch.optim.RMSprop"
     hyperparameters = {
         "learning_rate": _rate(1e-3),
         "rho": _decay(0.9, "decay of the squared-gradient average (torch's alpha)"),
@@ -211,6 +229,7 @@ class AdaDelta(Optimizer):
     (``learning_rate=1.0``).
     """
 
+    reference = "torch.optim.Adadelta"
     hyperparameters = {
         "learning_rate": _rate(1.0),
         "rho": _decay(0.95, "decay of both running averages"),
@@ -256,6 +275,7 @@ class Adam(Optimizer):
     ``epsilon=1e-8``.
     """
 
+    reference = "torch.optim.Adam"
     hyperparameters = {
         "learning_rate": _rate(1e-3),
         "beta1": _decay(0.9, "decay of the first-moment average"),
@@ -307,6 +327,7 @@ class AdamW(Adam):
     ``weight_decay=0.01`` (torch's).
     """
 
+    reference = "torch.optim.AdamW"
     hyperparameters = {**Adam.declarations(), "weight_decay": Hyperparameter(1e-2, low=0.0, doc="decoupled weight decay")}
     decoupled_weight_decay = True
 
@@ -319,6 +340,7 @@ class AMSGrad(Adam):
     so the effective step size never grows. Defaults: Adam's.
     """
 
+    reference = "torch.optim.Adam(amsgrad=True)"
     hyperparameters = {**Adam.declarations(), "amsgrad": Hyperparameter(True, doc="use the running maximum of the second moment")}
 
 
@@ -335,6 +357,7 @@ class Adamax(Optimizer):
     ``epsilon=1e-8`` as torch.
     """
 
+    reference = "torch.optim.Adamax"
     hyperparameters = {
         "learning_rate": _rate(2e-3),
         "beta1": _decay(0.9, "decay of the first-moment average"),
@@ -369,6 +392,7 @@ class NAdam(Optimizer):
     ``beta1=0.9``, ``beta2=0.999``, ``epsilon=1e-8``, ``momentum_decay=4e-3``.
     """
 
+    reference = "torch.optim.NAdam"
     hyperparameters = {
         "learning_rate": _rate(2e-3),
         "beta1": _decay(0.9, "decay of the first-moment average"),
@@ -419,6 +443,7 @@ class RAdam(Optimizer):
     ``epsilon=1e-8``.
     """
 
+    reference = "torch.optim.RAdam"
     hyperparameters = {
         "learning_rate": _rate(1e-3),
         "beta1": _decay(0.9, "decay of the first-moment average"),
@@ -466,6 +491,7 @@ class Lion(Optimizer):
     (the paper advises 3-10x below AdamW's), ``weight_decay=0``.
     """
 
+    reference = "Chen et al. 2023, Algorithm 2 (torch.optim has no Lion)"
     hyperparameters = {
         "learning_rate": _rate(1e-4),
         "beta1": _decay(0.9, "interpolation of momentum and gradient for the sign"),

@@ -159,9 +159,20 @@ class Nesterov(Momentum):
 
 # ---------------------------------------------------------------------- adaptive
 class AdaGrad(ReferenceRule):
-    """Duchi et al. (2011): accumulate ``g**2``; divide by ``sqrt(sum) + eps`` (or ``sqrt(sum + eps)``)."""
+    """Duchi et al. (2011): accumulate ``g**2``; divide by ``sqrt(sum) + eps`` (or ``sqrt(sum + eps)``).
 
-    defaults = {"learning_rate": 0.01, "epsilon": 1e-10, "epsilon_inside_sqrt": False, "weight_decay": 0.0}
+    torch's options: the accumulator starts at ``initial_accumulator_value`` (kept apart
+    from the ``sum_sq`` slot, which starts at 0) and the rate is ``lr / (1 + (t-1) lr_decay)``.
+    """
+
+    defaults = {
+        "learning_rate": 0.01,
+        "epsilon": 1e-10,
+        "epsilon_inside_sqrt": False,
+        "initial_accumulator_value": 0.0,
+        "lr_decay": 0.0,
+        "weight_decay": 0.0,
+    }
 
     def slot_names(self) -> tuple[str, ...]:
         return ("sum_sq",)
@@ -169,8 +180,9 @@ class AdaGrad(ReferenceRule):
     def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
         s = state["sum_sq"] + np.square(g)
         state["sum_sq"] = s
-        denom = np.sqrt(s + h.epsilon) if h.epsilon_inside_sqrt else np.sqrt(s) + h.epsilon
-        return p - h.learning_rate * g / denom
+        total = h.initial_accumulator_value + s
+        denom = np.sqrt(total + h.epsilon) if h.epsilon_inside_sqrt else np.sqrt(total) + h.epsilon
+        return p - (h.learning_rate / (1.0 + (self.t - 1) * h.lr_decay)) * g / denom
 
 
 class RMSprop(ReferenceRule):
@@ -686,3 +698,271 @@ REFERENCES.update({
     "schedule_free_sgd": ScheduleFreeSGD,
     "schedule_free_adamw": ScheduleFreeAdamW,
 })
+
+
+# ---------------------------------------------------------------------- symopt/rules_modern.py
+# Rprop and ASGD from the algorithms torch.optim documents; AdaBelief, ADOPT, AdEMAMix,
+# LAMB and LARS from the papers' equations in the forms optax documents (its argument
+# names in brackets). Written without looking at symopt's code.
+class Rprop(ReferenceRule):
+    """Riedmiller & Braun (1993), Rprop- as torch.optim.Rprop documents it: per-element step
+    sizes starting at ``lr``, grown by ``eta_plus`` while the gradient keeps its sign, shrunk by
+    ``eta_minus`` (and the step skipped, the gradient forgotten) when it flips."""
+
+    defaults = {
+        "learning_rate": 0.01,
+        "eta_minus": 0.5,
+        "eta_plus": 1.2,
+        "step_size_min": 1e-6,
+        "step_size_max": 50.0,
+        "weight_decay": 0.0,
+    }
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("prev", "step_size")
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        if self.t == 1:
+            state["step_size"] = np.full_like(p, h.learning_rate)
+        agreement = np.sign(g * state["prev"])
+        factor = np.ones_like(p)
+        factor[agreement > 0] = h.eta_plus
+        factor[agreement < 0] = h.eta_minus
+        step_size = np.clip(state["step_size"] * factor, h.step_size_min, h.step_size_max)
+        g = np.where(agreement < 0, np.zeros_like(g), g)
+        state["prev"], state["step_size"] = g, step_size
+        return p - np.sign(g) * step_size
+
+
+class ASGD(ReferenceRule):
+    r"""Averaged SGD as torch.optim.ASGD: Bottou's decaying rate
+    :math:`\eta_t = \eta / (1 + \lambda\eta(t-1))^\alpha`, the decay factor
+    :math:`1 - \lambda\eta_t`, and Polyak averaging ``ax`` from step :math:`t_0 + 2` on."""
+
+    defaults = {"learning_rate": 0.01, "lambd": 1e-4, "alpha": 0.75, "t0": 1e6, "weight_decay": 0.0}
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("ax",)
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        eta = h.learning_rate / (1.0 + h.lambd * h.learning_rate * (self.t - 1)) ** h.alpha
+        mu = 1.0 / max(1.0, self.t - 1 - h.t0)
+        p = p * (1.0 - h.lambd * eta) - eta * g
+        state["ax"] = p.copy() if mu == 1 else state["ax"] + (p - state["ax"]) * mu
+        return p
+
+
+class AdaBelief(ReferenceRule):
+    """Zhuang et al. (2020), Algorithm 2, as optax.adabelief: the second moment of
+    ``g - m_t`` plus ``eps_root`` every step; optional Nesterov first moment."""
+
+    defaults = {
+        "learning_rate": 1e-3,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "epsilon": 1e-16,
+        "epsilon_root": 1e-16,
+        "nesterov": False,
+        "weight_decay": 0.0,
+    }
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_var")
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        t, b1, b2 = self.t, h.beta1, h.beta2
+        m = b1 * state["exp_avg"] + (1.0 - b1) * g
+        s = b2 * state["exp_avg_var"] + (1.0 - b2) * np.square(g - m) + h.epsilon_root
+        state["exp_avg"], state["exp_avg_var"] = m, s
+        if h.nesterov:
+            m_hat = b1 * (m / (1.0 - b1 ** (t + 1))) + (1.0 - b1) * (g / (1.0 - b1**t))
+        else:
+            m_hat = m / (1.0 - b1**t)
+        s_hat = s / (1.0 - b2**t)
+        return p - h.learning_rate * m_hat / (np.sqrt(s_hat) + h.epsilon)
+
+
+class ADOPT(ReferenceRule):
+    """Taniguchi et al. (2024), Algorithm 2 with the clipping of their section 4, as
+    optax.contrib.adopt: normalise by the previous second moment, then average; step 1
+    only initialises ``v = g**2``."""
+
+    defaults = {
+        "learning_rate": 1e-3,
+        "beta1": 0.9,
+        "beta2": 0.9999,
+        "epsilon": 1e-6,
+        "clipping": True,
+        "nesterov": False,
+        "weight_decay": 0.0,
+    }
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        t = self.t
+        b1, b2 = (h.beta1, h.beta2) if t > 1 else (1.0, 0.0)
+        u = g / np.maximum(np.sqrt(state["exp_avg_sq"]), h.epsilon)
+        if h.clipping:
+            bound = (t - 1) ** 0.25
+            u = np.clip(u, -bound, bound)
+        m = b1 * state["exp_avg"] + (1.0 - b1) * u
+        state["exp_avg"] = m
+        state["exp_avg_sq"] = b2 * state["exp_avg_sq"] + (1.0 - b2) * np.square(g)
+        direction = b1 * m + (1.0 - b1) * u if h.nesterov else m
+        return p - h.learning_rate * direction
+
+
+class AdEMAMix(ReferenceRule):
+    """Pagliardini et al. (2024), Algorithm 1 (constant alpha and beta3), as
+    optax.contrib.ademamix: a bias-corrected fast EMA plus alpha times an uncorrected slow
+    EMA over Adam's denominator; decoupled weight decay."""
+
+    defaults = {
+        "learning_rate": 1e-3,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "beta3": 0.9999,
+        "alpha": 5.0,
+        "epsilon": 1e-8,
+        "epsilon_root": 0.0,
+        "weight_decay": 0.0,
+    }
+    decoupled_weight_decay = True
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("exp_avg_fast", "exp_avg_slow", "exp_avg_sq")
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        t = self.t
+        m1 = h.beta1 * state["exp_avg_fast"] + (1.0 - h.beta1) * g
+        m2 = h.beta3 * state["exp_avg_slow"] + (1.0 - h.beta3) * g
+        v = h.beta2 * state["exp_avg_sq"] + (1.0 - h.beta2) * np.square(g)
+        state["exp_avg_fast"], state["exp_avg_slow"], state["exp_avg_sq"] = m1, m2, v
+        denom = np.sqrt(v / (1.0 - h.beta2**t) + h.epsilon_root) + h.epsilon
+        return p - h.learning_rate * (m1 / (1.0 - h.beta1**t) + h.alpha * m2) / denom
+
+
+class TrustRatioRule(ReferenceRule):
+    """Base of LAMB and LARS, whose steps are scaled by norms of whole tensors.
+
+    Keyword-only options of the constructor: ``seed_axis=True`` takes the norms per slice
+    along each parameter's first axis (a stack of independent seeds); ``decay_mask`` and
+    ``trust_mask`` (one bool per parameter, default all True) exclude parameters from the
+    weight decay and from the trust ratio. LAMB's decay is part of its update (``decay_in_rule``).
+    """
+
+    decay_in_rule: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        params: Sequence[np.ndarray],
+        *,
+        seed_axis: bool = False,
+        decay_mask: Sequence[bool] | None = None,
+        trust_mask: Sequence[bool] | None = None,
+        **hyperparameters: float | bool,
+    ) -> None:
+        super().__init__(params, **hyperparameters)
+        self.seed_axis = seed_axis
+        self.decay_mask = list(decay_mask) if decay_mask is not None else [True] * len(self.params)
+        self.trust_mask = list(trust_mask) if trust_mask is not None else [True] * len(self.params)
+        self.index = 0
+
+    def norm(self, x: Array) -> Array:
+        """Frobenius norm, per seed (keeping the reduced axes) with ``seed_axis``."""
+        if not self.seed_axis:
+            return np.asarray(np.sqrt(np.sum(np.square(x))))
+        axes = tuple(range(1, x.ndim))
+        return np.sqrt(np.sum(np.square(x), axis=axes, keepdims=True)) if axes else np.abs(x)
+
+    def trust_ratio(self, p: Array, u: Array, coefficient: float, eps: float) -> Array:
+        """``coefficient * |p| / (|u| + eps)``, 1 where either norm is 0 (You et al.'s convention in optax)."""
+        p_norm, u_norm = self.norm(p), self.norm(u)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = coefficient * p_norm / (u_norm + eps)
+        return np.where((p_norm == 0) | (u_norm == 0), np.ones_like(ratio), ratio).astype(p.dtype)
+
+    def step(self, grads: Sequence[np.ndarray]) -> None:
+        if len(grads) != len(self.params):
+            raise ValueError(f"got {len(grads)} gradients for {len(self.params)} parameters")
+        self.t += 1
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            g = np.asarray(g, dtype=p.dtype)
+            h = self.rounded(p.dtype)
+            if not self.decay_mask[i]:
+                h.weight_decay = 0.0
+            if not self.decay_in_rule:
+                g = g + h.weight_decay * p
+            self.index = i
+            new = self.update(p, g, self.state[i], h)
+            for what, arr in [("parameter", new), *self.state[i].items()]:
+                if arr.dtype != p.dtype or arr.shape != p.shape:
+                    raise AssertionError(f"{type(self).__name__}: {what} became {arr.dtype}{arr.shape}")
+            self.params[i] = new
+
+
+class LAMB(TrustRatioRule):
+    """You et al. (2020), Algorithm 2, as optax.lamb: the Adam direction plus ``wd * p``,
+    scaled by ``|p| / |direction|`` per tensor (phi = identity)."""
+
+    defaults = {
+        "learning_rate": 1e-3,
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "epsilon": 1e-6,
+        "epsilon_root": 0.0,
+        "weight_decay": 0.0,
+    }
+    decay_in_rule = True
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("exp_avg", "exp_avg_sq")
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        t = self.t
+        m = h.beta1 * state["exp_avg"] + (1.0 - h.beta1) * g
+        v = h.beta2 * state["exp_avg_sq"] + (1.0 - h.beta2) * np.square(g)
+        state["exp_avg"], state["exp_avg_sq"] = m, v
+        r = (m / (1.0 - h.beta1**t)) / (np.sqrt(v / (1.0 - h.beta2**t) + h.epsilon_root) + h.epsilon)
+        r = r + h.weight_decay * p
+        return p - h.learning_rate * self.trust_ratio(p, r, 1.0, 0.0) * r
+
+
+class LARS(TrustRatioRule):
+    """You, Gitman & Ginsburg (2017), Algorithm 1, as optax.lars: local rate
+    ``c |p| / (|g + wd p| + eps)`` per tensor, then momentum on the scaled step (optional Nesterov)."""
+
+    defaults = {
+        "learning_rate": 1.0,
+        "trust_coefficient": 1e-3,
+        "epsilon": 0.0,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 0.0,
+    }
+
+    def slot_names(self) -> tuple[str, ...]:
+        return ("momentum_buffer",)
+
+    def update(self, p: Array, g: Array, state: dict[str, Array], h: SimpleNamespace) -> Array:
+        if self.trust_mask[self.index]:
+            g = g * self.trust_ratio(p, g, h.trust_coefficient, h.epsilon)
+        local = h.learning_rate * g
+        buf = h.momentum * state["momentum_buffer"] + local
+        state["momentum_buffer"] = buf
+        return p - (local + h.momentum * buf if h.nesterov else buf)
+
+
+REFERENCES.update(
+    {
+        "rprop": Rprop,
+        "asgd": ASGD,
+        "adabelief": AdaBelief,
+        "adopt": ADOPT,
+        "ademamix": AdEMAMix,
+        "lamb": LAMB,
+        "lars": LARS,
+    }
+)

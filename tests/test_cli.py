@@ -338,3 +338,36 @@ def test_cli_out_follows_the_umask(dataset_dir: Path, tmp_path: Path) -> None:
     with _umask(0o077):
         assert _train(dataset_dir, "--epochs", "1", "--out", str(out)) == 0
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_optimizers_lists_every_rule_with_its_reference(capsys: pytest.CaptureFixture[str]) -> None:
+    """`symopt optimizers`: one line per registered rule naming the implementation its numbers match."""
+
+    @symopt.register("clisign")
+    class CliSGD(symopt.Optimizer):
+        """p <- p - lr * g, a plug-in without a declared reference."""
+
+        hyperparameters = {"learning_rate": 0.01}
+
+        def update_param(self, param, grad, state):
+            return param - self.learning_rate * grad, {}
+
+    try:
+        assert main(["optimizers"]) == 0
+        lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    finally:
+        del symopt.OPTIMIZERS["clisign"]
+    assert set(lines) == set(symopt.OPTIMIZERS) | {"clisign"}
+    expected = {
+        "sgd": "torch.optim.SGD", "adagrad": "torch.optim.Adagrad", "adamw": "torch.optim.AdamW",
+        "rprop": "torch.optim.Rprop", "asgd": "torch.optim.ASGD", "adabelief": "optax.adabelief",
+        "adopt": "optax.contrib.adopt", "ademamix": "optax.contrib.ademamix", "lamb": "optax.lamb",
+        "lars": "optax.lars",
+    }
+    for name, reference in expected.items():
+        assert f" {reference} " in lines[name], lines[name]
+    for name in symopt.OPTIMIZERS:
+        if symopt.OPTIMIZERS[name].__module__.startswith("symopt."):
+            assert "no reference declared" not in lines[name], f"built-in {name} declares no reference"
+    assert "(no reference declared; tests.test_cli)" in lines["clisign"]
+    assert "initial_accumulator_value=0.0" in lines["adagrad"] and "lr_decay=0.0" in lines["adagrad"]
