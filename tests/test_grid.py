@@ -68,7 +68,14 @@ def _member_values(rule: type, name: str) -> np.ndarray:
     elif default == 0.0:
         values = [0.0, 1e-2, 1e-3]
     else:
-        values = [default, default * 2.0, default * 0.5]
+        # The widest spread the range allows (Rprop's eta_plus lies in (1, inf)).
+        for spread in (2.0, 1.1, 1.01):
+            values = [default, default * spread, default / spread]
+            try:
+                declaration.check(rule.__name__, name, values)
+                break
+            except ValueError:
+                continue
     return np.array(values)
 
 
