@@ -65,6 +65,7 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.graph.replace import clone_replace
 from pytensor.scan.utils import until
 from pytensor.tensor.variable import TensorVariable
 
@@ -274,7 +275,7 @@ class LBFGS:
 
         def evaluate(x: Any) -> tuple[TensorVariable, TensorVariable]:
             """The loss and flat gradient with the parameters replaced by ``x``."""
-            f, g = pytensor.clone_replace([f0, g0], replace=dict(zip(self.params, self._unflatten(x))))
+            f, g = clone_replace([f0, g0], replace=dict(zip(self.params, self._unflatten(x))))
             return f, g
 
         x0 = self._flatten(self.params)
@@ -447,7 +448,7 @@ class LBFGS:
             t_zoom = _cubic_interpolate(n0[0], n0[1], n0[3], n1[0], n1[1], n1[3])
             hi, lo = pt.maximum(n0[0], n1[0]), pt.minimum(n0[0], n1[0])
             eps = 0.1 * (hi - lo)
-            insuf_in = pt.switch(zooming, insuf, False)  # torch starts the zoom with insuf_progress False
+            insuf_in = zooming & insuf  # torch starts the zoom with insuf_progress False
             near = pt.minimum(hi - t_zoom, t_zoom - lo) < eps
             move = near & (insuf_in | (t_zoom >= hi) | (t_zoom <= lo))
             t_moved = pt.switch(pt.abs(t_zoom - hi) < pt.abs(t_zoom - lo), hi - eps, lo + eps)
@@ -459,7 +460,7 @@ class LBFGS:
             return carried, until(pt.eq(phase_new, _DONE))
 
         init = [t0, pt.constant(_BRACKET, dtype="int64"), zero, f, g, gtd, zero, f, g, gtd,
-                pt.constant(False), pt.constant(0, dtype="int64")]
+                pt.constant(np.array(False)), pt.constant(0, dtype="int64")]
         init = [pt.as_tensor_variable(v) for v in init]
         init = [v.astype(dt) if v.ndim == 0 and v.dtype.startswith("float") else v for v in init]
         out = pytensor.scan(search, outputs_info=init, n_steps=self.max_eval, return_updates=False)
