@@ -282,7 +282,8 @@ class LBFGS:
         out = self._step_graph(x0, f0, g0, evaluate)
         updates = Updates()
         for param, value in zip(self.params, self._unflatten(out["x"])):
-            updates[param] = pt.cast(value, param.dtype)
+            # the parameter's own (symbolic) shape: a static (1, 1) would not match a (?, ?) variable's type
+            updates[param] = pt.cast(value.reshape(param.shape, ndim=param.ndim), param.dtype)
         for key, var in self._state.items():
             updates[var] = pt.cast(out[key], var.dtype)
         updates[self.iterations] = self.iterations + 1
