@@ -52,7 +52,7 @@ Why not a registered rule: the registry (:data:`symopt.OPTIMIZERS`) holds
 per-rule experiments). L-BFGS needs the loss itself, re-evaluated at trial points, and
 all parameters as one vector, so it is a class with the same protocol as the wrappers
 (``params``, ``iterations``, ``updates(loss)``, ``build``, ``state_dict`` /
-``load_state_dict``, ``save`` / ``load``) that ``symopt.Trainer`` and ``symopt.fit`` accept.
+``load_state_dict``, ``save`` / ``load``).
 """
 
 from __future__ import annotations

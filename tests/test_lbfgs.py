@@ -118,6 +118,18 @@ def test_convex_quadratic_reaches_its_minimum(dtype, tol, tolerances):
     np.testing.assert_allclose(c.get_value(), [[2.0]], rtol=tol)
 
 
+def test_step_at_a_stationary_point_changes_nothing_but_the_count():
+    """torch returns at once when max|g| <= tolerance_grad: one evaluation, no iteration."""
+    w = pytensor.shared(np.array([1.0, 1.0]), name="w")
+    loss = 100 * (w[1] - w[0] ** 2) ** 2 + (1 - w[0]) ** 2  # Rosenbrock's minimum: g = 0
+    opt = symopt.LBFGS([w], line_search="strong_wolfe", max_iter=2)
+    step = pytensor.function([], loss, updates=opt.updates(loss))
+    assert float(step()) == 0.0 and float(step()) == 0.0
+    np.testing.assert_array_equal(w.get_value(), [1.0, 1.0])
+    assert (opt.n_iter, opt.func_evals, int(opt.iterations.get_value())) == (0, 2, 2)
+    np.testing.assert_array_equal(opt.state_dict()["state"]["old_dirs"], 0.0)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
