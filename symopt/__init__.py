@@ -42,6 +42,7 @@ from . import data, masks, nn, schedules, seeds  # noqa: E402  (after the BLAS s
 from .function import function  # noqa: E402
 from .gradcheck import check_grad  # noqa: E402
 from .wrappers import EMA, Lookahead  # noqa: E402
+from .lbfgs import LBFGS  # noqa: E402
 from .combine import Combined, combine  # noqa: E402
 from .train import EpochRecord, Trainer, fit  # noqa: E402
 from . import checkpoint  # noqa: E402
@@ -96,6 +97,7 @@ __all__ = [
     "seeds",
     "EMA",
     "Lookahead",
+    "LBFGS",
     "combine",
     "Combined",
     "fit",
