@@ -471,6 +471,58 @@ def compare(sym, ref, data) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------- L-BFGS
+#: symopt.LBFGS is not a registered rule (it needs the loss, re-evaluated in the step),
+#: so it is checked here on the same problem: one compiled call against one
+#: ``torch.optim.LBFGS.step(closure)``, full batch. The last number caps the steps: one
+#: step is up to ``max_iter`` quasi-Newton iterations on this non-convex problem, and the
+#: two sides' rounding (BLAS dot products in torch, NumPy's in PyTensor) grows smoothly
+#: from 1e-13 by about 10x every 5 iterations (measured: 1e-6 after ~70 iterations with
+#: the line search), so the comparison stops well before that, at <= 50 iterations.
+LBFGS_SETTINGS = [
+    ("strong_wolfe, max_iter=5, history_size=4",
+     {"line_search": "strong_wolfe", "max_iter": 5, "history_size": 4}, 10),
+    ("strong_wolfe, defaults", {"line_search": "strong_wolfe"}, 4),
+    ("no line search, lr=0.1, max_iter=3", {"line_search": None, "learning_rate": 0.1, "max_iter": 3}, 30),
+]
+
+
+def run_lbfgs(torch: Any, kwargs: dict[str, Any], data: dict[str, np.ndarray], steps: int):
+    """``(symopt, torch)`` lists of (W, b, loss before the step) after each of ``steps`` L-BFGS steps."""
+    import pytensor
+    import pytensor.tensor as pt
+
+    import symopt
+
+    W = pytensor.shared(data["W0"].copy(), name="W")
+    b = pytensor.shared(data["b0"].copy(), name="b")
+    loss = pytensor_loss(W, b, pt.constant(data["x"]), pt.constant(data["y"]), pt.constant(data["v"]))
+    opt = symopt.LBFGS([W, b], **kwargs)
+    train = pytensor.function([], loss, updates=opt.updates(loss))
+    sym = []
+    for _ in range(steps):
+        value = float(train())
+        sym.append((W.get_value().copy(), b.get_value().copy(), value))
+
+    Wt = torch.tensor(data["W0"].copy(), dtype=torch.float64, requires_grad=True)
+    bt = torch.tensor(data["b0"].copy(), dtype=torch.float64, requires_grad=True)
+    x, y, v = (torch.tensor(data[k], dtype=torch.float64) for k in ("x", "y", "v"))
+    topt = torch.optim.LBFGS([Wt, bt], lr=kwargs.get("learning_rate", 1), max_iter=kwargs.get("max_iter", 20),
+                             history_size=kwargs.get("history_size", 100), line_search_fn=kwargs.get("line_search"))
+
+    def closure():
+        topt.zero_grad()
+        value = torch_loss(Wt, bt, x, y, v)
+        value.backward()
+        return value
+
+    ref = []
+    for _ in range(steps):
+        value = float(topt.step(closure).detach())
+        ref.append((Wt.detach().numpy().copy(), bt.detach().numpy().copy(), value))
+    return sym, ref
+
+
 # ---------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -500,9 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     data = make_problem()
 
     wanted = [r.lower() for r in args.rules] if args.rules else None
-    unknown = sorted(set(wanted or ()) - set(symopt.OPTIMIZERS))
+    unknown = sorted(set(wanted or ()) - set(symopt.OPTIMIZERS) - {"lbfgs"})
     if unknown:
-        parser.error(f"unknown rule(s) {', '.join(unknown)}; known: {', '.join(symopt.OPTIMIZERS)}")
+        parser.error(f"unknown rule(s) {', '.join(unknown)}; known: {', '.join(symopt.OPTIMIZERS)}, lbfgs")
     results, unmatched = [], []
     for rule in symopt.OPTIMIZERS:
         if wanted is not None and rule not in wanted:
@@ -537,6 +589,16 @@ def main(argv: list[str] | None = None) -> int:
         ref, reference, _ = run_torch(torch, "muon", hp, data, args.steps, bfloat16=True)
         muon_bfloat16 = {"reference": reference, "max_rel_error": compare(sym, ref, data)["max_rel_error"]}
         print(f"muon      vs {reference}: {muon_bfloat16['max_rel_error']:10.3e}  (information only)", flush=True)
+
+    for setting, kwargs, cap in LBFGS_SETTINGS if wanted is None or "lbfgs" in wanted else []:
+        t0 = time.perf_counter()
+        sym, ref = run_lbfgs(torch, kwargs, data, min(args.steps, cap))
+        row = {"rule": "lbfgs", "setting": setting, "reference": "torch.optim.LBFGS (one step(closure) per call)",
+               "symopt_hyperparameters": kwargs, "torch_kwargs": {}, **compare(sym, ref, data),
+               "seconds": round(time.perf_counter() - t0, 3)}
+        results.append(row)
+        status = "pass" if row["passed"] else f"FAIL (first at step {row['first_failing_step']})"
+        print(f"{'lbfgs':9s} {setting:34s} {row['max_rel_error']:10.3e}  {status}", flush=True)
 
     controls = []
     if wanted is None:

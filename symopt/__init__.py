@@ -43,6 +43,7 @@ from .function import function  # noqa: E402
 from .gradcheck import check_grad  # noqa: E402
 from .wrappers import EMA, Lookahead  # noqa: E402
 from .rules_second import SAM, Sophia  # noqa: E402
+from .lbfgs import LBFGS  # noqa: E402
 from .combine import Combined, combine  # noqa: E402
 from .train import EpochRecord, Trainer, fit  # noqa: E402
 from . import checkpoint  # noqa: E402
@@ -99,6 +100,7 @@ __all__ = [
     "seeds",
     "EMA",
     "Lookahead",
+    "LBFGS",
     "combine",
     "Combined",
     "fit",

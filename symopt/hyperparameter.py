@@ -27,7 +27,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.tensor.variable import TensorVariable
 
-__all__ = ["Hyperparameter", "Values", "HYPERPARAMETER_BOUNDS", "ALIASES", "check_number"]
+__all__ = ["Hyperparameter", "Values", "HYPERPARAMETER_BOUNDS", "ALIASES", "check_number", "is_vector", "member_view"]
 
 #: name -> (low, high, low_inclusive, high_inclusive) of the built-in rules' declarations
 #: (filled by :mod:`symopt.rules` from them). A rule declaring a bare number under one of
@@ -78,6 +78,20 @@ def check_number(
     return value
 
 
+def is_vector(value: Any) -> bool:
+    """Whether ``value`` is a per-member vector (a list, tuple or 1-d array), not one number."""
+    return isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim > 0)
+
+
+def member_view(value: Any, ndim: int) -> Any:
+    """A per-member value of shape ``(S,)`` as ``(S, 1, ..., 1)`` against an ``ndim``-d tensor
+    whose leading axis is the stack axis; a scalar as it is."""
+    value = pt.as_tensor_variable(value)
+    if value.ndim != 1 or ndim <= 1:
+        return value
+    return value.dimshuffle(0, *(["x"] * (ndim - 1)))
+
+
 @dataclass(frozen=True)
 class Hyperparameter:
     """One declared hyperparameter: its default and valid range.
@@ -119,11 +133,23 @@ class Hyperparameter:
 
     def check(self, owner: str, name: str, value: Any) -> float | bool:
         """The value, validated: a bool for an option, else a float within the range."""
+        if self.is_option or not is_vector(value):
+            return self._check_one(owner, name, value)
+        if isinstance(value, np.ndarray) and value.ndim != 1:
+            raise ValueError(f"{owner}: hyperparameter {name!r} must be a number or a vector (one value per stack "
+                             f"member), got an array of shape {value.shape}")
+        if len(value) == 0:
+            raise ValueError(f"{owner}: hyperparameter {name!r} is an empty vector; give one value per stack member")
+        # Each member's value is checked as a scalar would be (elementwise range).
+        return np.array([self._check_one(owner, f"{name}[{i}]", v) for i, v in enumerate(value)],  # type: ignore[return-value]
+                        dtype=np.float64)
+
+    def _check_one(self, owner: str, name: str, value: Any) -> float | bool:
         if self.is_option:
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{owner}: option {name!r} must be True or False, got {value!r}")
             return bool(value)
-        return check_number(owner, name, value, self.bounds(name) or (-math.inf, math.inf, True, True))
+        return check_number(owner, name, value, self.bounds(name.split("[")[0]) or (-math.inf, math.inf, True, True))
 
     @classmethod
     def declare(cls, value: Any) -> Hyperparameter:
@@ -136,7 +162,10 @@ class Values:
 
     Every numeric hyperparameter of the parameter's group as an attribute (a symbolic
     scalar in ``h.dtype``; a schedule already evaluated at this step), every option as a
-    Python bool, ``h.t`` the 1-based number of the step being built. Also a read-only
+    Python bool, ``h.t`` the 1-based number of the step being built. On a seed stack a
+    per-member value (and ``h.t`` when members count their own steps) has shape
+    ``(S, 1, ..., 1)``, broadcasting against the stacked parameter, so a rule written for
+    scalars steps every member with its own values. Also a read-only
     mapping (``h["beta1"]``, ``"amsgrad" in h``).
 
     Per-step scalar coefficients that cancel badly in float32 (``1 - beta2**t``) belong

@@ -28,7 +28,7 @@ from pytensor.tensor.variable import TensorVariable
 
 from ._npz import StateFile
 from .hyperparameter import ALIASES as _ALIASES
-from .hyperparameter import HYPERPARAMETER_BOUNDS, Hyperparameter, Values, check_number
+from .hyperparameter import HYPERPARAMETER_BOUNDS, Hyperparameter, Values, check_number, member_view
 from .schedules import Schedule
 from .transforms import (
     BUILTIN_ORDER,
@@ -41,6 +41,7 @@ from .transforms import (
     Transform,
     WeightDecay,
     _describe,
+    stack_size,
 )
 
 __all__ = ["Optimizer", "Updates", "HYPERPARAMETER_BOUNDS", "TRANSFORM_SETTINGS"]
@@ -95,11 +96,13 @@ class _Group:
         value = self.values[name]
         return value.symbolic(iterations) if isinstance(value, Schedule) else value
 
-    def current(self, name: str, iterations: SharedVariable) -> float:
+    def current(self, name: str, iterations: SharedVariable) -> float | np.ndarray:
+        """The current value: a float, or a copy of the per-member vector."""
         value = self.values[name]
         if isinstance(value, Schedule):
             return float(value(iterations.get_value()))
-        return float(value.get_value())
+        current = value.get_value()
+        return float(current) if current.ndim == 0 else current.copy()
 
 
 def _takes_values(function: Callable[..., Any], positional: int) -> bool:
@@ -166,7 +169,9 @@ class Optimizer:
     **hyperparameters
         Values for the rule's hyperparameters (see the rule's ``hyperparameters``),
         numbers or :mod:`symopt.schedules` objects; the rest take the rule's defaults.
-        Every rule accepts ``weight_decay``.
+        Every rule accepts ``weight_decay``. On parameters stacked over a seed axis
+        (:class:`~symopt.seeds.SeedStack`) a number may also be a vector with one value
+        per stack member (a float64 shared vector, see :meth:`set_hyperparameter`).
 
     The clip and ``max_norm`` values are shared scalars too, changed with
     :meth:`set_hyperparameter`.
@@ -214,6 +219,14 @@ class Optimizer:
     weight_decay_in_rule: ClassVar[bool] = False
     #: Registry name, set by :func:`symopt.register`.
     name: ClassVar[str | None] = None
+    #: ``False`` for a rule whose update reduces over a whole tensor (it would mix the
+    #: members of a seed stack); its constructor then refuses stacked parameters.
+    stackable: ClassVar[bool] = True
+    #: ``False`` for a stackable rule whose state is not shaped like its parameter (Adafactor's
+    #: factored moments), so a per-member value shaped ``(S, 1, ..., 1)`` does not broadcast
+    #: against it: per-member hyperparameters and per-member ``skip_nonfinite`` (per-member
+    #: step counts) are refused on a stack.
+    per_member_values: ClassVar[bool] = True
     _declarations: ClassVar[dict[str, Hyperparameter]] = {
         "weight_decay": Hyperparameter(0.0, low=0.0, doc="weight decay (L2 or decoupled)")
     }
@@ -368,24 +381,27 @@ class Optimizer:
                     )
                 seen[id(param)] = index
                 self.params.append(param)
+        if not self.params:
+            raise ValueError(f"{owner}: no parameters to optimise (params is empty)")
+        #: S when every parameter carries a leading seed axis of length S (symopt.seeds.SeedStack), else None.
+        self.stack_size: int | None = stack_size(self.params)
+        if not type(self).stackable and any(getattr(p.tag, "seed_axis", False) for p in self.params):
+            raise ValueError(f"{owner}: the rule's update reduces over whole tensors, so it would mix the members "
+                             f"of a seed stack; train the seeds separately")
+        for gi, (group_params, overrides) in enumerate(group_specs):
             values: dict[str, SharedVariable | Schedule] = {}
             for key, default in numeric.items():
                 value = overrides.get(key, default)
                 if isinstance(value, Schedule):
                     values[key] = value
                     continue
-                value = self._declarations[key].check(f"{owner} (param group {gi})", key, value)
+                where = owner if len(group_specs) == 1 else f"{owner} (param group {gi})"
+                value = self._declarations[key].check(where, key, value)
+                if isinstance(value, np.ndarray):
+                    self._check_members(where, key, len(value))
                 tag = key if len(group_specs) == 1 else f"{key}[{gi}]"
-                values[key] = pytensor.shared(np.float64(value), name=f"{owner}.{tag}")
+                values[key] = pytensor.shared(np.asarray(value, dtype=np.float64), name=f"{owner}.{tag}")
             self.param_groups.append(_Group(list(group_params), values))
-        if not self.params:
-            raise ValueError(f"{owner}: no parameters to optimise (params is empty)")
-
-        for group in self.param_groups:
-            group.scalars = {
-                key: pytensor.shared(np.float64(fill), name=f"{owner}.{key}")
-                for key, fill in self.scalar_slots.items()
-            }
         self.iterations: SharedVariable = pytensor.shared(np.int64(0), name=f"{owner}.iterations")
 
         # The training controls, in BUILTIN_ORDER, then the user's.
@@ -419,12 +435,52 @@ class Optimizer:
         #: Applied-or-not bookkeeping: micro-steps of the current accumulation, skipped steps.
         self.micro_steps: SharedVariable = builtin[Accumulate].micro_steps
         self.skipped: SharedVariable = builtin[SkipNonFinite].skipped
+        #: Per stack member, the calls skipped as non-finite (stacked parameters only).
+        self.member_skipped: SharedVariable | None = builtin[SkipNonFinite].member_skipped
+        per_member_skip = self.skip_nonfinite and self.stack_size is not None
+        if per_member_skip and not type(self).per_member_values:
+            raise ValueError(f"{owner}: skip_nonfinite on a seed stack keeps a step count per member, which this "
+                             f"rule's state cannot take (per_member_values is False); train the seeds separately")
+        if per_member_skip and self.accumulate > 1:
+            raise ValueError(f"{owner}: skip_nonfinite with accumulate > 1 is not supported on stacked parameters "
+                             f"(each member would need its own accumulation count)")
+        #: Per stack member, the applied steps (stacked parameters with skip_nonfinite): a skipped
+        #: member's next step is its own step t, as in its separate run. ``iterations`` then
+        #: counts the calls in which at least one member stepped (schedules follow it).
+        self.member_steps: SharedVariable | None = None
+        if per_member_skip:
+            self.member_steps = pytensor.shared(np.zeros(self.stack_size, dtype=np.int64), name=f"{owner}.member_steps")
+        # Optimiser-wide scalars are per member when their values can differ between members.
+        self._member_scalars = self.stack_size is not None and (per_member_skip or any(
+            not isinstance(v, Schedule) and v.ndim == 1 for g in self.param_groups for v in g.values.values()))
+        for group in self.param_groups:
+            group.scalars = {
+                key: pytensor.shared(np.full(self.stack_size, fill, dtype=np.float64) if self._member_scalars
+                                     else np.float64(fill), name=f"{owner}.{key}")
+                for key, fill in self.scalar_slots.items()
+            }
 
         slots = self._all_slots()
         self.state: list[dict[str, SharedVariable]] = [
             {slot: self._make_slot(param, index, slot, fill) for slot, fill in slots.items()}
             for index, param in enumerate(self.params)
         ]
+
+    def _check_members(self, owner: str, name: str, length: int) -> None:
+        """A per-member vector needs stacked parameters, one value per member and a rule that takes it."""
+        if not type(self).per_member_values:
+            raise ValueError(f"{owner}: hyperparameter {name!r} cannot be a per-member vector: this rule's state is "
+                             f"not shaped like its parameters (per_member_values is False); give one number")
+        if self.stack_size is None:
+            raise ValueError(
+                f"{owner}: hyperparameter {name!r} is a vector of {length} values (one per stack member), but the "
+                f"parameters are not stacked over a seed axis (symopt.seeds.SeedStack); give one number"
+            )
+        if length != self.stack_size:
+            raise ValueError(
+                f"{owner}: hyperparameter {name!r} has {length} values but the stack has {self.stack_size} members; "
+                f"give one value per member"
+            )
 
     def _check_setting(self, key: str, value: Any) -> float:
         return _builtin(key).check(type(self).__name__, value)
@@ -539,18 +595,23 @@ class Optimizer:
         and their slots. The default calls :meth:`update_scalars`."""
         return self._rule_scalars(state, h)
 
-    def _values(self, group: _Group, dtype: str, target: str, no_decay: bool = False) -> Values:
+    def _values(self, group: _Group, dtype: str, target: str, no_decay: bool = False, ndim: int = 0) -> Values:
         """The group's hyperparameters in ``dtype``, built under the current floatX
-        (``no_decay``: ``weight_decay`` reads 0, for a masked parameter of a rule that decays itself)."""
+        (``no_decay``: ``weight_decay`` reads 0, for a masked parameter of a rule that decays itself).
+
+        Per-member values (vectors over the stack axis) come shaped ``(S, 1, ..., 1)`` to
+        broadcast against an ``ndim``-d stacked tensor.
+        """
         values: dict[str, Any] = {}
         for name in group.values:
             var = group.symbolic(name, self.iterations)
             if no_decay and name == "weight_decay":
                 var = pt.zeros((), dtype=var.dtype)
-            values[name] = pt.cast(var, dtype) if var.dtype != dtype else var
+            values[name] = member_view(pt.cast(var, dtype) if var.dtype != dtype else var, ndim)
         values.update(self.options)
-        t = pt.cast(self.iterations + 1, dtype)
-        return Values(values, t, dtype, target, lambda d, tg: self._values(group, d, tg, no_decay))
+        steps = self.iterations if self.member_steps is None else member_view(self.member_steps, ndim)
+        t = pt.cast(steps + 1, dtype)
+        return Values(values, t, dtype, target, lambda d, tg: self._values(group, d, tg, no_decay, ndim))
 
     @contextlib.contextmanager
     def _legacy(self, h: Values) -> Iterator[None]:
@@ -652,6 +713,14 @@ class Optimizer:
         Wrappers (:class:`~symopt.wrappers.EMA`, :class:`~symopt.wrappers.Lookahead`)
         take it from here to move only with the optimiser.
         """
+        member_losses = None
+        if loss is not None:
+            loss = pt.as_tensor_variable(loss)
+            if loss.ndim == 1 and self.stack_size is not None:
+                # One loss per stack member: each member's gradient is that of its own loss.
+                member_losses, loss = loss, loss.sum()
+            else:
+                member_losses = getattr(loss.tag, "member_losses", None)
         grads = self._gradients(loss, grads, allow_unused)
         grads = [None if g is None else (pt.cast(g, p.dtype) if g.dtype != p.dtype else g) for p, g in zip(self.params, grads)]
         extras: list[dict[str, TensorVariable]] = [{} for _ in grads]
@@ -661,7 +730,7 @@ class Optimizer:
         active = [t for t in self.transforms if t.active]
 
         # Phase 1: the gradients of all parameters together, and the applied flag.
-        step = Step(self.params, live, self.state, loss)
+        step = Step(self.params, live, self.state, loss, member_losses=member_losses)
         applied: TensorVariable | None = None
         for transform in active:
             grads, applied = transform.gradients(list(grads), applied, step)
@@ -677,12 +746,15 @@ class Optimizer:
             self.current_group = group
             live_params = [p for p in group.params if grad_of[id(p)] is not None]
             with pytensor.config.change_flags(floatX="float64"):
-                h64 = self._values(group, "float64", "float64")
+                h64 = self._values(group, "float64", "float64", ndim=1 if self._member_scalars else 0)
                 scalars = self.update_group_scalars(
                     dict(group.scalars), h64, live_params, [grad_of[id(p)] for p in live_params],
                     [self.state[index_of[id(p)]] for p in live_params],
                 )
                 scalars = self._checked(scalars, group.scalars, "update_scalars")
+                if self._member_scalars:  # a value the members share, kept per member
+                    scalars = {k: pt.broadcast_to(v, (self.stack_size,)) if pt.as_tensor_variable(v).ndim == 0
+                               else v for k, v in scalars.items()}
             new_state += [(group.scalars[k], v) for k, v in scalars.items()]
             for param in group.params:
                 grad = grad_of[id(param)]
@@ -692,12 +764,14 @@ class Optimizer:
                 slots = {k: v for k, v in self.state[index].items() if k not in transform_slots}
                 own_decay = self.weight_decay_in_rule and decay is not None
                 with pytensor.config.change_flags(floatX=param.dtype):
-                    h = self._values(group, param.dtype, param.dtype, no_decay=own_decay and not decay.flags[index])
+                    h = self._values(group, param.dtype, param.dtype, no_decay=own_decay and not decay.flags[index],
+                                     ndim=param.ndim if self.stack_size else 0)
                     current, view = self._same_static_shape(param, grad, slots)
                     for transform in active:
                         if not (own_decay and transform is decay):
                             current, grad = transform.before_rule(index, current, grad, h)
-                    view.update(scalars)  # float64: use inside h.float64() and cast
+                    # float64: use inside h.float64() and cast; per member as (S, 1, ..., 1)
+                    view.update({k: member_view(v, param.ndim) for k, v in scalars.items()})
                     view.update(extras[index])
                     self.current_param = param
                     try:
@@ -712,7 +786,13 @@ class Optimizer:
         self.current_group = None
         for var, value in new_state:
             out[var] = self._cast_to(var, value)
-        if applied is not None:  # a step that is not applied leaves everything as it was
+        if applied is not None and applied.ndim == 1:
+            # Per member (stacked, skip_nonfinite): every variable here has the stack axis first.
+            for var in out:
+                out[var] = pt.switch(member_view(applied, var.ndim), out[var], var)
+            out[self.iterations] = self.iterations + pt.cast(pt.any(applied), "int64")
+            out[self.member_steps] = self.member_steps + pt.cast(applied, "int64")
+        elif applied is not None:  # a step that is not applied leaves everything as it was
             for var in out:
                 out[var] = pt.switch(applied, out[var], var)
             out[self.iterations] = self.iterations + pt.cast(applied, "int64")
@@ -805,10 +885,11 @@ class Optimizer:
             raise IndexError(f"{type(self).__name__}: no param group {group!r} (there are {len(self.param_groups)})")
         return self.param_groups[int(group)]
 
-    def set_hyperparameter(self, name: str, value: float, group: int | None = None) -> None:
+    def set_hyperparameter(self, name: str, value: float | Sequence[float] | np.ndarray, group: int | None = None) -> None:
         """Change a numeric hyperparameter in place; compiled functions see it next call.
 
-        ``group=None`` sets it for every param group.
+        ``group=None`` sets it for every param group. A hyperparameter built per stack
+        member (a vector) takes a vector (one value per member) or one number (every member).
         """
         owner = type(self).__name__
         if name in self.options:
@@ -825,11 +906,17 @@ class Optimizer:
         for g in groups:
             if isinstance(g.values[name], Schedule):
                 raise ValueError(f"{owner}: {name} follows a schedule; change it with schedule.set(...)")
+            if isinstance(value, np.ndarray):
+                self._check_members(owner, name, len(value))
+                if g.values[name].ndim == 0:
+                    raise ValueError(f"{owner}: hyperparameter {name!r} was built with one value for all stack members; "
+                                     f"pass a vector at construction to set it per member")
         for g in groups:
-            g.values[name].set_value(np.float64(value))
+            var = g.values[name]
+            var.set_value(np.full(var.get_value(borrow=True).shape, value, dtype=np.float64))
 
-    def get_hyperparameter(self, name: str, group: int = 0) -> float | bool:
-        """Current value of a hyperparameter (or option)."""
+    def get_hyperparameter(self, name: str, group: int = 0) -> float | bool | np.ndarray:
+        """Current value of a hyperparameter (or option); a per-member one as a vector."""
         if name in self.options:
             return self.options[name]
         if name in self.settings:
@@ -866,6 +953,7 @@ class Optimizer:
             "counters": {
                 "micro_steps": np.array(self.micro_steps.get_value(), dtype=np.int64),
                 "skipped": np.array(self.skipped.get_value(), dtype=np.int64),
+                **{name: np.array(var.get_value(), dtype=np.int64) for name, var in self._member_counters()},
             },
             "scalars": [{k: np.array(v.get_value()) for k, v in g.scalars.items()} for g in self.param_groups],
             "slots": {
@@ -911,21 +999,25 @@ class Optimizer:
                         value = np.asarray(saved[name], dtype=np.float64)
                     except (TypeError, ValueError):
                         raise ValueError(f"{owner}: state {key} {name!r} is not a number: {saved[name]!r}") from None
-                    if value.shape != ():
-                        raise ValueError(f"{owner}: state {key} {name!r} must be a scalar, got shape {value.shape}")
+                    want = var.get_value(borrow=True).shape
+                    if value.shape != want:
+                        kind = "a scalar" if want == () else f"a vector of {want[0]} values (one per stack member)"
+                        raise ValueError(f"{owner}: state {key} {name!r} must be {kind}, got shape {value.shape}")
                     if key == "hyperparameters":
-                        self._declarations[name].check(owner, name, value.item())
-                    elif not np.isfinite(value):
+                        self._declarations[name].check(owner, name, value.item() if value.ndim == 0 else value)
+                    elif not np.all(np.isfinite(value)):
                         raise ValueError(f"{owner}: state scalar {name!r} must be finite, got {value}")
                     pending.append((var, value))
         if set(state["settings"]) != set(self.settings):
             raise ValueError(f"{owner}: state has settings {sorted(state['settings'])}, this optimiser {sorted(self.settings)}")
         for name, value in state["settings"].items():
             pending.append((self.settings[name], np.asarray(self._check_setting(name, np.asarray(value).item()))))
-        for name, var in (("micro_steps", self.micro_steps), ("skipped", self.skipped)):
+        for name, var in (("micro_steps", self.micro_steps), ("skipped", self.skipped), *self._member_counters()):
             count = np.asarray(state["counters"].get(name, -1))
-            if count.shape != () or count.dtype.kind not in "iu" or count < 0:
-                raise ValueError(f"{owner}: state counter {name!r} must be a non-negative integer, got {count!r}")
+            want = var.get_value(borrow=True).shape
+            if count.shape != want or count.dtype.kind not in "iu" or np.any(count < 0):
+                kind = "integer" if want == () else f"integer vector of shape {want}"
+                raise ValueError(f"{owner}: state counter {name!r} must be a non-negative {kind}, got {count!r}")
             pending.append((var, count.astype(np.int64)))
         slots = state["slots"]
         if set(slots) != set(self._all_slots()):
@@ -951,6 +1043,11 @@ class Optimizer:
             var.set_value(value.copy())
         for schedule, values in schedule_values:
             schedule.load_state(values)
+
+    def _member_counters(self) -> list[tuple[str, SharedVariable]]:
+        """The per-member counters of stacked parameters with skip_nonfinite."""
+        return [(name, var) for name, var in (("member_steps", self.member_steps), ("member_skipped", self.member_skipped))
+                if var is not None]
 
     def _flat_state(self) -> dict[str, np.ndarray]:
         """:meth:`state_dict` as ``name -> array`` (the ``.npz`` layout of :meth:`save`)."""

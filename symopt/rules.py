@@ -13,6 +13,7 @@ options as bools, ``h.t`` the step); the valid range of each is declared with it
 
 from __future__ import annotations
 
+import numpy as np
 import pytensor.tensor as pt
 
 from .hyperparameter import HYPERPARAMETER_BOUNDS, Hyperparameter
@@ -183,11 +184,11 @@ class RMSprop(Optimizer):
 
     def active_slots(self):
         if "_has_buffer" not in self.__dict__:  # decided once, from the construction values
-            self._has_buffer = any(group.values["momentum"].get_value() > 0 for group in self.param_groups)
+            self._has_buffer = any(bool(np.any(group.values["momentum"].get_value() > 0)) for group in self.param_groups)
         return self.slots_for(**self.options, momentum=1.0 if self._has_buffer else 0.0)
 
     def set_hyperparameter(self, name, value, group=None):
-        if name == "momentum" and value != 0 and "momentum_buffer" not in self.active_slots():
+        if name == "momentum" and np.any(np.asarray(value) != 0) and "momentum_buffer" not in self.active_slots():
             raise ValueError(
                 "RMSprop was built with momentum=0, so it keeps no momentum buffer; "
                 "construct it with momentum > 0 to change momentum later"

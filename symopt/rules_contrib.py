@@ -115,6 +115,7 @@ class Adafactor(Optimizer):
     }
     slots = {"row_var": 0.0, "col_var": 0.0, "variance": 0.0}
     weight_decay_in_rule = True
+    per_member_values = False  # row_var/col_var drop an axis: an (S, 1, 1) value would not broadcast
 
     @_with_base_keywords
     def __init__(self, params: Any, *, epsilon1: float | None = None, **kwargs: Any) -> None:
@@ -428,6 +429,9 @@ class _ScheduleFree(Optimizer):
 
     slots = {"z": 0.0}
     scalar_slots = {"max_lr": 0.0, "weight_sum": 0.0}
+    # Per-member values are not wired through yet: update_scalars reads the learning rate's
+    # shared variable itself, and the evaluation point uses beta1 and the shared step count.
+    per_member_values = False
 
     @_with_base_keywords
     def __init__(self, params: Any, **kwargs: Any) -> None:

@@ -86,9 +86,18 @@ class _Constrained(Optimizer):
     def check_values(self, values: Mapping[str, float], where: str) -> None:
         """Raise ``ValueError`` naming the hyperparameter if ``values`` (one group's) are invalid."""
 
-    def _numbers(self, group_index: int) -> dict[str, float]:
+    def _numbers(self, group_index: int) -> dict[str, Any]:
         group = self.param_groups[group_index]
-        return {k: float(v.get_value()) for k, v in group.values.items() if not isinstance(v, Schedule)}
+        return {k: v.get_value() for k, v in group.values.items() if not isinstance(v, Schedule)}
+
+    def _check_each_member(self, values: Mapping[str, Any], where: str) -> None:
+        """:meth:`check_values` for each stack member's values (per-member vectors, symopt.seeds)."""
+        n = max((np.size(v) for v in values.values()), default=1)
+        if any(np.size(v) not in (1, n) for v in values.values()):
+            return  # vectors of different lengths: the base class names the wrong one
+        for i in range(n):
+            member = {k: float(np.ravel(v)[i if np.size(v) > 1 else 0]) for k, v in values.items()}
+            self.check_values(member, where if n == 1 else f"{where} (stack member {i})")
 
     def _where(self, group_index: int) -> str:
         return f" (param group {group_index})" if len(self.param_groups) > 1 else ""
@@ -97,7 +106,7 @@ class _Constrained(Optimizer):
     def __init__(self, params: Any, **kwargs: Any) -> None:
         super().__init__(params, **kwargs)
         for gi in range(len(self.param_groups)):
-            self.check_values(self._numbers(gi), self._where(gi))
+            self._check_each_member(self._numbers(gi), self._where(gi))
 
     def set_hyperparameter(self, name: str, value: float, group: int | None = None) -> None:
         if name in self._declarations and name not in self.options:
@@ -108,7 +117,7 @@ class _Constrained(Optimizer):
             for gi in indices:
                 if isinstance(self.param_groups[gi].values[name], Schedule):
                     continue  # the base class says it follows a schedule
-                self.check_values({**self._numbers(gi), name: value}, self._where(gi))
+                self._check_each_member({**self._numbers(gi), name: value}, self._where(gi))
         super().set_hyperparameter(name, value, group)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -116,10 +125,10 @@ class _Constrained(Optimizer):
         if isinstance(saved, list) and len(saved) == len(self.param_groups):
             for gi, values in enumerate(saved):
                 try:
-                    numbers = {**self._numbers(gi), **{k: float(np.asarray(v)) for k, v in values.items()}}
+                    numbers = {**self._numbers(gi), **{k: np.asarray(v, dtype=np.float64) for k, v in values.items()}}
                 except (TypeError, ValueError, AttributeError):
                     continue  # malformed: the base class reports it
-                self.check_values(numbers, self._where(gi))
+                self._check_each_member(numbers, self._where(gi))
         super().load_state_dict(state)
 
 

@@ -20,9 +20,14 @@ of them:
 The result is the same as S separate :class:`~symopt.train.Trainer` runs, up to
 float round-off of the batched matmuls (tested in ``tests/test_seeds.py``).
 
-Optimiser settings that reduce over a whole tensor or over all parameters
-(``clip_norm``, ``clip_global_norm``, ``max_norm``, ``skip_nonfinite``) would couple
-the seeds and are refused.
+Every hyperparameter may be given per member, as a vector over the seed axis
+(``symopt.Adam(stack.params, learning_rate=[1e-4, 3e-4, 1e-3])``, changed with
+``set_hyperparameter`` without recompiling), so a learning-rate x seed grid is one stack.
+The built-in controls that reduce over a whole tensor or over all parameters
+(``clip_norm``, ``clip_global_norm``, ``max_norm``, ``skip_nonfinite``) reduce over each
+member's own slice; a member whose loss or gradient goes non-finite keeps its parameters
+and state while the others step (``opt.member_skipped`` counts them). A user's transform
+that reduces without declaring ``per_member`` would couple the seeds and is refused.
 """
 
 from __future__ import annotations
@@ -43,15 +48,15 @@ from .checkpoint import tally_means
 from .nn import Activation, Dense, Dropout, Layer, Sequential, accuracy, cross_entropy, dropout_mask
 from .optimizer import Optimizer
 from .train import EpochRecord, Trainer
-from .transforms import BUILTIN_ORDER, SETTING_KEYWORDS, coupling_transforms
+from .transforms import BUILTIN_ORDER, SETTING_KEYWORDS, coupling_transforms, seed_coupling_transforms
 
 __all__ = ["SeedStack", "SeedTrainer", "StackedStep", "seed_axis_ndim", "seed_cross_entropy", "coupling_transforms",
-           "COUPLING_SETTINGS", "STACKED_MODE"]
+           "seed_coupling_transforms", "COUPLING_SETTINGS", "STACKED_MODE"]
 
 #: Keywords of the built-in transforms computed over whole tensors or all parameters
-#: (``Transform.reduces``): with a seed axis they would mix the seeds, so a SeedTrainer
-#: refuses them. Derived from :data:`symopt.transforms.BUILTIN_ORDER`; an optimiser's
-#: own list, user transforms included, is :func:`coupling_transforms`.
+#: (``Transform.reduces``). With a seed axis they reduce per member (``per_member``); an
+#: optimiser's transforms that would still mix the seeds, and that a SeedTrainer refuses,
+#: are :func:`seed_coupling_transforms`.
 COUPLING_SETTINGS = tuple(t.keyword for t in BUILTIN_ORDER if t.reduces is not None and t.keyword in SETTING_KEYWORDS)
 
 
@@ -225,7 +230,9 @@ class StackedStep:
         rows = order[:, batch * batch_size : (batch + 1) * batch_size]  # (S, B)
         per_seed = seed_cross_entropy(self.stack.output(data[0][rows], train=True), data[1][rows])
         # d(sum_s L_s)/d(slice s) = dL_s/d(slice s): each seed gets its own gradient.
-        return per_seed.sum(), per_seed, self.stack.extra_updates, {}
+        objective = per_seed.sum()
+        objective.tag.member_losses = per_seed  # skip_nonfinite checks each member's own loss
+        return objective, per_seed, self.stack.extra_updates, {}
 
     def evaluate(self, data: tuple[Any, Any], start: Any, stop: Any) -> tuple[list[Any], Any]:
         x, y = data[0][start:stop], data[1][start:stop]
@@ -249,8 +256,8 @@ class SeedTrainer(Trainer):
     stack
         The models.
     optimizer
-        An :class:`~symopt.optimizer.Optimizer` over ``stack.params``; its hyperparameters
-        are shared by the seeds, its state is per seed.
+        An :class:`~symopt.optimizer.Optimizer` over ``stack.params``; its state is per
+        seed, its hyperparameters shared by the seeds or, given as vectors, per seed.
     x_train, y_train, x_test, y_test
         As for :class:`~symopt.train.Trainer` (one copy, shared by the seeds).
     batch_size, eval_batch_size
@@ -277,7 +284,7 @@ class SeedTrainer(Trainer):
     ):
         step = StackedStep(stack)
         step.check(optimizer)
-        coupled = coupling_transforms(optimizer)
+        coupled = seed_coupling_transforms(optimizer)
         if coupled:
             raise ValueError(
                 f"SeedTrainer: {', '.join(coupled)} would couple the seeds (computed over whole tensors); "
@@ -303,7 +310,8 @@ class SeedTrainer(Trainer):
         self, rngs: Sequence[np.random.Generator], progress: bool = False, desc: str = "", **kwargs: Any
     ) -> np.ndarray:
         """One pass, as :meth:`~symopt.train.Trainer.epoch_tally` with one tally row per seed
-        (no step is skipped: ``skip_nonfinite`` is refused for stacks)."""
+        (with ``skip_nonfinite`` each row counts the calls in which any seed was skipped;
+        ``optimizer.member_skipped`` has each seed's own count)."""
         return self._tally(rngs, progress, desc, **kwargs)
 
     def fit(  # type: ignore[override]

@@ -333,8 +333,12 @@ class Trainer:
         tally = new_tally(streams) if tally is None else np.array(tally, dtype=np.float64).reshape(streams, TALLY_WIDTH)
         skipping = bool(getattr(self.optimizer, "skip_nonfinite", False))
         counter = getattr(self.optimizer, "skipped", None) if skipping else None
+        # A seed stack skips per seed (symopt.transforms.SkipNonFinite): each stream its own count.
+        member_counter = getattr(self.optimizer, "member_skipped", None)
+        if skipping and member_counter is not None:
+            counter = member_counter
         # The optimiser's own count also holds steps with a finite loss but non-finite gradients.
-        skipped_base = int(counter.get_value()) - int(tally[0, 2]) if counter is not None else 0
+        skipped_base = counter.get_value() - tally[:, 2] if counter is not None else 0
         for i in steps:
             losses = np.asarray(self.train_step(i), dtype=np.float64).reshape(streams)
             if math.isfinite(losses.sum()):  # the common case, kept cheap: a few microseconds a step
@@ -348,7 +352,7 @@ class Trainer:
                 tally[counted, 0] += losses[counted]
                 tally[counted, 1] += 1
             if counter is not None:
-                tally[:, 2] = int(counter.get_value()) - skipped_base
+                tally[:, 2] = counter.get_value() - skipped_base
             if after_step is not None:
                 after_step(i + 1, tally)
         self.last_skipped = int(tally[0, 2])

@@ -17,7 +17,11 @@ walking the transforms in that order:
 ``reduces`` says what a transform computes over: ``None`` (element-wise), ``"tensor"``
 (a whole tensor, or whole columns) or ``"parameters"`` (all parameters together). With a
 seed axis stacked into every tensor (:class:`~symopt.seeds.SeedTrainer`) the last two
-would mix the seeds; :func:`coupling_transforms` lists them.
+would mix the seeds; :func:`coupling_transforms` lists them. A transform that asks each
+parameter for its seed axis (:func:`seed_axis`) and reduces over each member's own slice
+declares ``per_member = True``; the built-ins do (the norm of a stacked gradient is taken
+over all axes but the first, the global norm and the non-finite check per member, the
+step then applied per member), so only :func:`seed_coupling_transforms` are refused.
 
 Adding a built-in control is one subclass here with its ``keyword`` and one line in
 :data:`BUILTIN_ORDER`; the keyword is then accepted by every rule's constructor, stored in
@@ -36,7 +40,7 @@ import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.variable import TensorVariable
 
-from .hyperparameter import Values, check_number
+from .hyperparameter import Values, check_number, member_view
 
 __all__ = [
     "Transform",
@@ -51,7 +55,10 @@ __all__ = [
     "SettingTransform",
     "BUILTIN_ORDER",
     "coupling_transforms",
+    "seed_coupling_transforms",
     "resolve_mask",
+    "seed_axis",
+    "stack_size",
 ]
 
 Applied = TensorVariable | None
@@ -63,6 +70,24 @@ def _describe(param: Any, index: int) -> str:
     if name:
         return f"parameter {name!r} (index {index})"
     return f"parameter at index {index}"
+
+
+def seed_axis(param: Any) -> bool:
+    """Whether ``param`` carries a leading seed (stack member) axis (:class:`~symopt.seeds.SeedStack`)."""
+    return bool(getattr(getattr(param, "tag", None), "seed_axis", False))
+
+
+def stack_size(params: Sequence[Any]) -> int | None:
+    """S when every parameter has a leading seed axis of one length S, else ``None``."""
+    if not params or not all(seed_axis(p) for p in params):
+        return None
+    sizes = {p.get_value(borrow=True).shape[0] for p in params}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _member_axes(param: Any, ndim: int) -> tuple[int, ...] | None:
+    """The axes of one member's slice of a stacked tensor (``None``: not stacked, reduce all)."""
+    return tuple(range(1, ndim)) if seed_axis(param) else None
 
 
 def resolve_mask(owner: str, what: str, mask: Any, params: list[SharedVariable], default: Any) -> list[bool]:
@@ -102,6 +127,8 @@ class Step:
     slots: list[dict[str, SharedVariable]]
     loss: TensorVariable | None
     updates: list[tuple[SharedVariable, Any]] = field(default_factory=list)
+    #: Stacked parameters: the loss of each member, shape ``(S,)``, when the caller gave them.
+    member_losses: TensorVariable | None = None
 
 
 class Transform:
@@ -113,6 +140,8 @@ class Transform:
     * ``slots``: per-parameter state, name -> fill value, made by the optimiser in the
       parameter's shape and dtype and saved with the rule's slots (``step.slots[i][name]``);
     * ``reduces``: ``None``, ``"tensor"`` or ``"parameters"`` (see the module docstring);
+    * ``per_member``: ``True`` if, on stacked parameters, it reduces over each member's own
+      slice only (then it does not couple the members of a :class:`~symopt.seeds.SeedStack`);
     * ``name``: how messages and :func:`coupling_transforms` call it.
 
     :meth:`bind` is called once with the optimiser's parameters; validate masks there.
@@ -122,6 +151,7 @@ class Transform:
     #: Constructor keyword of a built-in (``clip_norm``); ``None`` for a user's transform.
     keyword: ClassVar[str | None] = None
     reduces: ClassVar[str | None] = None
+    per_member: ClassVar[bool] = False
     slots: ClassVar[dict[str, float]] = {}
     #: The shared scalar a built-in's keyword sets (``opt.settings[keyword]``), if any.
     setting: SharedVariable | None = None
@@ -181,16 +211,30 @@ class SettingTransform(Transform):
 
 # ---------------------------------------------------------------------- the built-ins
 class SkipNonFinite(Transform):
-    """A call whose loss or gradients hold NaN/Inf changes nothing; ``skipped`` counts them."""
+    """A call whose loss or gradients hold NaN/Inf changes nothing; ``skipped`` counts them.
+
+    On stacked parameters the check is per member: a member whose loss (given per member,
+    see :class:`Step`) or gradient slice is not finite keeps its parameters and state, the
+    others step; ``applied`` is then a vector over the members, ``member_skipped`` counts
+    each member's skipped calls and ``skipped`` the calls in which any member was skipped.
+    """
 
     name = keyword = "skip_nonfinite"
     reduces = "parameters"
+    per_member = True
 
     def __init__(self, enabled: bool = True, owner: str = "Transform"):
         if not isinstance(enabled, (bool, np.bool_)):
             raise TypeError(f"{owner}: skip_nonfinite must be True or False, got {enabled!r}")
         self.enabled = bool(enabled)
+        self.owner = owner
         self.skipped = pytensor.shared(np.int64(0), name=f"{owner}.skipped")
+        self.member_skipped: SharedVariable | None = None
+
+    def bind(self, owner, params):
+        members = stack_size(params)
+        if self.enabled and members is not None:
+            self.member_skipped = pytensor.shared(np.zeros(members, dtype=np.int64), name=f"{owner}.member_skipped")
 
     @classmethod
     def from_options(cls, owner, options):
@@ -201,12 +245,28 @@ class SkipNonFinite(Transform):
         return self.enabled
 
     def gradients(self, grads, applied, step):
+        if self.member_skipped is not None:
+            return self._per_member(grads, applied, step)
         checks = [pt.all(pt.isfinite(grads[i])) for i in step.live]
         if step.loss is not None:
             checks.append(pt.isfinite(pt.as_tensor_variable(step.loss)))
         finite = pt.all(pt.stack(checks))
         step.updates.append((self.skipped, self.skipped + 1 - pt.cast(finite, "int64")))
         return grads, finite if applied is None else pt.and_(applied, finite)
+
+    def _per_member(self, grads, applied, step):
+        checks = [pt.all(pt.isfinite(grads[i]), axis=_member_axes(step.params[i], grads[i].ndim) or None)
+                  if grads[i].ndim > 1 else pt.isfinite(grads[i]) for i in step.live]
+        if step.member_losses is not None:
+            checks.append(pt.isfinite(pt.as_tensor_variable(step.member_losses)))
+        elif step.loss is not None:  # one loss for all members: it cannot tell which one failed
+            checks.append(pt.broadcast_to(pt.isfinite(pt.as_tensor_variable(step.loss)), self.member_skipped.shape))
+        finite = pt.all(pt.stack(checks), axis=0)  # (S,)
+        step.updates.append((self.member_skipped, self.member_skipped + 1 - pt.cast(finite, "int64")))
+        step.updates.append((self.skipped, self.skipped + 1 - pt.cast(pt.all(finite), "int64")))
+        if applied is not None:
+            raise ValueError(f"{self.owner}: skip_nonfinite on stacked parameters must come first among the transforms")
+        return grads, finite
 
 
 class Accumulate(Transform):
@@ -259,17 +319,23 @@ class ClipValue(SettingTransform):
 
 
 class ClipNorm(SettingTransform):
-    """Rescale each parameter's gradient to norm at most ``c``: ``g c / max(|g|, c)``."""
+    """Rescale each parameter's gradient to norm at most ``c``: ``g c / max(|g|, c)``.
+
+    On a stacked parameter, each member's slice by its own norm.
+    """
 
     name = keyword = "clip_norm"
     reduces = "tensor"
+    per_member = True
 
     def gradients(self, grads, applied, step):
         grads = list(grads)
         for i in step.live:
             g = grads[i]
             c = pt.cast(self.setting, g.dtype)
-            grads[i] = g * (c / pt.maximum(pt.sqrt(pt.sum(g * g)), c))
+            axes = _member_axes(step.params[i], g.ndim)
+            norm = pt.sqrt(pt.sum(g * g) if axes is None else pt.sum(g * g, axis=axes, keepdims=True))
+            grads[i] = g * (c / pt.maximum(norm, c))
         return grads, applied
 
 
@@ -278,16 +344,26 @@ class ClipGlobalNorm(SettingTransform):
 
     name = keyword = "clip_global_norm"
     reduces = "parameters"
+    per_member = True
+
+    def bind(self, owner, params):
+        if any(seed_axis(p) for p in params) and stack_size(params) is None:
+            raise ValueError(f"{owner}: clip_global_norm on stacked parameters needs every parameter stacked over "
+                             f"one seed axis (the global norm is taken per member)")
 
     def gradients(self, grads, applied, step):
         if not step.live:
             return grads, applied
         grads = list(grads)
         c = self.setting
-        norm = pt.sqrt(pt.sum(pt.stack([pt.cast(pt.sum(grads[i] * grads[i]), "float64") for i in step.live])))
+        members = seed_axis(step.params[step.live[0]])
+        # Stacked: one norm per member, over all of that member's slices.
+        squares = [pt.cast(pt.sum(grads[i] * grads[i], axis=_member_axes(step.params[i], grads[i].ndim) if members
+                                  else None), "float64") for i in step.live]
+        norm = pt.sqrt(pt.sum(pt.stack(squares), axis=0))
         factor = c / pt.maximum(norm, c)  # scale only when the norm exceeds c
         for i in step.live:
-            grads[i] = grads[i] * pt.cast(factor, grads[i].dtype)
+            grads[i] = grads[i] * member_view(pt.cast(factor, grads[i].dtype), grads[i].ndim)
         return grads, applied
 
 
@@ -338,6 +414,7 @@ class MaxNorm(SettingTransform):
 
     name = keyword = "max_norm"
     reduces = "tensor"
+    per_member = True  # a stacked weight's columns are each member's own
 
     def __init__(self, value: float, mask: Any = None, owner: str = "Transform", axes: Any = None):
         super().__init__(value, owner)
@@ -371,23 +448,26 @@ class MaxNorm(SettingTransform):
         return cls(options["max_norm"], options.get("max_norm_mask"), owner, options.get("max_norm_axes"))
 
     def bind(self, owner, params):
-        flags = resolve_mask(owner, "max_norm_mask", self.mask, params, lambda p: p.ndim >= 2)
+        # A stacked parameter's (symopt.seeds) axes start one later: the seed axis is not reduced.
+        flags = resolve_mask(owner, "max_norm_mask", self.mask, params, lambda p: p.ndim - seed_axis(p) >= 2)
         resolved: dict[int, tuple[int, ...]] = {}
         for index, (param, flag) in enumerate(zip(params, flags)):
             if not flag:
                 continue
+            lead = int(seed_axis(param))
+            ndim = param.ndim - lead
             if self.axes is None:
-                if param.ndim < 2:
-                    raise ValueError(f"{owner}: max_norm constrains weight columns; {_describe(param, index)} has {param.ndim} dimensions")
-                resolved[index] = (0,) if param.ndim == 2 else tuple(range(1, param.ndim))
+                if ndim < 2:
+                    raise ValueError(f"{owner}: max_norm constrains weight columns; {_describe(param, index)} has {ndim} dimensions")
+                resolved[index] = (lead,) if ndim == 2 else tuple(range(lead + 1, param.ndim))
                 continue
-            bad = [a for a in self.axes if not -param.ndim <= a < param.ndim]
+            bad = [a for a in self.axes if not -ndim <= a < ndim]
             if bad:
                 raise ValueError(
                     f"{owner}: max_norm_axes {self.axes} do not fit {_describe(param, index)}, which has "
-                    f"{param.ndim} dimensions (axis {bad[0]}); give a max_norm_mask that leaves it out"
+                    f"{ndim} dimensions (axis {bad[0]}); give a max_norm_mask that leaves it out"
                 )
-            normalised = tuple(a % param.ndim for a in self.axes)
+            normalised = tuple(a % ndim + lead for a in self.axes)
             if len(set(normalised)) != len(normalised):
                 raise ValueError(f"{owner}: max_norm_axes {self.axes} name an axis twice for {_describe(param, index)}")
             resolved[index] = tuple(sorted(normalised))
@@ -430,3 +510,22 @@ def coupling_transforms(opt: Any) -> list[str]:
     if inner is not None and not hasattr(opt, "transforms"):
         return coupling_transforms(inner)
     return [t.name for t in getattr(opt, "transforms", ()) if t.active and t.reduces is not None]
+
+
+def seed_coupling_transforms(opt: Any) -> list[str]:
+    """Names of ``opt``'s active transforms that would mix the members of a seed stack.
+
+    :func:`coupling_transforms` less those that reduce per member (``per_member``). A
+    wrapper (EMA, Lookahead) over a per-member ``skip_nonfinite`` is listed too: its
+    averages and synchronisation count applied steps for all members together.
+    """
+    members = getattr(opt, "members", None)
+    if isinstance(members, dict):
+        return [name for member in members.values() for name in seed_coupling_transforms(member)]
+    inner = getattr(opt, "inner", None)
+    if inner is not None:  # EMA / Lookahead: the wrapped optimiser's, and its per-member skipping
+        wrapped = seed_coupling_transforms(inner)
+        if getattr(inner, "member_skipped", None) is not None:
+            wrapped.append(f"skip_nonfinite (under {type(opt).__name__})")
+        return wrapped
+    return [t.name for t in getattr(opt, "transforms", ()) if t.active and t.reduces is not None and not t.per_member]

@@ -55,6 +55,18 @@ def _check_arrays(owner: str, what: str, arrays: Any, variables: list[SharedVari
     return arrays
 
 
+def _every(counter: SharedVariable, k: Any, applied: TensorVariable | None) -> tuple[TensorVariable, TensorVariable]:
+    """``(new count, fires)``: ``counter`` advanced by one applied step, and whether that step is a k-th one.
+
+    Calls that accumulate or skip (``applied`` false) neither count nor fire.
+    """
+    if applied is None:
+        count = counter + 1
+        return count, pt.eq(count % k, 0)
+    count = counter + pt.cast(applied, "int64")
+    return count, pt.and_(applied, pt.eq(count % k, 0))
+
+
 class _Wrapper:
     """What EMA and Lookahead share: the inner optimiser's protocol and the state file."""
 
@@ -257,12 +269,7 @@ class EMA(_Wrapper):
         out.applied = applied
         overwrite = None
         if self.counter is not None:
-            if applied is None:
-                count = self.counter + 1
-                overwrite = pt.eq(count % self.overwrite_frequency, 0)
-            else:  # not while accumulating or on a skipped step
-                count = self.counter + pt.cast(applied, "int64")
-                overwrite = pt.and_(applied, pt.eq(count % self.overwrite_frequency, 0))
+            count, overwrite = _every(self.counter, self.overwrite_frequency, applied)
         for param, average in zip(self.params, self.averages):
             new = pt.as_tensor_variable(out.get(param, param))
             d = pt.cast(self.decay, param.dtype)
@@ -358,12 +365,7 @@ class Lookahead(_Wrapper):
     def apply(self, updates: Mapping[SharedVariable, Any], applied: TensorVariable | None) -> Updates:
         """``updates`` with the slow-weight synchronisation every ``k`` applied steps."""
         out = Updates(updates)
-        if applied is None:
-            count = self.counter + 1
-            sync = pt.eq(count % self.k, 0)
-        else:  # not while accumulating or on a skipped step
-            count = self.counter + pt.cast(applied, "int64")
-            sync = pt.and_(applied, pt.eq(count % self.k, 0))
+        count, sync = _every(self.counter, self.k, applied)
         for param, slow in zip(self.inner.params, self.slow):
             if param not in out:
                 continue

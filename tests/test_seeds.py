@@ -40,6 +40,10 @@ CASES = {
     "momentum": ("momentum", {"learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-3}, None),
     "rmsprop": ("rmsprop", {"learning_rate": 1e-2, "clip_value": 0.5}, None),
     "adam-numba": ("adam", {"learning_rate": 1e-2}, "NUMBA"),
+    # A learning rate per seed and the guards that reduce per seed (symopt/transforms.py):
+    # seed s's separate run has its own learning rate and the same guards.
+    "adam-grid-guards": ("adam", {"learning_rate": [1e-2, 3e-2, 5e-3], "clip_norm": 0.3, "clip_global_norm": 0.5,
+                                  "max_norm": 0.9, "skip_nonfinite": True}, None),
 }
 # The Numba case costs a minute of cold compilation: make test-slow runs it; the fast suite
 # checks the Numba stacked dropout masks directly (test_stacked_dropout_masks_are_each_seeds_own).
@@ -67,7 +71,8 @@ def runs(request, data):
 
     # The separate runs reuse one compiled Trainer, reset to each seed's fresh model.
     model = _model(SEEDS[0])
-    single_opt = symopt.get(name)(model.params, **hyper)
+    vectors = {k: v for k, v in hyper.items() if isinstance(v, list)}
+    single_opt = symopt.get(name)(model.params, **{**hyper, **{k: v[0] for k, v in vectors.items()}})
     initial = single_opt.state_dict()
     single = Trainer(model, single_opt, x_train, y_train, x_test, y_test, batch_size=32, eval_batch_size=50)
     separate = []
@@ -76,6 +81,8 @@ def runs(request, data):
         for var, new in zip(model.params + model.buffers, fresh.params + fresh.buffers):
             var.set_value(new.get_value())
         single_opt.load_state_dict(initial)
+        for key, values in vectors.items():
+            single_opt.set_hyperparameter(key, values[SEEDS.index(seed)])
         history = single.fit(EPOCHS, seed, progress=False)
         separate.append((history, [p.get_value() for p in model.params]))
     return request.param, joint, separate
@@ -144,12 +151,23 @@ def test_mask_sees_parameter_without_seed_axis():
     assert flags == [True, False] * (len(SIZES) - 1)
 
 
+class _PerTensor(symopt.transforms.Transform):
+    """A user's transform reducing over whole tensors, not declared per_member."""
+
+    name = "per_tensor"
+    reduces = "tensor"
+
+
 @pytest.mark.parametrize("setting", [{"clip_norm": 1.0}, {"clip_global_norm": 1.0}, {"max_norm": 2.0},
                                      {"skip_nonfinite": True}])
-def test_coupling_settings_refused(setting, data):
+def test_reducing_guards_are_per_seed_not_refused(setting, data):
+    """The built-in guards reduce per seed (their equality with separate runs: the
+    "adam-grid-guards" case above and tests/test_grid.py); a user's reducing transform that
+    does not declare per_member still couples the seeds and is refused."""
     stack = SeedStack(_model, [0, 1])
-    opt = symopt.SGD(stack.params, **setting)
-    with pytest.raises(ValueError, match=next(iter(setting))):
+    assert symopt.seeds.seed_coupling_transforms(symopt.SGD(stack.params, **setting)) == []
+    opt = symopt.SGD(stack.params, transforms=[_PerTensor()])
+    with pytest.raises(ValueError, match="per_tensor would couple the seeds"):
         SeedTrainer(stack, opt, *data)
 
 
