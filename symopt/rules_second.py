@@ -106,7 +106,7 @@ class SAM(Optimizer):
     params
         As for every rule (shared variables or param groups).
     rho
-        Radius of the neighbourhood, ``>= 0`` (``0``: the base rule alone). Default
+        Radius of the neighbourhood, in ``[0, 1)`` (``0``: the base rule alone). Default
         0.05 (the paper's value for its CIFAR runs).
     base
         The rule that takes the descent step: a registry name (``"sgd"``, ``"adam"``,
@@ -122,10 +122,13 @@ class SAM(Optimizer):
 
     needs_loss: ClassVar[bool] = True
     reference = "optax.contrib.sam (normalize() + sgd(rho) adversary, sync_period=2, opaque_mode=True)"
+    #: The ascent's norm is taken over all parameters together: on a seed stack it would mix the seeds.
+    stackable: ClassVar[bool] = False
     base_rule: ClassVar[type[Optimizer]] = SGD
     hyperparameters = {
         **SGD.declarations(),
-        "rho": Hyperparameter(0.05, low=0.0, doc="radius of the ascent step (L2 ball)"),
+        # [0, 1): the range every rule's "rho" shares in HYPERPARAMETER_BOUNDS (RMSprop's decay).
+        "rho": Hyperparameter(0.05, low=0.0, high=1.0, doc="radius of the ascent step (L2 ball)"),
     }
 
     def __new__(cls, params: Any = None, *args: Any, base: Any = "sgd", **kwargs: Any) -> SAM:
@@ -242,12 +245,14 @@ class Sophia(Optimizer):
 
     needs_loss: ClassVar[bool] = True
     reference = "optax.contrib.sophia (Hutchinson, Rademacher u; compared with the same u)"
+    #: On a seed stack each member would draw other u than its separate run (the index spans the stack).
+    stackable: ClassVar[bool] = False
     decoupled_weight_decay: ClassVar[bool] = True
     hyperparameters = {
         "learning_rate": Hyperparameter(1e-3, low=0.0, doc="learning rate (step size)"),
         "beta1": Hyperparameter(0.965, low=0.0, high=1.0, doc="momentum decay"),
         "beta2": Hyperparameter(0.99, low=0.0, high=1.0, doc="decay of the Hessian-diagonal average"),
-        "epsilon": Hyperparameter(1e-8, low=0.0, low_inclusive=False, doc="floor of the preconditioner"),
+        "epsilon": Hyperparameter(1e-8, low=0.0, doc="floor of the preconditioner"),
         "gamma": Hyperparameter(0.01, low=0.0, low_inclusive=False, doc="scale of the Hessian diagonal"),
         "clip_threshold": Hyperparameter(1.0, low=0.0, low_inclusive=False, doc="bound of each update element"),
         "weight_decay": Hyperparameter(1e-4, low=0.0, doc="decoupled weight decay"),

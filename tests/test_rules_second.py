@@ -351,7 +351,7 @@ def test_sophia_float32_graph_has_no_float64_array(compiled: Callable[[str, str]
         ({"update_interval": 0}, "update_interval must be an integer >= 1"),
         ({"update_interval": 2.5}, "update_interval must be an integer >= 1"),
         ({"seed": -1}, "seed must be a non-negative integer"),
-        ({"epsilon": 0.0}, "'epsilon' must lie in"),
+        ({"epsilon": -1e-8}, "'epsilon' must lie in"),
         ({"gamma": -1.0}, "'gamma' must lie in"),
         ({"beta2": 1.0}, "'beta2' must lie in"),
         ({"clip_threshold": 0.0}, "'clip_threshold' must lie in"),
