@@ -20,23 +20,11 @@ from .optimizer import HYPERPARAMETER_BOUNDS, TRANSFORM_SETTINGS, Optimizer, Upd
 from . import transforms
 from .transforms import Transform
 from .registry import ENTRY_POINT_GROUP, OPTIMIZERS, UnknownOptimizerError, get, register
-from .rules import (
-    AMSGrad,
-    SGD,
-    AdaDelta,
-    AdaGrad,
-    Adam,
-    Adamax,
-    AdamW,
-    Lion,
-    Momentum,
-    NAdam,
-    Nesterov,
-    RAdam,
-    RMSprop,
-)
-from .rules_contrib import Adafactor, Muon, Prodigy, ScheduleFreeAdamW, ScheduleFreeSGD
-from .rules_modern import ADOPT, ASGD, LAMB, LARS, AdaBelief, AdEMAMix, Rprop
+# Each rules module's __all__ is its rule classes; the package exports them all.
+from . import rules as _rules, rules_contrib as _rules_contrib, rules_modern as _rules_modern
+from .rules import *  # noqa: F401,F403
+from .rules_contrib import *  # noqa: F401,F403
+from .rules_modern import *  # noqa: F401,F403
 
 from . import data, masks, nn, schedules, seeds  # noqa: E402  (after the BLAS setting above)
 from .function import function  # noqa: E402
@@ -66,33 +54,12 @@ __all__ = [
     "UnknownOptimizerError",
     "register",
     "get",
-    "SGD",
-    "Momentum",
-    "Nesterov",
-    "AdaGrad",
-    "RMSprop",
-    "AdaDelta",
-    "Adam",
-    "AdamW",
-    "AMSGrad",
-    "Adamax",
-    "NAdam",
-    "RAdam",
-    "Lion",
-    "Adafactor",
-    "Muon",
-    "Prodigy",
-    "ScheduleFreeAdamW",
-    "ScheduleFreeSGD",
-    "Rprop",
-    "ASGD",
-    "AdaBelief",
-    "ADOPT",
-    "AdEMAMix",
-    "LAMB",
-    "LARS",
+    *_rules.__all__,
+    *_rules_contrib.__all__,
+    *_rules_modern.__all__,
     "SAM",
     "Sophia",
+    "LBFGS",
     "data",
     "nn",
     "masks",
@@ -100,7 +67,6 @@ __all__ = [
     "seeds",
     "EMA",
     "Lookahead",
-    "LBFGS",
     "combine",
     "Combined",
     "fit",
