@@ -380,7 +380,9 @@ def _bench_stacked(
 def plot(results: Path, figures_dir: Path) -> list[Path]:
     """Mean +- std (over seeds) of test accuracy (full and zoomed) and train loss per epoch."""
     quick = "quick" in Path(results).stem
-    out = Path(figures_dir) / (f"{EXPERIMENT}-quick.png" if quick else f"{EXPERIMENT}.png")
+    # Named after the results file (mnist-optimizers.json -> mnist-optimizers.png), so a
+    # comparison kept in another file does not overwrite the seed's figure.
+    out = Path(figures_dir) / f"{Path(results).stem}.png"
     return [plot_document(_common.read_json(results), out, quick=quick, source=str(results))]
 
 
