@@ -14,6 +14,14 @@ others' runs. One train and one eval function is compiled per optimiser and reus
 all its seeds: before each seed the parameters and dropout streams are set to those of
 a fresh ``MLP(seed=seed)`` and the optimiser state (slots, step counter) to the state
 captured right after construction.
+
+Every registered rule runs (``bench-mnist --optimizers muon,adafactor,lamb``), with its
+defaults. A rule that updates only some parameters (``Optimizer.accepted_ndims``: Muon
+takes the 2-D weight matrices) is joined by :func:`symopt.combine` to AdamW
+(:data:`OTHERS_HYPERPARAMETERS`) over the rest; the results file records that under the
+rule's ``hyperparameters["others"]``. A rule whose constructor refuses seed-stacked
+parameters (Prodigy) trains its seeds one after another; a Schedule-Free rule is
+evaluated at its evaluation point ``x`` (``opt.eval_params()``).
 """
 
 from __future__ import annotations
