@@ -127,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench-mnist", help="multi-seed MNIST comparison of optimisers (resumable)")
     bench.add_argument("--optimizers", default="sgd,momentum,nesterov,adagrad,rmsprop,adadelta,adam",
-                       help="comma-separated registry names")
+                       help="comma-separated registry names (any registered rule, at its defaults; Muon trains the "
+                            "weight matrices and AdamW the biases, joined by symopt.combine)")
     bench.add_argument("--seeds", type=_positive_int, default=30)
     bench.add_argument("--epochs", type=_positive_int, default=20)
     bench.add_argument("--batch-size", type=_positive_int, default=128)

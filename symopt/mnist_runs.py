@@ -102,7 +102,8 @@ def plot_document(doc: dict[str, Any], out: Path, *, quick: bool = False, source
     if not groups:
         raise ValueError(f"{source} holds no finished runs to plot")
     fig, axes = report.figure(1, 3, figsize=(15, 4.6))
-    colours = {name: f"C{i}" for i, name in enumerate(groups)}
+    # Ten colours; past ten rules the colours repeat with dashed lines and square markers.
+    styles = {name: (f"C{i % 10}", "-" if i < 10 else "--", "o" if i < 10 else "s") for i, name in enumerate(groups)}
     finals = []
     for name, g in groups.items():
         epochs = np.arange(1, g["test_accuracy"].shape[1] + 1)
@@ -112,8 +113,9 @@ def plot_document(doc: dict[str, Any], out: Path, *, quick: bool = False, source
             values = g[metric] * scale
             mean = values.mean(axis=0)
             std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
-            ax.plot(epochs, mean, color=colours[name], marker="o", markersize=3, label=label)
-            ax.fill_between(epochs, mean - std, mean + std, color=colours[name], alpha=0.2, linewidth=0)
+            colour, line, marker = styles[name]
+            ax.plot(epochs, mean, color=colour, linestyle=line, marker=marker, markersize=3, label=label)
+            ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
         finals.append(g["test_accuracy"][:, -1].mean() * 100)
     n_epochs = max(g["test_accuracy"].shape[1] for g in groups.values())
     axes[0].set_title("Test accuracy (mean ± std over seeds)")

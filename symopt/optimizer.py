@@ -227,6 +227,11 @@ class Optimizer:
     #: against it: per-member hyperparameters and per-member ``skip_nonfinite`` (per-member
     #: step counts) are refused on a stack.
     per_member_values: ClassVar[bool] = True
+    #: The parameters the rule updates, by their number of dimensions (a seed axis not
+    #: counted): ``None`` for any parameter, ``(2,)`` for Muon's weight matrices. Code that
+    #: builds one optimiser for a whole model (``symopt bench-mnist``) gives the others to
+    #: a second rule through :func:`symopt.combine`.
+    accepted_ndims: ClassVar[tuple[int, ...] | None] = None
     _declarations: ClassVar[dict[str, Hyperparameter]] = {
         "weight_decay": Hyperparameter(0.0, low=0.0, doc="weight decay (L2 or decoupled)")
     }

@@ -212,6 +212,7 @@ class Muon(Optimizer):
     }
     slots = {"momentum_buffer": 0.0}
     decoupled_weight_decay = True
+    accepted_ndims = (2,)
 
     @_with_base_keywords
     def __init__(
@@ -237,7 +238,7 @@ class Muon(Optimizer):
         self.ns_coefficients, self.ns_steps, self.adjust_lr_fn = coefficients, int(ns_steps), adjust_lr_fn
         super().__init__(params, **kwargs)
         for index, param in enumerate(self.params):
-            if param.ndim - _lead(param) != 2:
+            if param.ndim - _lead(param) not in self.accepted_ndims:
                 shape = param.get_value(borrow=True).shape
                 stacked = " (after its seed axis)" if _lead(param) else ""
                 raise ValueError(

@@ -220,8 +220,10 @@ class StackedStep:
         self.streams = stack.n_seeds
 
     def check(self, optimizer: Any) -> None:
-        if [id(p) for p in optimizer.params] != [id(p) for p in self.stack.params]:
-            raise ValueError("SeedTrainer: the optimizer must be built over stack.params, in that order")
+        # As a set: a symopt.combine of rules over parts of the model lists them member by member.
+        ids = [id(p) for p in optimizer.params]
+        if len(ids) != len(self.stack.params) or set(ids) != {id(p) for p in self.stack.params}:
+            raise ValueError("SeedTrainer: the optimizer must be built over stack.params")
 
     def initial_order(self, n_train: int) -> np.ndarray:
         return np.tile(np.arange(n_train, dtype=np.int64), (self.streams, 1))

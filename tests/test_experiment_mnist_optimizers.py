@@ -186,3 +186,105 @@ def test_bad_stack_size_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="stack_size must be a positive integer, got 0"):
         mo.bench(["sgd"], 2, 1, 128, tmp_path / "r.json", None, False, vectorize=True, stack_size=0, **QUICK_DATA)
     assert not (tmp_path / "r.json").exists()
+
+
+# ---------------------------------------------------------------------------- the rules beyond the seed's
+NEW_DATA = {"n_train": 1024, "n_test": 500}
+NEW_RULES = ["muon", "prodigy", "schedule_free_adamw"]
+#: torch.optim.AdamW's defaults (lr, betas, eps, weight_decay), written out independently of the module.
+TORCH_ADAMW = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "weight_decay": 0.01}
+
+
+@pytest.fixture(scope="module")
+def new_rules(real_mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Muon (combined with AdamW), Prodigy (refuses seed stacks) and Schedule-Free AdamW, 2 seeds x 1 epoch,
+    stacked where the rule allows, and Muon once more seed by seed."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SYMOPT_DATA", str(real_mnist_dir))
+    out = tmp_path_factory.mktemp("new_rules")
+    try:
+        stacked = mo.bench(NEW_RULES, 2, 1, 128, out / "new.json", None, False, vectorize=True, **NEW_DATA)
+        sequential = mo.bench(["muon"], 2, 1, 128, out / "muon-seq.json", None, False, vectorize=False, **NEW_DATA)
+    finally:
+        mp.undo()
+    return {"stacked": json.loads(stacked.read_text()), "sequential": json.loads(sequential.read_text())}
+
+
+def test_new_rules_run_and_record_results(new_rules):
+    doc = new_rules["stacked"]
+    assert set(doc["runs"]) == {f"{name}/{seed}" for name in NEW_RULES for seed in (0, 1)}
+    for key, run in doc["runs"].items():
+        for metric in ("train_loss", "test_loss", "test_accuracy", "seconds"):
+            assert len(run[metric]) == 1 and np.isfinite(run[metric]).all(), (key, metric)
+        # a count over the 500 test images
+        assert abs(run["test_accuracy"][0] * 500 - round(run["test_accuracy"][0] * 500)) < 1e-9
+    # stacked where the rule allows it; Prodigy's distance estimate refuses stacks: seed by seed
+    assert doc["runs"]["muon/0"]["stacked_seeds"] == 2 and doc["runs"]["schedule_free_adamw/1"]["stacked_seeds"] == 2
+    assert "stacked_seeds" not in doc["runs"]["prodigy/0"] and "stacked_seeds" not in doc["runs"]["prodigy/1"]
+    # the rules' own defaults, and for Muon the rule that trains what it does not accept
+    assert doc["hyperparameters"]["muon"]["learning_rate"] == 1e-3
+    assert doc["hyperparameters"]["muon"]["others"] == {
+        "rule": "adamw", "parameters": "those with ndim not in [2]", "hyperparameters": TORCH_ADAMW}
+    assert "others" not in doc["hyperparameters"]["prodigy"]
+    assert doc["runs"]["muon/0"]["train_loss"] != doc["runs"]["muon/1"]["train_loss"]
+
+
+def test_stacked_muon_equals_seed_by_seed(new_rules):
+    """Muon + AdamW through symopt.combine on a seed stack gives each seed's separate run."""
+    stacked, sequential = new_rules["stacked"]["runs"], new_rules["sequential"]["runs"]
+    for seed in (0, 1):
+        key = f"muon/{seed}"
+        for metric in ("train_loss", "test_loss"):
+            np.testing.assert_allclose(stacked[key][metric], sequential[key][metric], rtol=1e-5, err_msg=key)
+        np.testing.assert_allclose(stacked[key]["test_accuracy"], sequential[key]["test_accuracy"], rtol=0,
+                                   atol=1.01 / NEW_DATA["n_test"], err_msg=key)
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_muon_gets_the_matrices_and_adamw_the_rest(stacked):
+    from symopt.nn import MLP
+    from symopt.seeds import SeedStack
+
+    model = MLP([6, 5, 3], seed=0)
+    params = SeedStack(lambda s: MLP([6, 5, 3], seed=s), [0, 1]).params if stacked else model.params
+    shapes = [p.get_value().shape[1 if stacked else 0:] for p in params]
+    hyper = mo._hyperparameters(symopt.get("muon"), "muon")
+    opt = mo.make_optimizer("muon", hyper, params)
+    assert list(opt.members) == ["muon", "adamw"]
+    assert [p.get_value().shape[1 if stacked else 0:] for p in opt.members["muon"].params] == [
+        s for s in shapes if len(s) == 2] == [(6, 5), (5, 3)]
+    assert [p.get_value().shape[1 if stacked else 0:] for p in opt.members["adamw"].params] == [(5,), (3,)]
+    adamw = opt.members["adamw"]
+    for name, value in TORCH_ADAMW.items():
+        assert adamw.get_hyperparameter(name) == pytest.approx(value, rel=1e-12), name
+    # a rule that accepts every parameter is built alone
+    assert type(mo.make_optimizer("lamb", mo._hyperparameters(symopt.get("lamb"), "lamb"), params)) is symopt.get("lamb")
+
+
+def test_schedule_free_is_evaluated_at_x():
+    """The recorded test metrics of a Schedule-Free rule are those of x = (y - (1 - beta1) z) / beta1,
+    checked by a NumPy forward pass at x computed from the parameters and the z slots."""
+    from symopt.nn import MLP
+
+    rng = np.random.default_rng(0)
+    x_train, y_train = rng.normal(size=(256, 6)).astype("float32"), rng.integers(0, 3, 256)
+    x_test, y_test = rng.normal(size=(100, 6)).astype("float32"), rng.integers(0, 3, 100)
+    model = MLP([6, 5, 3], seed=0, dropout=0.0)
+    hyper = mo._hyperparameters(symopt.get("schedule_free_adamw"), "schedule_free_adamw")
+    opt = mo.make_optimizer("schedule_free_adamw", hyper, model.params)
+    trainer = Trainer(model, opt, x_train, y_train, x_test, y_test, batch_size=32)
+    mo._evaluate_at_eval_params(trainer, opt)
+    trainer.run_epoch(np.random.default_rng(1))
+    loss, acc = trainer._evaluate()
+    beta1 = hyper["beta1"]
+    y = [p.get_value().astype(np.float64) for p in model.params]
+    z = [opt.state[i]["z"].get_value().astype(np.float64) for i in range(len(y))]
+    w1, b1, w2, b2 = ((yi - (1 - beta1) * zi) / beta1 for yi, zi in zip(y, z))
+    logits = np.maximum(x_test @ w1 + b1, 0) @ w2 + b2
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    np.testing.assert_allclose(loss[0], -logp[np.arange(100), y_test].mean(), rtol=1e-4)
+    assert acc[0] == np.mean(logits.argmax(1) == y_test)
+    # and x is not y: evaluated at y the loss differs
+    logits_y = np.maximum(x_test @ y[0] + y[1], 0) @ y[2] + y[3]
+    assert not np.allclose(logits, logits_y, rtol=1e-3)

@@ -14,6 +14,14 @@ others' runs. One train and one eval function is compiled per optimiser and reus
 all its seeds: before each seed the parameters and dropout streams are set to those of
 a fresh ``MLP(seed=seed)`` and the optimiser state (slots, step counter) to the state
 captured right after construction.
+
+Every registered rule runs (``bench-mnist --optimizers muon,adafactor,lamb``), with its
+defaults. A rule that updates only some parameters (``Optimizer.accepted_ndims``: Muon
+takes the 2-D weight matrices) is joined by :func:`symopt.combine` to AdamW
+(:data:`OTHERS_HYPERPARAMETERS`) over the rest; the results file records that under the
+rule's ``hyperparameters["others"]``. A rule whose constructor refuses seed-stacked
+parameters (Prodigy) trains its seeds one after another; a Schedule-Free rule is
+evaluated at its evaluation point ``x`` (``opt.eval_params()``).
 """
 
 from __future__ import annotations
@@ -58,6 +66,13 @@ SEED_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
     "adam": {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "beta1_decay": 1 - 1e-8},
 }
 
+#: The rule for the parameters a rule does not accept (``Optimizer.accepted_ndims``; Muon
+#: updates the weight matrices only): AdamW with torch.optim.AdamW's defaults, joined to the
+#: rule by ``symopt.combine``. Stored with the rule's hyperparameters under ``"others"``.
+OTHERS_RULE = "adamw"
+OTHERS_HYPERPARAMETERS: dict[str, Any] = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8,
+                                          "weight_decay": 0.01}
+
 #: Whether bench-mnist stacks an optimiser's seeds into one compiled step by default
 #: (benchmarks/seeds_step.py measures both ways; see experiments/README.md).
 VECTORIZE_DEFAULT = True
@@ -85,10 +100,58 @@ def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
 
 # ---------------------------------------------------------------------------- running
 def _hyperparameters(cls: type, name: str) -> dict[str, Any]:
-    """Explicit hyperparameters for rule ``name``: the seed's where it gives them, else the defaults."""
+    """Explicit hyperparameters for rule ``name``: the seed's where it gives them, else the defaults.
+
+    A rule that accepts only some parameters (``cls.accepted_ndims``) also records, under
+    ``"others"``, the rule training the rest (:data:`OTHERS_RULE`) and its settings.
+    """
     values = {k: v for k, v in cls.hyperparameters.items()}
     values.update(SEED_HYPERPARAMETERS.get(name, {}))
+    if cls.accepted_ndims is not None:
+        values["others"] = {
+            "rule": OTHERS_RULE,
+            "parameters": f"those with ndim not in {list(cls.accepted_ndims)}",
+            "hyperparameters": dict(OTHERS_HYPERPARAMETERS),
+        }
     return values
+
+
+def make_optimizer(name: str, hyper: dict[str, Any], params: list[Any]) -> Any:
+    """Rule ``name`` over ``params``, or over those it accepts ``combine``-d with AdamW over the rest.
+
+    ``hyper`` as :func:`_hyperparameters` gives it. The split follows the rule's declared
+    ``accepted_ndims`` (a seed axis, ``tag.seed_axis``, not counted).
+    """
+    import symopt
+    from symopt.seeds import seed_axis_ndim
+
+    cls = symopt.get(name)
+    own = {k: v for k, v in hyper.items() if k != "others"}
+    if cls.accepted_ndims is None:
+        return cls(params, **own)
+    accepted = [p for p in params if seed_axis_ndim(p) in cls.accepted_ndims]
+    rest = [p for p in params if seed_axis_ndim(p) not in cls.accepted_ndims]
+    if not accepted:
+        raise ValueError(f"{name} updates parameters with ndim in {list(cls.accepted_ndims)} only; the model has none")
+    if not rest:
+        return cls(params, **own)
+    others = hyper["others"]
+    return symopt.combine(**{name: cls(accepted, **own),
+                             others["rule"]: symopt.get(others["rule"])(rest, **others["hyperparameters"])})
+
+
+def _evaluate_at_eval_params(trainer: Any, opt: Any) -> None:
+    """Schedule-Free rules are evaluated at their evaluation point x (``opt.eval_params()``),
+    not at the point y where the gradients are taken, as optax and the paper evaluate them."""
+    if not hasattr(opt, "eval_params"):
+        return
+    evaluate = trainer._evaluate
+
+    def at_eval_params() -> Any:
+        with opt.eval_params():
+            return evaluate()
+
+    trainer._evaluate = at_eval_params
 
 
 def _protocol(epochs: int, batch_size: int, n_train: int | None, n_test: int | None) -> dict[str, Any]:
@@ -198,11 +261,19 @@ def bench(
         for name in names:
             if not todo[name]:
                 continue
-            if vectorize:
+            if vectorize and not symopt.get(name).stackable:
+                _log(progress, f"{name}: the rule refuses seed stacks (stackable=False); training seed by seed")
+                doc = _bench_optimizer(name, wanted[name], todo[name], data, protocol, doc, results, progress, MLP)
+            elif vectorize:
                 size = len(todo[name]) if stack_size is None else int(stack_size)
                 for at in range(0, len(todo[name]), size):
-                    doc = _bench_stacked(name, wanted[name], todo[name][at:at + size], data, protocol, doc, results,
-                                         progress, MLP)
+                    chunk = todo[name][at:at + size]
+                    stacked = _bench_stacked(name, wanted[name], chunk, data, protocol, results, progress, MLP)
+                    if stacked is None:  # the rule's constructor refused the stack: seed by seed
+                        doc = _bench_optimizer(name, wanted[name], todo[name][at:], data, protocol, doc, results,
+                                               progress, MLP)
+                        break
+                    doc = stacked
             else:
                 doc = _bench_optimizer(name, wanted[name], todo[name], data, protocol, doc, results, progress, MLP)
     elif not results.exists():
@@ -230,11 +301,12 @@ def _bench_optimizer(
     from symopt.train import Trainer
 
     model = build_model(mlp_cls, seeds[0])
-    opt = symopt.get(name)(model.params, **hyper)
+    opt = make_optimizer(name, hyper, model.params)
     initial_state = opt.state_dict()
     start = time.perf_counter()
     trainer = Trainer(model, opt, data.x_train, data.y_train, data.x_test, data.y_test,
                       batch_size=protocol["batch_size"], on_nonfinite="continue")  # as the stacked seeds
+    _evaluate_at_eval_params(trainer, opt)
     trainer.warm_up()
     compile_seconds = time.perf_counter() - start
     _log(progress, f"{name}: compiled in {compile_seconds:.1f} s; seeds {seeds[0]}..{seeds[-1]}")
@@ -281,16 +353,27 @@ def _record(
 
 def _bench_stacked(
     name: str, hyper: dict[str, Any], seeds: list[int], data: Any, protocol: dict[str, Any],
-    doc: dict[str, Any], results: Path, progress: bool, mlp_cls: type,
-) -> dict[str, Any]:
-    """All ``seeds`` of one optimiser in one compiled step (``symopt.seeds``)."""
-    import symopt
+    results: Path, progress: bool, mlp_cls: type,
+) -> dict[str, Any] | None:
+    """All ``seeds`` of one optimiser in one compiled step (``symopt.seeds``).
+
+    ``None`` when the rule refuses seed-stacked parameters (its reductions would mix the
+    seeds, e.g. Prodigy's distance estimate): the caller then trains them seed by seed.
+    """
     from symopt.seeds import SeedStack, SeedTrainer
 
     start = time.perf_counter()
     stack = SeedStack(lambda seed: build_model(mlp_cls, seed), seeds)
-    trainer = SeedTrainer(stack, symopt.get(name)(stack.params, **hyper), data.x_train, data.y_train, data.x_test,
+    try:
+        opt = make_optimizer(name, hyper, stack.params)
+    except ValueError as exc:
+        if "seed stack" not in str(exc):
+            raise
+        _log(progress, f"{name}: refuses seed stacks ({exc}); training seed by seed")
+        return None
+    trainer = SeedTrainer(stack, opt, data.x_train, data.y_train, data.x_test,
                           data.y_test, batch_size=protocol["batch_size"])
+    _evaluate_at_eval_params(trainer, opt)
     trainer.warm_up()
     compile_seconds = time.perf_counter() - start
     _log(progress, f"{name}: {len(seeds)} seeds stacked, compiled in {compile_seconds:.1f} s; "
@@ -305,7 +388,9 @@ def _bench_stacked(
 def plot(results: Path, figures_dir: Path) -> list[Path]:
     """Mean +- std (over seeds) of test accuracy (full and zoomed) and train loss per epoch."""
     quick = "quick" in Path(results).stem
-    out = Path(figures_dir) / (f"{EXPERIMENT}-quick.png" if quick else f"{EXPERIMENT}.png")
+    # Named after the results file (mnist-optimizers.json -> mnist-optimizers.png), so a
+    # comparison kept in another file does not overwrite the seed's figure.
+    out = Path(figures_dir) / f"{Path(results).stem}.png"
     return [plot_document(_common.read_json(results), out, quick=quick, source=str(results))]
 
 
