@@ -51,9 +51,9 @@ class ImageStep(ModelStep):
         return pt.tensor4("x", dtype=self.model.params[0].dtype), pt.vector("y", dtype="int64")
 
 
-# The CNN runs cost ~7 minutes on a loaded 2-core machine even with warm compile caches
-# (measured 446 s for the fixture, load 4.5; not yet profiled: the stacked CVM compile and
-# the single Trainer's compile of the CNN graph), so make test-slow runs them.
+# The CNN runs cost minutes even with warm compile caches (fixture 446 s at load 4.5; alone,
+# load 1.6-2.7: building the SeedTrainer 190 s, the single Trainer 3.5 s, a stacked epoch
+# 0.02 s), almost all in compiling the vectorised graph, so make test-slow runs them.
 @pytest.fixture(scope="module")
 def runs():
     """(stack, its histories, separate runs' (history, params, buffers) per seed)."""
