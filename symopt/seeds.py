@@ -8,8 +8,12 @@ of them:
 
 * every parameter ``p`` of shape ``shape`` becomes one shared variable of shape
   ``(S, *shape)`` whose slice ``s`` starts as seed ``s``'s model's value;
-* dense layers are batched matmuls ``(S, B, n_in) @ (S, n_in, n_out)`` plus bias, one BLAS
-  call per seed (:class:`symopt._batched.BatchedGemm`);
+* a model of Dense, activation and Dropout layers runs as batched matmuls
+  ``(S, B, n_in) @ (S, n_in, n_out)`` plus bias, one BLAS call per seed
+  (:class:`symopt._batched.BatchedGemm`); any other model of :mod:`symopt.nn` layers
+  (Conv2D, MaxPool2D, BatchNorm, Flatten, a user's layer) is one member's graph
+  vectorised over the seed axis (``pytensor.graph.replace.vectorize_graph``), its
+  buffers (BatchNorm running statistics, dropout keys and counters) stacked per member;
 * seed ``s`` sees its own mini-batches (its own shuffle of the training set,
   ``numpy.random.default_rng(data_seed_s)``, exactly as :meth:`Trainer.fit` draws
   them) and its own dropout masks (those its own model draws: its key, the same step counter);
@@ -41,11 +45,13 @@ import numpy as np
 import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
+from pytensor.graph.replace import vectorize_graph
 from pytensor.tensor.variable import TensorVariable
 
 from ._batched import batched_gemm
 from .checkpoint import tally_means
-from .nn import Activation, Dense, Dropout, Layer, Sequential, accuracy, cross_entropy, dropout_mask
+from .nn import (Activation, Conv2D, Dense, Dropout, Layer, MaxPool2D, Sequential, accuracy, cross_entropy,
+                 dropout_mask)
 from .optimizer import Optimizer
 from .train import EpochRecord, Trainer
 from .transforms import BUILTIN_ORDER, SETTING_KEYWORDS, coupling_transforms, seed_coupling_transforms
@@ -75,61 +81,92 @@ def seed_axis_ndim(param: Any) -> int:
     return param.ndim - (1 if getattr(param.tag, "seed_axis", False) else 0)
 
 
+#: The layers the batched-matmul path stacks (see :class:`SeedStack`).
+FAST_LAYERS = (Dense, Activation, Dropout)
+
+
 class SeedStack:
     """S models of identical structure, stacked along a leading seed axis.
 
     Parameters
     ----------
     make_model
-        ``make_model(seed) -> Sequential``: builds seed ``seed``'s model, e.g.
+        ``make_model(seed) -> Layer``: builds seed ``seed``'s model, e.g.
         ``lambda s: symopt.nn.MLP([784, 100, 10], dropout=0.2, seed=s)``. The models
-        are built once; their initial values and dropout keys are those of S
+        are built once; their initial values, buffers and dropout keys are those of S
         separate runs.
     seeds
         The model seeds, one per copy (distinct, at least one).
+    vectorize
+        How the stacked graph is built. ``None`` (default): batched matmuls for a
+        :class:`~symopt.nn.Sequential` of :class:`~symopt.nn.Dense`, activation and
+        :class:`~symopt.nn.Dropout` layers, :func:`pytensor.graph.replace.vectorize_graph`
+        for any other model. ``True``: ``vectorize_graph`` for every model. ``False``:
+        batched matmuls only (other layers are refused).
 
     Notes
     -----
-    Supported layers: :class:`~symopt.nn.Dense`, activations and
-    :class:`~symopt.nn.Dropout` (inside :class:`~symopt.nn.Sequential`, e.g. an
-    :class:`~symopt.nn.MLP` without batch norm).
+    Two paths build the same numbers (to float round-off):
+
+    * **Batched matmuls** (Dense/activation/Dropout stacks): each Dense is one
+      :class:`~symopt._batched.BatchedGemm`, one BLAS gemm per seed with the bias rows as
+      ``beta = 1`` and the gradient's transposed operands as BLAS flags. It is kept, rather
+      than vectorising these models too, for speed: it is the path measured in
+      ``benchmarks/README.md`` ("Stacked seeds": S = 30 stacked MLP steps per seed no slower
+      than one ``Trainer`` step, faster than JAX ``jit(vmap)``), where a vectorised ``dot``
+      lowers to PyTensor's generic batched ``dot``. Dropout keys are a vector over seeds,
+      the step counter one scalar shared by them.
+    * **Vectorised graph** (any model built from :mod:`symopt.nn` layers: Conv2D,
+      MaxPool2D, BatchNorm, Flatten, a user's layer): the first model's graph is built for
+      one member and :func:`pytensor.graph.replace.vectorize_graph` replaces each of its
+      parameters and buffers by the stacked ``(S, ...)`` shared variable, adding the seed
+      axis to every op. Every buffer is stacked (BatchNorm running statistics, dropout
+      keys and step counters: each member its own), and the model's ``extra_updates``
+      (BatchNorm's moving averages, the counter increments) are vectorised with it, so
+      member ``s``'s statistics are those its own run computes.
     """
 
-    def __init__(self, make_model: Callable[[int], Sequential], seeds: Sequence[int]):
+    def __init__(self, make_model: Callable[[int], Layer], seeds: Sequence[int], *, vectorize: bool | None = None):
         seeds = [int(s) for s in seeds]
         if not seeds:
             raise ValueError("SeedStack: seeds is empty; give at least one seed")
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"SeedStack: seeds must be distinct, got {seeds}")
+        if vectorize not in (None, True, False):
+            raise ValueError(f"SeedStack: vectorize must be None, True or False, got {vectorize!r}")
         self.seeds = seeds
         self.models = [make_model(s) for s in seeds]
         first = self.models[0]
-        if not isinstance(first, Sequential):
-            raise TypeError(f"SeedStack: make_model must return a Sequential model, got {type(first).__name__}")
-        for layer in first.layers:
-            if not isinstance(layer, (Dense, Activation, Dropout)):
-                raise ValueError(
-                    f"SeedStack supports Dense, activation and Dropout layers; {type(layer).__name__} "
-                    f"{layer.name!r} has no seed-stacked version"
-                )
+        if not isinstance(first, Layer):
+            raise TypeError(f"SeedStack: make_model must return a symopt.nn Layer, got {type(first).__name__}")
+        unbatched = _first_unbatched_layer(first)
+        if vectorize is False and unbatched is not None:
+            raise ValueError(
+                f"SeedStack(vectorize=False) stacks Dense, activation and Dropout layers as batched matmuls; "
+                f"{type(unbatched).__name__} {unbatched.name!r} needs vectorize=None or True"
+            )
         signature = _structure(first)
         for seed, model in zip(seeds[1:], self.models[1:]):
             if _structure(model) != signature:
                 raise ValueError(f"SeedStack: the model for seed {seed} differs in structure from seed {seeds[0]}'s")
-        self.layers: list[Layer] = first.layers
+        self.layers: list[Layer] = list(getattr(first, "layers", [first]))
         #: Stacked parameters, in the order of the single model's ``params``.
         self.params: list[SharedVariable] = []
         self._stacked: dict[int, SharedVariable] = {}
         for j, param in enumerate(first.params):
-            value = np.stack([m.params[j].get_value() for m in self.models])
-            stacked = pytensor.shared(value, name=f"{param.name}[seeds]")
-            stacked.tag.seed_axis = True
+            stacked = self._stack([m.params[j] for m in self.models], f"{param.name}[seeds]")
             self.params.append(stacked)
             self._stacked[id(param)] = stacked
         #: Per dropout layer index: the S seeds' mask keys (an int64 vector) and the step
         #: counter, shared by the seeds (they step together; seed s's slice is what its own
         #: run draws: its key, the same counter and the same element indices).
         self._dropout: dict[int, tuple[SharedVariable, SharedVariable]] = {}
+        self.extra_updates: OrderedDict[SharedVariable, Any] = OrderedDict()
+        if vectorize or unbatched is not None:
+            # Set only on this path, so a batched-matmul stack's checkpoint signature is unchanged.
+            self._buffers = [self._stack([m.buffers[j] for m in self.models], f"{b.name}[seeds]")
+                             for j, b in enumerate(first.buffers)]
+            return
         for i, layer in enumerate(self.layers):
             if isinstance(layer, Dropout):
                 counters = {int(m.layers[i].counter.get_value()) for m in self.models}
@@ -140,24 +177,69 @@ class SeedStack:
                     pytensor.shared(keys, name=f"{layer.name}.key[seeds]"),
                     pytensor.shared(np.int64(counters.pop()), name=f"{layer.name}.counter[seeds]"),
                 )
-        self.extra_updates: OrderedDict[SharedVariable, Any] = OrderedDict()
+
+    #: The stacked buffers of a vectorised stack (``None``: batched matmuls).
+    _buffers: list[SharedVariable] | None = None
+
+    @staticmethod
+    def _stack(variables: Sequence[SharedVariable], name: str) -> SharedVariable:
+        stacked = pytensor.shared(np.stack([v.get_value() for v in variables]), name=name)
+        stacked.tag.seed_axis = True
+        return stacked
 
     @property
     def n_seeds(self) -> int:
         return len(self.seeds)
 
     @property
+    def vectorized(self) -> bool:
+        """Whether the stack is the first model's graph vectorised over the seed axis
+        (``False``: batched matmuls; see the class notes)."""
+        return self._buffers is not None
+
+    @property
     def buffers(self) -> list[SharedVariable]:
-        """The dropout keys (one vector per layer) and step counters."""
+        """Vectorised: every buffer of the single model, stacked, in its order. Batched
+        matmuls: the dropout keys (one vector per layer) and step counters."""
+        if self._buffers is not None:
+            return list(self._buffers)
         return [var for pair in self._dropout.values() for var in pair]
 
-    def output(self, x: Any, train: bool) -> TensorVariable:
-        """Logits ``(S, B, classes)`` for inputs ``(S, B, features)`` (one batch per seed) or
-        ``(B, features)`` (the same batch for every seed). In train mode ``extra_updates``
-        afterwards holds the dropout step-counter updates of this call.
+    @property
+    def input_ndim(self) -> int | None:
+        """Dimensions of one member's input (2 before a Dense, 4 before a Conv2D or
+        MaxPool2D), from the first layer that fixes it; ``None`` where none does. A
+        batched-matmul stack takes ``(batch, features)``."""
+        if self._buffers is None:
+            return 2
+        for layer in _leaf_layers(self.models[0]):
+            if isinstance(layer, Dense):
+                return 2
+            if isinstance(layer, (Conv2D, MaxPool2D)):
+                return 4
+        return None
+
+    def output(self, x: Any, train: bool, *, per_member: bool | None = None) -> TensorVariable:
+        """Logits ``(S, B, classes)`` for inputs ``(S, B, ...)`` (one batch per seed) or
+        ``(B, ...)`` (the same batch for every seed). In train mode ``extra_updates``
+        afterwards holds the buffer updates of this call (dropout step counters,
+        BatchNorm running statistics).
+
+        ``per_member`` says which of the two ``x`` is; ``None``: one more dimension than
+        :attr:`input_ndim` means per member.
         """
         x = pt.as_tensor_variable(x)
-        if x.ndim not in (2, 3):
+        ndim = self.input_ndim
+        if per_member is None:
+            if ndim is None:
+                raise ValueError("SeedStack.output: the model's input dimensions are unknown; pass per_member")
+            if x.ndim not in (ndim, ndim + 1):
+                raise ValueError(f"SeedStack expects (S, batch, ...) or (batch, ...) inputs of {ndim + 1} or {ndim} "
+                                 f"dimensions, got {x.ndim}-d")
+            per_member = x.ndim == ndim + 1
+        if self._buffers is not None:
+            return self._vectorized_output(x, bool(train), bool(per_member))
+        if x.ndim != (3 if per_member else 2):
             raise ValueError(f"SeedStack expects (S, batch, features) or (batch, features) inputs, got {x.ndim}-d")
         updates: OrderedDict[SharedVariable, Any] = OrderedDict()
         for i, layer in enumerate(self.layers):
@@ -188,15 +270,79 @@ class SeedStack:
             self.extra_updates = updates
         return x
 
+    def _vectorized_output(self, x: TensorVariable, train: bool, per_member: bool) -> TensorVariable:
+        assert self._buffers is not None
+        template = self.models[0]
+        replace: dict[Any, Any] = {}
+        if per_member:
+            if x.ndim < 1:
+                raise ValueError("SeedStack.output: a per-member input needs a leading seed axis")
+            core = pt.tensor(name="member_input", dtype=x.dtype, shape=x.type.shape[1:])
+            replace[core] = x
+        else:
+            core = x
+        # One member's graph, its shared variables standing for the stacked ones.
+        for var, stacked in zip(template.params + template.buffers, self.params + self._buffers):
+            replace[var] = stacked
+        out = template.output(core, train)
+        pending = list(getattr(template, "extra_updates", {}).items()) if train else []
+        for var, _ in pending:
+            if var not in replace:
+                raise ValueError(f"SeedStack: the model updates {var.name or var}, which is not among its "
+                                 f"params or buffers; it cannot be stacked")
+        new = vectorize_graph([out, *(value for _, value in pending)], replace)
+        # An output or update that depends on nothing stacked has no seed axis yet.
+        new_out = self._with_seed_axis(new[0], out.ndim)
+        if train:
+            self.extra_updates = OrderedDict(
+                (replace[var], pt.cast(self._with_seed_axis(value, var.ndim), replace[var].dtype))
+                for (var, _), value in zip(pending, new[1:])
+            )
+        return new_out
+
+    def _with_seed_axis(self, value: TensorVariable, core_ndim: int) -> TensorVariable:
+        if value.ndim == core_ndim + 1:
+            return value
+        return pt.broadcast_to(value[None], (self.n_seeds, *(value.shape[k] for k in range(value.ndim))))
+
     def values(self, index: int) -> list[np.ndarray]:
         """Seed ``seeds[index]``'s current parameter values, in the single model's order."""
         return [p.get_value()[index].copy() for p in self.params]
 
+    def buffer_values(self, index: int) -> list[np.ndarray]:
+        """Seed ``seeds[index]``'s current buffer values (BatchNorm running statistics,
+        dropout key and step counter), in the order of the single model's ``buffers``."""
+        if self._buffers is not None:
+            return [b.get_value()[index].copy() for b in self._buffers]
+        out = []
+        for layer in self.layers:
+            if isinstance(layer, Dropout):
+                keys, counter = self._dropout[self.layers.index(layer)]
+                out += [np.int64(keys.get_value()[index]), np.int64(counter.get_value())]
+        return out
 
-def _structure(model: Sequential) -> list[tuple[str, tuple[int, ...], str]]:
-    layers = [(type(layer).__name__, (), getattr(layer, "name", "")) for layer in model.layers]
+
+def _leaf_layers(model: Layer) -> list[Layer]:
+    if isinstance(model, Sequential):
+        return [leaf for layer in model.layers for leaf in _leaf_layers(layer)]
+    return [model]
+
+
+def _first_unbatched_layer(model: Layer) -> Layer | None:
+    """The first layer the batched-matmul path has no version of (``None``: it stacks the model)."""
+    if not isinstance(model, Sequential):
+        return model
+    for layer in model.layers:
+        if not isinstance(layer, FAST_LAYERS):
+            return layer
+    return None
+
+
+def _structure(model: Layer) -> list[tuple[str, tuple[int, ...], str]]:
+    layers = [(type(layer).__name__, (), getattr(layer, "name", "")) for layer in _leaf_layers(model)]
     params = [("param", tuple(p.get_value(borrow=True).shape), str(p.dtype)) for p in model.params]
-    return layers + params
+    buffers = [("buffer", tuple(np.shape(b.get_value(borrow=True))), str(b.dtype)) for b in model.buffers]
+    return layers + params + buffers
 
 
 def seed_cross_entropy(logits: TensorVariable, labels: TensorVariable) -> TensorVariable:
@@ -230,7 +376,7 @@ class StackedStep:
 
     def train(self, data: tuple[Any, Any], order: Any, batch: Any, batch_size: int) -> tuple[Any, Any, Any, Any]:
         rows = order[:, batch * batch_size : (batch + 1) * batch_size]  # (S, B)
-        per_seed = seed_cross_entropy(self.stack.output(data[0][rows], train=True), data[1][rows])
+        per_seed = seed_cross_entropy(self.stack.output(data[0][rows], train=True, per_member=True), data[1][rows])
         # d(sum_s L_s)/d(slice s) = dL_s/d(slice s): each seed gets its own gradient.
         objective = per_seed.sum()
         objective.tag.member_losses = per_seed  # skip_nonfinite checks each member's own loss
@@ -238,7 +384,7 @@ class StackedStep:
 
     def evaluate(self, data: tuple[Any, Any], start: Any, stop: Any) -> tuple[list[Any], Any]:
         x, y = data[0][start:stop], data[1][start:stop]
-        logits = self.stack.output(x, train=False)  # (S, b, C)
+        logits = self.stack.output(x, train=False, per_member=False)  # (S, b, C)
         S, n = self.streams, logits.shape[1]
         flat, labels = logits.reshape((S * n, logits.shape[2])), pt.tile(y, S)
         loss_sums = cross_entropy(flat, labels, reduction="none").reshape((S, n)).sum(axis=1)

@@ -177,7 +177,7 @@ def test_bad_stacks():
     with pytest.raises(ValueError, match="at least one"):
         SeedStack(_model, [])
     with pytest.raises(ValueError, match="BatchNorm"):
-        SeedStack(lambda s: MLP(SIZES, batchnorm=True, seed=s), [0, 1])
+        SeedStack(lambda s: MLP(SIZES, batchnorm=True, seed=s), [0, 1], vectorize=False)
     with pytest.raises(ValueError, match="structure"):
         SeedStack(lambda s: MLP([20, 8 + s, 4], seed=s), [0, 1])
 
