@@ -36,7 +36,7 @@ from .combine import Combined, combine  # noqa: E402
 from .train import EpochRecord, Trainer, fit  # noqa: E402
 from . import checkpoint  # noqa: E402
 from .checkpoint import TrainingInterrupted  # noqa: E402
-from .plateau import ReduceLROnPlateau  # noqa: E402
+from .plateau import EarlyStopping, MemberReduceLROnPlateau, ReduceLROnPlateau  # noqa: E402
 from . import updates  # noqa: E402
 
 __version__ = "0.1.0"
@@ -77,6 +77,8 @@ __all__ = [
     "checkpoint",
     "TrainingInterrupted",
     "ReduceLROnPlateau",
+    "MemberReduceLROnPlateau",
+    "EarlyStopping",
     "updates",
     "__version__",
 ]

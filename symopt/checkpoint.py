@@ -238,6 +238,8 @@ class RunCheckpoint:
 
     #: A :class:`~symopt.plateau.ReduceLROnPlateau` whose state rides along (set by run_training).
     plateau: Any = None
+    #: A :class:`~symopt.plateau.EarlyStopping` whose state rides along (set by run_training).
+    early_stopping: Any = None
 
     def __init__(
         self, trainer: Any, model: Any, optimizer: Any, data_seeds: Sequence[int], config: Mapping[str, Any] | None
@@ -316,6 +318,8 @@ class RunCheckpoint:
         }
         if self.plateau is not None:  # ReduceLROnPlateau hook; _describe writes non-finite floats as text
             header["plateau"] = _describe(self.plateau.state_dict())
+        if self.early_stopping is not None:
+            header["early_stopping"] = _describe(self.early_stopping.state_dict())
         arrays["header"] = np.array(json.dumps(header))
         arrays["history"] = np.asarray(position.history, dtype=np.float64)
         arrays["tally"] = np.asarray(position.tally, dtype=np.float64)
@@ -347,6 +351,7 @@ class RunCheckpoint:
                     )
             position = self._position(header, where, max_epochs)
             plateau = self._plateau_state(header, where)
+            stopping = self._stopping_state(header, where)
             S = self.n_streams
             position.history = npz.read("history", shape=(position.epoch, S, HISTORY_WIDTH), dtype=np.float64)
             position.tally = npz.read("tally", shape=(S, TALLY_WIDTH), dtype=np.float64)
@@ -369,7 +374,22 @@ class RunCheckpoint:
             var.set_value(value, borrow=True)
         if plateau is not None:
             self.plateau.load_checked(plateau)
+        if stopping is not None:
+            self.early_stopping.load_checked(stopping)
         return position
+
+    def _stopping_state(self, header: dict[str, Any], where: str) -> dict[str, Any] | None:
+        """EarlyStopping hook: the saved state, validated (None without early stopping)."""
+        saved = header.get("early_stopping")
+        if (saved is None) != (self.early_stopping is None):
+            had, has = ("an", "none") if saved is not None else ("no", "one")
+            raise ValueError(f"{where} is from a different run: it has {had} EarlyStopping, this run {has}")
+        if saved is None:
+            return None
+        try:
+            return self.early_stopping.checked_state(saved)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
     def _plateau_state(self, header: dict[str, Any], where: str) -> dict[str, Any] | None:
         """ReduceLROnPlateau hook: the saved plateau state, validated (None without a plateau)."""
@@ -520,6 +540,7 @@ def run_training(
     resume: bool | str | os.PathLike[str] = False,
     config: Mapping[str, Any] | None = None,
     plateau: Any = None,
+    early_stopping: Any = None,
 ) -> np.ndarray:
     """The epoch loop of both trainers, with checkpoints, resume and Ctrl-C.
 
@@ -530,25 +551,39 @@ def run_training(
     loss, test accuracy, seconds, skipped steps. A checkpoint is written after every epoch and, with
     ``checkpoint_every=N``, after every N-th step of the run. Ctrl-C lets the current
     step finish, writes the checkpoint and raises :class:`TrainingInterrupted`.
-    ``plateau`` (a :class:`~symopt.plateau.ReduceLROnPlateau`) is stepped with each epoch's
-    test loss; its state goes in the checkpoint.
+    ``plateau`` (a :class:`~symopt.plateau.ReduceLROnPlateau`, or for several streams a
+    :class:`~symopt.plateau.MemberReduceLROnPlateau`) is stepped with each epoch's test
+    loss(es), then ``early_stopping`` (a :class:`~symopt.plateau.EarlyStopping`); their
+    state goes in the checkpoint. Stopped streams are frozen by the optimiser's per-member
+    gate; the run ends, with a shorter history, once every stream has stopped.
     """
     path, every, source = _check_options(checkpoint, checkpoint_every, resume)
     S = len(data_seeds)
-    # -- ReduceLROnPlateau hook (1/3): one run's test loss steps it
+    # -- ReduceLROnPlateau hook (1/3): the test loss(es) step it, one per stream
     if plateau is not None:
-        from .plateau import ReduceLROnPlateau
+        from .plateau import MemberReduceLROnPlateau, ReduceLROnPlateau
 
         if not isinstance(plateau, ReduceLROnPlateau):
             raise TypeError(f"plateau must be a symopt.ReduceLROnPlateau, got {type(plateau).__name__}")
-        if S != 1:
-            raise ValueError(f"plateau: ReduceLROnPlateau steps one run's learning rate; this trainer runs {S} seeds")
+        per_member = isinstance(plateau, MemberReduceLROnPlateau)
+        if S != 1 and not per_member:
+            raise ValueError(f"plateau: ReduceLROnPlateau steps one run's learning rate; this trainer runs {S} seeds: "
+                             f"use symopt.MemberReduceLROnPlateau (each seed's own rate from its own test loss)")
+        if per_member and plateau.members != S:
+            raise ValueError(f"plateau: the MemberReduceLROnPlateau is for {plateau.members} members, this trainer runs {S}")
         if plateau.optimizer is not getattr(optimizer, "inner", optimizer):  # a Lookahead's inner rule counts
             raise ValueError("plateau: the ReduceLROnPlateau was built on another optimiser than this run's")
+    if early_stopping is not None:
+        from .plateau import EarlyStopping
+
+        if not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be a symopt.EarlyStopping, got {type(early_stopping).__name__}")
+        early_stopping.attach(optimizer, S)
     rngs = [np.random.default_rng(int(s)) for s in data_seeds]
     store = RunCheckpoint(trainer, model, optimizer, data_seeds, config) if path or source else None
     if store is not None:
         store.plateau = plateau  # -- ReduceLROnPlateau hook (2/3): its state in the checkpoint
+        store.early_stopping = early_stopping
     position = Position(0, 0, new_tally(S), 0.0, [], np.zeros((0, S, HISTORY_WIDTH)))
     if source is not None:
         assert store is not None
@@ -562,6 +597,8 @@ def run_training(
     spe = int(trainer.steps_per_epoch)
     with _finish_step_on_sigint() as interrupted:
         for epoch in range(position.epoch + 1, int(epochs) + 1):
+            if early_stopping is not None and early_stopping.all_stopped:
+                break  # every stream has stopped (also when resuming such a run)
             resuming = epoch == position.epoch + 1 and position.step > 0
             start_step = position.step if resuming else 0
             tally = position.tally.copy() if resuming else new_tally(S)
@@ -594,7 +631,12 @@ def run_training(
             if on_epoch is not None:
                 on_epoch(epoch, row)
             if plateau is not None:  # -- ReduceLROnPlateau hook (3/3), before the epoch's checkpoint
-                plateau.step(row[0, 1])
+                if not per_member:
+                    plateau.step(row[0, 1])
+                else:  # streams stopped before this epoch keep their plateau state
+                    plateau.step(row[:, 1], active=None if early_stopping is None else early_stopping.active)
+            if early_stopping is not None:
+                early_stopping.step(row[:, 1])
             if path is not None:
                 assert store is not None
                 store.save(path, Position(epoch, 0, new_tally(S), 0.0, [rng.bit_generator.state for rng in rngs], history))

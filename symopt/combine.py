@@ -89,6 +89,11 @@ class Combined:
                     f"combine: member {name!r} has skip_nonfinite=True; a member skipping steps on its own "
                     f"would leave the members at different steps"
                 )
+            if getattr(opt, "stoppable", False) or getattr(getattr(opt, "inner", None), "stoppable", False):
+                raise ValueError(
+                    f"combine: member {name!r} has stoppable=True; a member freezing stack members on its own "
+                    f"would leave the members at different steps (build each rule on its own stack)"
+                )
             for param in opt.params:
                 if id(param) in owner:
                     raise ValueError(

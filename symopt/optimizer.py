@@ -52,7 +52,8 @@ __all__ = ["Optimizer", "Updates", "HYPERPARAMETER_BOUNDS", "TRANSFORM_SETTINGS"
 TRANSFORM_SETTINGS = SETTING_KEYWORDS
 
 #: The constructor keywords that configure transforms rather than the rule.
-_TRANSFORM_KEYWORDS = ("max_norm_mask", "max_norm_axes", "weight_decay_mask", "accumulate", "skip_nonfinite", "decoupled_weight_decay")
+_TRANSFORM_KEYWORDS = ("max_norm_mask", "max_norm_axes", "weight_decay_mask", "accumulate", "skip_nonfinite", "stoppable",
+                       "decoupled_weight_decay")
 
 
 #: Attributes of the values a rule receives (``h.t``, ``h.cast``, ...), so no hyperparameter names.
@@ -163,6 +164,12 @@ class Optimizer:
     skip_nonfinite
         A call whose loss or gradients hold NaN/Inf changes nothing; ``opt.skipped``
         counts them.
+    stoppable
+        Stacked parameters only: ``opt.member_active`` (an int64 shared vector of 0/1 over
+        the members, all 1) gates each member's update, so a member can be frozen (its
+        parameters and state stop changing, the others go on) without recompiling, as
+        :class:`~symopt.plateau.EarlyStopping` does. A frozen member's step count stops
+        with it (``opt.member_steps``), as with ``skip_nonfinite``.
     transforms
         Further :class:`~symopt.transforms.Transform` objects, applied after the built-in
         ones in the order given.
@@ -207,6 +214,10 @@ class Optimizer:
     """
 
     hyperparameters: ClassVar[Any] = _HyperparameterTable()
+    #: ``stoppable=True`` (stacked parameters): the 0/1 per-member gate (see the constructor).
+    #: Class defaults, set on the instance only when asked for.
+    stoppable: bool = False
+    member_active: SharedVariable | None = None
     slots: ClassVar[dict[str, float]] = {}
     scalar_slots: ClassVar[dict[str, float]] = {}
     #: Decoupled rules (AdamW, Lion) shrink the parameter by ``1 - lr * wd`` before the
@@ -312,6 +323,8 @@ class Optimizer:
             out["accumulate"] = Accumulate(transform_options["accumulate"], owner).k
         if "skip_nonfinite" in transform_options:
             out["skip_nonfinite"] = SkipNonFinite(transform_options["skip_nonfinite"], owner).enabled
+        if "stoppable" in transform_options:
+            out["stoppable"] = SkipNonFinite(False, owner, transform_options["stoppable"]).stoppable
         if transform_options.get("decoupled_weight_decay") is not None:
             out["decoupled_weight_decay"] = WeightDecay(transform_options["decoupled_weight_decay"], owner=owner).decoupled
         if transform_options.get("max_norm_axes") is not None:
@@ -346,6 +359,7 @@ class Optimizer:
         decoupled_weight_decay: bool | None = None,
         accumulate: int = 1,
         skip_nonfinite: bool = False,
+        stoppable: bool = False,
         transforms: Sequence[Transform] = (),
         **hyperparameters: Any,
     ):
@@ -416,6 +430,7 @@ class Optimizer:
             **given,
             "accumulate": accumulate,
             "skip_nonfinite": skip_nonfinite,
+            "stoppable": stoppable,
             "weight_decay_mask": weight_decay_mask,
             "max_norm_mask": max_norm_mask,
             "max_norm_axes": max_norm_axes,
@@ -442,14 +457,21 @@ class Optimizer:
         self.skipped: SharedVariable = builtin[SkipNonFinite].skipped
         #: Per stack member, the calls skipped as non-finite (stacked parameters only).
         self.member_skipped: SharedVariable | None = builtin[SkipNonFinite].member_skipped
-        per_member_skip = self.skip_nonfinite and self.stack_size is not None
+        # The per-member gate (symopt.transforms.SkipNonFinite): non-finite members skipped,
+        # stopped members frozen. Set on the instance only when asked for, so the
+        # description of other optimisers (checkpoint signatures) is unchanged.
+        if builtin[SkipNonFinite].stoppable:
+            self.stoppable = True
+            self.member_active = builtin[SkipNonFinite].member_active
+        gated = [k for k, on in (("skip_nonfinite", self.skip_nonfinite), ("stoppable", self.stoppable)) if on]
+        per_member_skip = bool(gated) and self.stack_size is not None
         if per_member_skip and not type(self).per_member_values:
-            raise ValueError(f"{owner}: skip_nonfinite on a seed stack keeps a step count per member, which this "
+            raise ValueError(f"{owner}: {gated[0]} on a seed stack keeps a step count per member, which this "
                              f"rule's state cannot take (per_member_values is False); train the seeds separately")
         if per_member_skip and self.accumulate > 1:
-            raise ValueError(f"{owner}: skip_nonfinite with accumulate > 1 is not supported on stacked parameters "
+            raise ValueError(f"{owner}: {gated[0]} with accumulate > 1 is not supported on stacked parameters "
                              f"(each member would need its own accumulation count)")
-        #: Per stack member, the applied steps (stacked parameters with skip_nonfinite): a skipped
+        #: Per stack member, the applied steps (stacked, skip_nonfinite or stoppable): a skipped
         #: member's next step is its own step t, as in its separate run. ``iterations`` then
         #: counts the calls in which at least one member stepped (schedules follow it).
         self.member_steps: SharedVariable | None = None
@@ -792,7 +814,7 @@ class Optimizer:
         for var, value in new_state:
             out[var] = self._cast_to(var, value)
         if applied is not None and applied.ndim == 1:
-            # Per member (stacked, skip_nonfinite): every variable here has the stack axis first.
+            # Per member (stacked, skip_nonfinite or stoppable): every variable here has the stack axis first.
             for var in out:
                 out[var] = pt.switch(member_view(applied, var.ndim), out[var], var)
             out[self.iterations] = self.iterations + pt.cast(pt.any(applied), "int64")
@@ -1020,8 +1042,10 @@ class Optimizer:
         for name, var in (("micro_steps", self.micro_steps), ("skipped", self.skipped), *self._member_counters()):
             count = np.asarray(state["counters"].get(name, -1))
             want = var.get_value(borrow=True).shape
-            if count.shape != want or count.dtype.kind not in "iu" or np.any(count < 0):
+            if count.shape != want or count.dtype.kind not in "iu" or np.any(count < 0) or (
+                    name == "member_active" and np.any(count > 1)):
                 kind = "integer" if want == () else f"integer vector of shape {want}"
+                kind += " of 0/1" if name == "member_active" else ""
                 raise ValueError(f"{owner}: state counter {name!r} must be a non-negative {kind}, got {count!r}")
             pending.append((var, count.astype(np.int64)))
         slots = state["slots"]
@@ -1050,9 +1074,10 @@ class Optimizer:
             schedule.load_state(values)
 
     def _member_counters(self) -> list[tuple[str, SharedVariable]]:
-        """The per-member counters of stacked parameters with skip_nonfinite."""
-        return [(name, var) for name, var in (("member_steps", self.member_steps), ("member_skipped", self.member_skipped))
-                if var is not None]
+        """The per-member counters of stacked parameters with skip_nonfinite or stoppable
+        (``member_active``: 1 for a member that trains, 0 for a frozen one)."""
+        return [(name, var) for name, var in (("member_steps", self.member_steps), ("member_skipped", self.member_skipped),
+                                              ("member_active", self.member_active)) if var is not None]
 
     def _flat_state(self) -> dict[str, np.ndarray]:
         """:meth:`state_dict` as ``name -> array`` (the ``.npz`` layout of :meth:`save`)."""

@@ -13,6 +13,19 @@ It runs in Python once per epoch and changes the optimiser's shared hyperparamet
 compiled train functions follow without recompiling. The numbers are torch's for any
 metric sequence (``benchmarks/validate_schedules.py``), NaN included: a NaN is never an
 improvement, so it counts as a bad epoch.
+
+On a seed stack (:class:`~symopt.seeds.SeedStack`) every member has its own fate:
+:class:`MemberReduceLROnPlateau` keeps the plateau state per member and reduces only the
+members whose own metric plateaued (member ``i`` follows exactly the rates
+:class:`ReduceLROnPlateau` gives on member ``i``'s metrics alone), and
+:class:`EarlyStopping` freezes each member whose metric stopped improving while the others
+train on (an optimiser built with ``stoppable=True``)::
+
+    opt = symopt.Adam(stack.params, learning_rate=[1e-3] * S, stoppable=True)
+    plateau = symopt.MemberReduceLROnPlateau(opt, factor=0.5, patience=2)
+    stopping = symopt.EarlyStopping(patience=5)
+    SeedTrainer(stack, opt, ...).fit(30, plateau=plateau, early_stopping=stopping)
+    stopping.stopped_epoch                  # per member: the epoch it stopped at (0: trained to the end)
 """
 
 from __future__ import annotations
@@ -27,18 +40,18 @@ from .optimizer import Optimizer
 from .schedules import Schedule
 from .wrappers import Lookahead
 
-__all__ = ["ReduceLROnPlateau"]
+__all__ = ["ReduceLROnPlateau", "MemberReduceLROnPlateau", "EarlyStopping"]
 
 MODES = ("min", "max")
 THRESHOLD_MODES = ("rel", "abs")
 
 
-def _real(name: str, value: Any) -> float:
+def _real(name: str, value: Any, owner: str = "ReduceLROnPlateau") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"ReduceLROnPlateau: {name} must be a real number, got {value!r}")
+        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"ReduceLROnPlateau: {name} must be finite, got {value}")
+        raise ValueError(f"{owner}: {name} must be finite, got {value}")
     return value
 
 
@@ -93,6 +106,9 @@ class ReduceLROnPlateau:
         owns its values.
     """
 
+    #: Whether the state is per stack member (:class:`MemberReduceLROnPlateau`).
+    _per_member: bool = False
+
     def __init__(
         self,
         optimizer: Any,
@@ -119,6 +135,11 @@ class ReduceLROnPlateau:
             )
         for index, group in enumerate(groups):
             value = group.values[hyperparameter]
+            if not self._per_member and not isinstance(value, Schedule) and np.ndim(value.get_value(borrow=True)) == 1:
+                raise ValueError(
+                    f"ReduceLROnPlateau: {hyperparameter} of param group {index} is a vector over the members of a "
+                    f"seed stack; reduce each member's on its own with symopt.MemberReduceLROnPlateau"
+                )
             if isinstance(value, Schedule):
                 raise ValueError(
                     f"ReduceLROnPlateau: {hyperparameter} of param group {index} follows a schedule ({value!r}); "
@@ -260,3 +281,361 @@ class ReduceLROnPlateau:
     def __repr__(self) -> str:
         settings = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
         return f"ReduceLROnPlateau({settings}; best={self.best}, num_bad_epochs={self.num_bad_epochs})"
+
+
+# ---------------------------------------------------------------------- per stack member
+def _improves(current: np.ndarray, best: np.ndarray, mode: str, threshold_mode: str, threshold: float) -> np.ndarray:
+    """Element-wise :meth:`ReduceLROnPlateau.is_better` (the same float64 operations; NaN never improves)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        if mode == "min":
+            return current < (best * (1.0 - threshold) if threshold_mode == "rel" else best - threshold)
+        return current > (best * (threshold + 1.0) if threshold_mode == "rel" else best + threshold)
+
+
+def _metric_vector(owner: str, metrics: Any, members: int) -> np.ndarray:
+    """``metrics`` as a float64 vector of ``members`` values (one number is one member's)."""
+    if isinstance(metrics, (bool, np.bool_, str, bytes)):
+        raise TypeError(f"{owner}: the metrics must be numbers, one per stack member, got {metrics!r}")
+    try:
+        array = np.asarray(metrics)
+    except (TypeError, ValueError):
+        raise TypeError(f"{owner}: the metrics must be numbers, one per stack member, got {metrics!r}") from None
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"{owner}: the metrics must be numbers, one per stack member, got {metrics!r}")
+    if array.ndim == 0 and members == 1:
+        array = array.reshape(1)
+    if array.shape != (members,):
+        raise ValueError(f"{owner}: expected {members} metric(s), one per stack member, got shape {array.shape}")
+    return array.astype(np.float64)
+
+
+def _mask(owner: str, active: Any, members: int) -> np.ndarray:
+    if active is None:
+        return np.ones(members, dtype=bool)
+    array = np.asarray(active)
+    if array.shape != (members,) or array.dtype.kind not in "biu" or np.any((array != 0) & (array != 1)):
+        raise ValueError(f"{owner}: active must be {members} booleans (one per stack member), got {active!r}")
+    return array.astype(bool)
+
+
+def _saved_vector(owner: str, name: str, value: Any, members: int, floats: bool) -> np.ndarray:
+    """A saved per-member list: ``members`` numbers (``floats``: with ``"inf"``/``"-inf"``, no NaN),
+    else integers >= 0."""
+    if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != members:
+        raise ValueError(f"{owner}: saved {name} {value!r} is not a list of {members} values (one per stack member)")
+    out = []
+    for v in value:
+        if floats:
+            if isinstance(v, str) and v in ("inf", "-inf"):
+                v = float(v)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or math.isnan(v):
+                raise ValueError(f"{owner}: saved {name} {value!r} holds {v!r}, not a number")
+        elif isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{owner}: saved {name} {value!r} holds {v!r}, not an integer >= 0")
+        out.append(v)
+    return np.array(out, dtype=np.float64 if floats else np.int64)
+
+
+def _floats(values: np.ndarray) -> list[float]:
+    return [float(v) for v in values]
+
+
+def _ints(values: np.ndarray) -> list[int]:
+    return [int(v) for v in values]
+
+
+class MemberReduceLROnPlateau(ReduceLROnPlateau):
+    r""":class:`ReduceLROnPlateau` for each member of a seed stack on its own.
+
+    The state (best metric, bad epochs, cooldown) is a vector over the members, and
+    :meth:`step` takes one metric per member (each member's own evaluation loss); a member
+    whose metric plateaued has its value of the hyperparameter reduced, in every param
+    group, the others keep theirs. Member ``i``'s values are exactly those
+    :class:`ReduceLROnPlateau` gives on member ``i``'s metric sequence alone (torch's, NaN a
+    bad epoch), because every comparison and product is the same float64 operation.
+
+    The hyperparameter must have been given per member at construction (a vector, e.g.
+    ``learning_rate=[1e-3] * S``): the compiled step reads it as an ``(S,)`` shared vector,
+    which :meth:`~symopt.optimizer.Optimizer.set_hyperparameter` then changes per member.
+    The other arguments are :class:`ReduceLROnPlateau`'s; ``min_lr`` is one number or one per
+    param group, shared by the members.
+    """
+
+    _per_member = True
+
+    def __init__(self, optimizer: Any, factor: float = 0.1, patience: int = 10, threshold: float = 1e-4,
+                 threshold_mode: str = "rel", mode: str = "min", cooldown: int = 0,
+                 min_lr: float | Sequence[float] = 0.0, eps: float = 1e-8, *, hyperparameter: str = "learning_rate"):
+        super().__init__(optimizer, factor, patience, threshold, threshold_mode, mode, cooldown, min_lr, eps,
+                         hyperparameter=hyperparameter)
+        owner = type(self).__name__
+        members = getattr(self.optimizer, "stack_size", None)
+        if members is None:
+            raise ValueError(f"{owner}: the optimiser's parameters are not stacked over a seed axis "
+                             f"(symopt.seeds.SeedStack); for one run use symopt.ReduceLROnPlateau")
+        for index, group in enumerate(self.optimizer.param_groups):
+            if np.ndim(group.values[hyperparameter].get_value(borrow=True)) != 1:
+                raise ValueError(
+                    f"{owner}: {hyperparameter} of param group {index} is one value for all {members} members; "
+                    f"give it per member at construction ({hyperparameter}=[value] * {members}) so that each "
+                    f"member's can be reduced on its own"
+                )
+        #: Stack members S; the state below is a vector over them.
+        self.members = int(members)
+        self.best = np.full(self.members, self.best, dtype=np.float64)
+        self.num_bad_epochs = np.zeros(self.members, dtype=np.int64)
+        self.cooldown_counter = np.zeros(self.members, dtype=np.int64)
+
+    def step(self, metric: Any, active: Any = None) -> None:  # type: ignore[override]
+        """Record one epoch's metrics, one per member (an ``(S,)`` array), and reduce the
+        members that plateaued.
+
+        ``active`` (``S`` booleans, default all): members left out keep their state, as a
+        member :class:`EarlyStopping` stopped. A wrong number of metrics is refused before
+        anything changes.
+        """
+        owner = f"{type(self).__name__}.step"
+        current = _metric_vector(owner, metric, self.members)
+        mask = _mask(owner, active, self.members)
+        better = mask & _improves(current, self.best, self.mode, self.threshold_mode, self.threshold)
+        bad = np.where(mask, np.where(better, 0, self.num_bad_epochs + 1), self.num_bad_epochs)
+        cooling = mask & (self.cooldown_counter > 0)
+        cooldown = np.where(cooling, self.cooldown_counter - 1, self.cooldown_counter)
+        bad = np.where(cooling, 0, bad)  # bad epochs during the cooldown do not count
+        due = mask & (bad > self.patience)
+        if due.any():
+            self._reduce_members(due)
+        self.best = np.where(better, current, self.best)
+        self.num_bad_epochs = np.where(due, 0, bad)
+        self.cooldown_counter = np.where(due, self.cooldown, cooldown)
+        self.last_epoch += 1
+
+    def _reduce_members(self, due: np.ndarray) -> None:
+        opt, name = self.optimizer, self.hyperparameter
+        for index, floor in enumerate(self.min_lrs):
+            old = np.array(opt.get_hyperparameter(name, group=index), dtype=np.float64)
+            new = np.maximum(old * self.factor, floor)
+            apply = due & (old - new > self.eps)
+            if apply.any():
+                opt.set_hyperparameter(name, np.where(apply, new, old), group=index)
+
+    @property
+    def in_cooldown(self) -> np.ndarray:  # type: ignore[override]
+        return self.cooldown_counter > 0
+
+    def get_last_lr(self) -> list[np.ndarray]:  # type: ignore[override]
+        """The hyperparameter's current values per param group, each a vector over the members."""
+        return [np.array(self.optimizer.get_hyperparameter(self.hyperparameter, group=i), dtype=np.float64)
+                for i in range(len(self.min_lrs))]
+
+    def _settings(self) -> dict[str, Any]:
+        return {**super()._settings(), "members": self.members}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Settings and per-member counters, as JSON-able lists (the values live in the optimiser)."""
+        return {"settings": self._settings(), "best": _floats(self.best), "num_bad_epochs": _ints(self.num_bad_epochs),
+                "cooldown_counter": _ints(self.cooldown_counter), "last_epoch": self.last_epoch}
+
+    def checked_state(self, state: Any) -> dict[str, Any]:
+        """Validate a :meth:`state_dict` (settings equal to this plateau's, one value per
+        member, ``best`` with ``"inf"``/``"-inf"`` as JSON writes them) without changing anything."""
+        owner = type(self).__name__
+        keys = {"settings", "best", "num_bad_epochs", "cooldown_counter", "last_epoch"}
+        if not isinstance(state, Mapping) or set(state) != keys:
+            raise ValueError(f"{owner}: a saved state holds {sorted(keys)}, got {state!r}")
+        saved, mine = state["settings"], self._settings()
+        if not isinstance(saved, Mapping) or set(saved) != set(mine):
+            raise ValueError(f"{owner}: saved settings {saved!r} are malformed")
+        for key, value in mine.items():
+            if saved[key] != value:
+                raise ValueError(f"{owner}: saved with {key}={saved[key]!r}, this one has {key}={value!r}")
+        last = state["last_epoch"]
+        if isinstance(last, bool) or not isinstance(last, (int, np.integer)) or last < 0:
+            raise ValueError(f"{owner}: saved last_epoch {last!r} is not an integer >= 0")
+        return {"best": _saved_vector(owner, "best", state["best"], self.members, True),
+                "num_bad_epochs": _saved_vector(owner, "num_bad_epochs", state["num_bad_epochs"], self.members, False),
+                "cooldown_counter": _saved_vector(owner, "cooldown_counter", state["cooldown_counter"], self.members, False),
+                "last_epoch": int(last)}
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self._settings().items())
+        return f"{type(self).__name__}({settings}; best={_floats(self.best)}, num_bad_epochs={_ints(self.num_bad_epochs)})"
+
+
+class EarlyStopping:
+    r"""Stop a run, or each member of a seed stack on its own, once its metric has not
+    improved for ``patience`` evaluations (Keras's ``EarlyStopping`` counting, torch's
+    improvement test).
+
+    Each :meth:`step` takes one metric per member (a number for one run). A member's metric
+    :math:`m` improves on its best so far :math:`b` (initially :math:`+\infty` for
+    ``mode="min"``) when :math:`m < b - \delta` (``mode="max"``: :math:`m > b + \delta`),
+    :math:`\delta` = ``min_delta``; NaN never does. An improvement sets :math:`b = m` and
+    zeroes the member's count of evaluations without improvement; any other metric adds
+    one, and the member stops when the count reaches ``patience``. A stopped member's state
+    no longer changes, and :attr:`stopped_epoch` records the evaluation (1-based, the epoch
+    in ``fit``) at which it stopped (0 while it trains).
+
+    Stopping a member of a stack freezes it: the optimiser must be built with
+    ``stoppable=True`` (``symopt.Adam(stack.params, ..., stoppable=True)``), whose per-member
+    gate (``opt.member_active``, the mechanism that makes ``skip_nonfinite`` skip a
+    member's step) this sets to 0, so its parameters, optimiser state and buffers stop
+    changing while the others train on, as in a separate run stopped at that epoch.
+    ``Trainer.fit``/``SeedTrainer.fit(early_stopping=...)`` step it with each epoch's test
+    loss (after a ``plateau``) and end the run once every member has stopped; its state
+    goes in the checkpoint.
+
+    Parameters
+    ----------
+    patience
+        Evaluations without improvement after which a member stops (>= 1).
+    min_delta
+        :math:`\delta` >= 0, the least change that counts as an improvement.
+    mode
+        ``"min"`` (a loss) or ``"max"`` (an accuracy).
+    optimizer
+        For use outside ``fit``: the stacked optimiser (built with ``stoppable=True``) whose
+        members to freeze. ``fit`` attaches the trainer's optimiser itself.
+    """
+
+    def __init__(self, patience: int = 10, min_delta: float = 0.0, mode: str = "min", *, optimizer: Any = None):
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) or patience < 1:
+            raise ValueError(f"EarlyStopping: patience must be an integer >= 1, got {patience!r}")
+        min_delta = _real("min_delta", min_delta, "EarlyStopping")
+        if min_delta < 0:
+            raise ValueError(f"EarlyStopping: min_delta must be >= 0, got {min_delta}")
+        if mode not in MODES:
+            raise ValueError(f"EarlyStopping: mode must be one of {list(MODES)}, got {mode!r}")
+        self.patience, self.min_delta, self.mode = int(patience), min_delta, mode
+        #: The optimiser whose members are frozen (None: one run, or not attached yet).
+        self.optimizer: Any = None
+        #: Members (None until the first step or attach).
+        self.members: int | None = None
+        self.last_epoch = 0
+        self.best = np.zeros(0)
+        self.wait = np.zeros(0, dtype=np.int64)
+        self.stopped_epoch = np.zeros(0, dtype=np.int64)
+        if optimizer is not None:
+            self.attach(optimizer, None)
+
+    def _start(self, members: int) -> None:
+        self.members = int(members)
+        self.best = np.full(self.members, math.inf if self.mode == "min" else -math.inf)
+        self.wait = np.zeros(self.members, dtype=np.int64)
+        self.stopped_epoch = np.zeros(self.members, dtype=np.int64)
+
+    def attach(self, optimizer: Any, streams: int | None) -> None:
+        """Bind to the optimiser of a run of ``streams`` members (``None``: the optimiser's stack size).
+
+        A stack needs an optimiser built with ``stoppable=True``; one run needs nothing (a
+        stopped run ends). Refuses another optimiser than the one attached before, or
+        another number of members than the state has.
+        """
+        inner = optimizer.inner if isinstance(optimizer, Lookahead) else optimizer
+        stack = getattr(inner, "stack_size", None)
+        members = stack if streams is None else int(streams)
+        if members is None:
+            members = 1
+        if self.optimizer is not None and self.optimizer is not inner:
+            raise ValueError("EarlyStopping: it was attached to another optimiser than this run's")
+        if members > 1 or stack is not None:
+            if getattr(inner, "member_active", None) is None:
+                raise ValueError(
+                    f"EarlyStopping: freezing a member of a seed stack needs an optimiser built with stoppable=True "
+                    f"(e.g. symopt.{type(inner).__name__}(stack.params, ..., stoppable=True)); "
+                    f"{type(optimizer).__name__} was not"
+                )
+            if stack != members:
+                raise ValueError(f"EarlyStopping: the optimiser has {stack} stack members, this run {members}")
+        if self.members is not None and self.members != members:
+            raise ValueError(f"EarlyStopping: its state is for {self.members} member(s), this run has {members}")
+        self.optimizer = inner
+        if self.members is None:
+            self._start(members)
+
+    @property
+    def active(self) -> np.ndarray:
+        """Per member: still training (has not stopped)."""
+        return self.stopped_epoch == 0
+
+    @property
+    def all_stopped(self) -> bool:
+        """Whether every member has stopped (a run of one: whether it has)."""
+        return self.members is not None and not self.active.any()
+
+    def step(self, metric: Any) -> np.ndarray:
+        """Record one evaluation's metrics (one per member) and stop the members that ran
+        out of patience; returns which members stopped at this evaluation. Stopped members'
+        metrics are ignored (their state stays as it was at their stop)."""
+        owner = "EarlyStopping.step"
+        members = self.members
+        if members is None:  # not attached: as many members as metrics
+            try:
+                members = max(int(np.size(metric)), 1) if not isinstance(metric, (str, bytes)) else 1
+            except (TypeError, ValueError):
+                members = 1
+        current = _metric_vector(owner, metric, members)
+        if self.members is None:
+            self._start(members)
+        mask = self.active
+        threshold = self.min_delta
+        better = mask & _improves(current, self.best, self.mode, "abs", threshold)
+        self.wait = np.where(mask, np.where(better, 0, self.wait + 1), self.wait)
+        self.best = np.where(better, current, self.best)
+        self.last_epoch += 1
+        stop = mask & ~better & (self.wait >= self.patience)
+        self.stopped_epoch = np.where(stop, self.last_epoch, self.stopped_epoch)
+        gate = getattr(self.optimizer, "member_active", None)
+        if gate is not None and stop.any():
+            gate.set_value(np.where(stop, 0, gate.get_value()).astype(np.int64))
+        return stop
+
+    # ------------------------------------------------------------------ state
+    def _settings(self) -> dict[str, Any]:
+        return {"patience": self.patience, "min_delta": self.min_delta, "mode": self.mode, "members": self.members}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Settings and per-member state as JSON-able lists (the freezing gate lives in the optimiser)."""
+        return {"settings": self._settings(), "best": _floats(self.best), "wait": _ints(self.wait),
+                "stopped_epoch": _ints(self.stopped_epoch), "last_epoch": self.last_epoch}
+
+    def checked_state(self, state: Any) -> dict[str, Any]:
+        """Validate a :meth:`state_dict` against this one (attached, so its member count is
+        known) without changing anything."""
+        keys = {"settings", "best", "wait", "stopped_epoch", "last_epoch"}
+        if not isinstance(state, Mapping) or set(state) != keys:
+            raise ValueError(f"EarlyStopping: a saved state holds {sorted(keys)}, got {state!r}")
+        saved, mine = state["settings"], self._settings()
+        if not isinstance(saved, Mapping) or set(saved) != set(mine):
+            raise ValueError(f"EarlyStopping: saved settings {saved!r} are malformed")
+        for key, value in mine.items():
+            if saved[key] != value:
+                raise ValueError(f"EarlyStopping: saved with {key}={saved[key]!r}, this one has {key}={value!r}")
+        last = state["last_epoch"]
+        if isinstance(last, bool) or not isinstance(last, (int, np.integer)) or last < 0:
+            raise ValueError(f"EarlyStopping: saved last_epoch {last!r} is not an integer >= 0")
+        members = int(self.members or 0)
+        stopped = _saved_vector("EarlyStopping", "stopped_epoch", state["stopped_epoch"], members, False)
+        if np.any(stopped > last):
+            raise ValueError(f"EarlyStopping: saved stopped_epoch {state['stopped_epoch']!r} lies beyond last_epoch {last}")
+        return {"best": _saved_vector("EarlyStopping", "best", state["best"], members, True),
+                "wait": _saved_vector("EarlyStopping", "wait", state["wait"], members, False),
+                "stopped_epoch": stopped, "last_epoch": int(last)}
+
+    def load_checked(self, checked: Mapping[str, Any]) -> None:
+        """Apply a dict from :meth:`checked_state`."""
+        for key, value in checked.items():
+            setattr(self, key, value)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (validated first; the optimiser's gate is not touched)."""
+        if self.members is None:
+            size = state.get("settings", {}).get("members") if isinstance(state, Mapping) else None
+            if isinstance(size, int) and not isinstance(size, bool) and size >= 1:
+                self._start(size)
+        self.load_checked(self.checked_state(state))
+
+    def __repr__(self) -> str:
+        stopped = _ints(self.stopped_epoch)
+        return (f"EarlyStopping(patience={self.patience}, min_delta={self.min_delta!r}, mode={self.mode!r}; "
+                f"stopped_epoch={stopped})")

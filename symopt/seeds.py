@@ -32,6 +32,12 @@ The built-in controls that reduce over a whole tensor or over all parameters
 member's own slice; a member whose loss or gradient goes non-finite keeps its parameters
 and state while the others step (``opt.member_skipped`` counts them). A user's transform
 that reduces without declaring ``per_member`` would couple the seeds and is refused.
+
+Each member also has its own fate: ``SeedTrainer.fit(plateau=MemberReduceLROnPlateau(...),
+early_stopping=EarlyStopping(...))`` reduces the rate of each member whose own test loss
+plateaued and freezes each member whose test loss stopped improving (an optimiser built
+with ``stoppable=True``: the same per-member gate as ``skip_nonfinite``), see
+:mod:`symopt.plateau`.
 """
 
 from __future__ import annotations
@@ -473,6 +479,8 @@ class SeedTrainer(Trainer):
         checkpoint_every: int | None = None,
         resume: bool | str | os.PathLike[str] = False,
         config: Mapping[str, Any] | None = None,
+        plateau: Any = None,
+        early_stopping: Any = None,
     ) -> list[list[EpochRecord]]:
         """Train ``epochs`` epochs; returns one history per seed (as :meth:`Trainer.fit` would).
 
@@ -480,8 +488,17 @@ class SeedTrainer(Trainer):
         ``seconds`` of an epoch is the wall time of the joint epoch divided by S.
         ``checkpoint``, ``checkpoint_every``, ``resume``, ``config`` and Ctrl-C: as for
         :meth:`Trainer.fit` (one checkpoint holds every seed's state).
+
+        ``plateau``: a :class:`~symopt.plateau.MemberReduceLROnPlateau`, stepped with each
+        seed's own test loss every epoch (after the callback). ``early_stopping``: a
+        :class:`~symopt.plateau.EarlyStopping`, stepped after it; a seed that stops is frozen
+        (the optimiser must be built with ``stoppable=True``) while the others train on, its
+        epoch recorded in ``early_stopping.stopped_epoch``; its later history rows are those
+        of the frozen model (its test loss no longer changes). The run ends once every seed
+        has stopped. Both states go in the checkpoint.
         """
         data_seeds = list(self.stack.seeds if data_seeds is None else data_seeds)
         on_epoch = None if callback is None else (lambda records: callback(records[0].epoch, records))
         return self._fit(epochs, data_seeds, progress, on_epoch, per_stream=True, checkpoint=checkpoint,
-                         checkpoint_every=checkpoint_every, resume=resume, config=config)
+                         checkpoint_every=checkpoint_every, resume=resume, config=config, plateau=plateau,
+                         early_stopping=early_stopping)

@@ -21,6 +21,7 @@ from pytensor.compile.sharedvalue import SharedVariable
 
 from .checkpoint import TALLY_WIDTH, new_tally, run_training, tally_means
 from .function import function
+from .hyperparameter import member_view
 from .nn import accuracy, cross_entropy
 
 __all__ = ["EpochRecord", "NonFiniteLossError", "Trainer", "ModelStep", "StepBuilder", "OptimizerLike", "fit", "warm_up", "Model"]
@@ -256,6 +257,14 @@ class Trainer:
             finite = pt.isfinite(objective)
             extra = {var: pt.switch(finite, new, var) if isinstance(var.type, pt.TensorType) else new
                      for var, new in extra.items()}
+        gate = getattr(optimizer, "member_active", None)
+        if gate is not None:
+            # stoppable=True: a frozen member's buffers (batch-norm statistics, dropout
+            # counters of a vectorised stack) stop with its parameters.
+            active = pt.neq(gate, 0)
+            extra = {var: pt.switch(member_view(active, var.ndim), new, var)
+                     if getattr(var.tag, "seed_axis", False) and isinstance(var.type, pt.TensorType) else new
+                     for var, new in extra.items()}
         updates.update(extra)
         self.train_step = function([i], losses, updates=updates, givens=givens, mode=mode)
 
@@ -370,6 +379,7 @@ class Trainer:
         resume: bool | str | os.PathLike[str] = False,
         config: Mapping[str, Any] | None = None,
         plateau: Any = None,
+        early_stopping: Any = None,
     ) -> list[EpochRecord]:
         """Train ``epochs`` epochs with data order from ``seed``; returns the history.
 
@@ -392,6 +402,11 @@ class Trainer:
         plateau
             A :class:`~symopt.plateau.ReduceLROnPlateau`, stepped with each epoch's test
             loss after the callback; its state goes in the checkpoint.
+        early_stopping
+            A :class:`~symopt.plateau.EarlyStopping`, stepped with each epoch's test loss
+            after the plateau: the run ends (the history is shorter than ``epochs``) at the
+            epoch it stops, recorded in ``early_stopping.stopped_epoch``; its state goes in
+            the checkpoint, and resuming a stopped run trains no further.
 
         In the main thread, Ctrl-C lets the current step finish, writes the checkpoint
         (if any) and raises :class:`~symopt.checkpoint.TrainingInterrupted` (a
@@ -399,7 +414,8 @@ class Trainer:
         """
         on_epoch = None if callback is None else (lambda records: callback(records[0]))
         return self._fit(epochs, [seed], progress, on_epoch, per_stream=False, checkpoint=checkpoint,
-                         checkpoint_every=checkpoint_every, resume=resume, config=config, plateau=plateau)
+                         checkpoint_every=checkpoint_every, resume=resume, config=config, plateau=plateau,
+                         early_stopping=early_stopping)
 
     def _fit(
         self,
@@ -467,6 +483,7 @@ def fit(
     checkpoint_every: int | None = None,
     resume: bool | str | os.PathLike[str] = False,
     plateau: Any = None,
+    early_stopping: Any = None,
 ) -> list[EpochRecord]:
     """Train ``model`` with ``optimizer`` on ``data`` (``x_train``, ``y_train``, ``x_test``, ``y_test``).
 
@@ -474,10 +491,12 @@ def fit(
     seconds of training). The same seed, model and optimiser state give the same history.
     ``checkpoint="run.ckpt"`` writes the run's state after every epoch (and every
     ``checkpoint_every`` steps); ``resume=True`` continues from it (see :meth:`Trainer.fit`).
-    ``plateau=symopt.ReduceLROnPlateau(optimizer, ...)`` is stepped with each epoch's test loss.
+    ``plateau=symopt.ReduceLROnPlateau(optimizer, ...)`` is stepped with each epoch's test loss,
+    then ``early_stopping=symopt.EarlyStopping(patience=...)``, which ends the run early.
     """
     trainer = Trainer(
         model, optimizer, data.x_train, data.y_train, data.x_test, data.y_test, batch_size=batch_size, mode=mode
     )
     return trainer.fit(epochs, seed, progress=progress, callback=callback, checkpoint=checkpoint,
-                       checkpoint_every=checkpoint_every, resume=resume, plateau=plateau)
+                       checkpoint_every=checkpoint_every, resume=resume, plateau=plateau,
+                       early_stopping=early_stopping)

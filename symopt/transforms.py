@@ -217,35 +217,55 @@ class SkipNonFinite(Transform):
     see :class:`Step`) or gradient slice is not finite keeps its parameters and state, the
     others step; ``applied`` is then a vector over the members, ``member_skipped`` counts
     each member's skipped calls and ``skipped`` the calls in which any member was skipped.
+
+    The same per-member gate freezes members on request: with ``stoppable=True`` (stacked
+    parameters only) ``member_active`` is an int64 shared vector of 0/1 over the members,
+    and a member whose entry is 0 keeps its parameters and state on every call, as a
+    skipped one does (:class:`~symopt.plateau.EarlyStopping` writes it). Its checks are
+    then ``finite & active`` (``active`` alone without ``skip_nonfinite``).
     """
 
     name = keyword = "skip_nonfinite"
     reduces = "parameters"
     per_member = True
+    #: Set on the instance only with ``stoppable=True``, so the description of other
+    #: optimisers (checkpoint signatures) is unchanged.
+    stoppable: bool = False
+    member_active: SharedVariable | None = None
 
-    def __init__(self, enabled: bool = True, owner: str = "Transform"):
+    def __init__(self, enabled: bool = True, owner: str = "Transform", stoppable: bool = False):
         if not isinstance(enabled, (bool, np.bool_)):
             raise TypeError(f"{owner}: skip_nonfinite must be True or False, got {enabled!r}")
+        if not isinstance(stoppable, (bool, np.bool_)):
+            raise TypeError(f"{owner}: stoppable must be True or False, got {stoppable!r}")
         self.enabled = bool(enabled)
         self.owner = owner
         self.skipped = pytensor.shared(np.int64(0), name=f"{owner}.skipped")
         self.member_skipped: SharedVariable | None = None
+        if stoppable:
+            self.stoppable = True
 
     def bind(self, owner, params):
         members = stack_size(params)
         if self.enabled and members is not None:
             self.member_skipped = pytensor.shared(np.zeros(members, dtype=np.int64), name=f"{owner}.member_skipped")
+        if self.stoppable:
+            if members is None:
+                raise ValueError(f"{owner}: stoppable=True freezes members of a seed stack; the parameters are not "
+                                 f"stacked over one seed axis (symopt.seeds.SeedStack)")
+            self.member_active = pytensor.shared(np.ones(members, dtype=np.int64), name=f"{owner}.member_active")
 
     @classmethod
     def from_options(cls, owner, options):
-        return cls(options.get("skip_nonfinite", False), owner)  # always: opt.skipped exists
+        # always: opt.skipped exists
+        return cls(options.get("skip_nonfinite", False), owner, options.get("stoppable", False))
 
     @property
     def active(self) -> bool:
-        return self.enabled
+        return self.enabled or self.stoppable
 
     def gradients(self, grads, applied, step):
-        if self.member_skipped is not None:
+        if self.member_skipped is not None or self.member_active is not None:
             return self._per_member(grads, applied, step)
         checks = [pt.all(pt.isfinite(grads[i])) for i in step.live]
         if step.loss is not None:
@@ -255,6 +275,11 @@ class SkipNonFinite(Transform):
         return grads, finite if applied is None else pt.and_(applied, finite)
 
     def _per_member(self, grads, applied, step):
+        if applied is not None:
+            raise ValueError(f"{self.owner}: skip_nonfinite on stacked parameters must come first among the transforms")
+        gate = None if self.member_active is None else pt.neq(self.member_active, 0)  # (S,)
+        if self.member_skipped is None:  # stoppable only: the gate is the mask
+            return grads, gate
         checks = [pt.all(pt.isfinite(grads[i]), axis=_member_axes(step.params[i], grads[i].ndim) or None)
                   if grads[i].ndim > 1 else pt.isfinite(grads[i]) for i in step.live]
         if step.member_losses is not None:
@@ -262,11 +287,11 @@ class SkipNonFinite(Transform):
         elif step.loss is not None:  # one loss for all members: it cannot tell which one failed
             checks.append(pt.broadcast_to(pt.isfinite(pt.as_tensor_variable(step.loss)), self.member_skipped.shape))
         finite = pt.all(pt.stack(checks), axis=0)  # (S,)
-        step.updates.append((self.member_skipped, self.member_skipped + 1 - pt.cast(finite, "int64")))
-        step.updates.append((self.skipped, self.skipped + 1 - pt.cast(pt.all(finite), "int64")))
-        if applied is not None:
-            raise ValueError(f"{self.owner}: skip_nonfinite on stacked parameters must come first among the transforms")
-        return grads, finite
+        # A frozen member is not skipped: it does not take part.
+        skipped = pt.invert(finite) if gate is None else pt.and_(gate, pt.invert(finite))
+        step.updates.append((self.member_skipped, self.member_skipped + pt.cast(skipped, "int64")))
+        step.updates.append((self.skipped, self.skipped + pt.cast(pt.any(skipped), "int64")))
+        return grads, finite if gate is None else pt.and_(finite, gate)
 
 
 class Accumulate(Transform):
@@ -516,8 +541,8 @@ def seed_coupling_transforms(opt: Any) -> list[str]:
     """Names of ``opt``'s active transforms that would mix the members of a seed stack.
 
     :func:`coupling_transforms` less those that reduce per member (``per_member``). A
-    wrapper (EMA, Lookahead) over a per-member ``skip_nonfinite`` is listed too: its
-    averages and synchronisation count applied steps for all members together.
+    wrapper (EMA, Lookahead) over a per-member ``skip_nonfinite`` (or ``stoppable``) is
+    listed too: its averages and synchronisation count applied steps for all members together.
     """
     members = getattr(opt, "members", None)
     if isinstance(members, dict):
@@ -527,5 +552,7 @@ def seed_coupling_transforms(opt: Any) -> list[str]:
         wrapped = seed_coupling_transforms(inner)
         if getattr(inner, "member_skipped", None) is not None:
             wrapped.append(f"skip_nonfinite (under {type(opt).__name__})")
+        if getattr(inner, "member_active", None) is not None:
+            wrapped.append(f"stoppable (under {type(opt).__name__})")
         return wrapped
     return [t.name for t in getattr(opt, "transforms", ()) if t.active and t.reduces is not None and not t.per_member]
