@@ -8,7 +8,8 @@ itself where it is installed. Early stopping is checked against a fold of its do
 counting, then in a compiled SeedTrainer run whose members stop at different epochs: each
 member equals a separate Trainer run stopped at the same epoch, a stopped member's parameters
 and optimiser state no longer change, and a checkpointed run resumes bit-identically.
-The compiled part builds one SeedTrainer and one Trainer for the module.
+The compiled part builds one SeedTrainer and one Trainer for the module (about 30 s), and a
+slow test a vectorised stack with BatchNorm whose frozen member keeps its statistics.
 """
 
 from __future__ import annotations
@@ -458,3 +459,30 @@ def test_resuming_a_stopped_single_run_trains_no_further(single: Single, separat
     assert resumed.state_dict() == stopping.state_dict() and resumed.all_stopped
     for got, want in zip(single.model.params, separate[s]["params"]):
         np.testing.assert_array_equal(got.get_value(), want)
+
+
+@pytest.mark.slow  # its own compile of a vectorised stack: 99 s on a loaded 2-core machine
+def test_a_frozen_member_of_a_vectorised_stack_keeps_its_buffers(data: tuple[np.ndarray, ...]) -> None:
+    """stoppable=True on a vectorised stack (BatchNorm running statistics per member): a member
+    frozen through ``opt.member_active`` keeps its parameters, optimiser state and statistics."""
+    def make(seed: int) -> nn.Layer:
+        return nn.Sequential([nn.Dense(SIDE * SIDE, 6, seed=seed), nn.BatchNorm(6, name="bn"), nn.ReLU(),
+                              nn.Dense(6, 2, seed=seed + 10)])
+
+    stack = SeedStack(make, SEEDS)
+    assert stack.vectorized
+    opt = symopt.Adam(stack.params, learning_rate=RATES, stoppable=True)
+    trainer = SeedTrainer(stack, opt, *data, batch_size=BATCH)
+    trainer.run_epoch([np.random.default_rng(s) for s in SEEDS])
+    before = _state(trainer)
+    opt.member_active.set_value(np.array([1, 0, 1]))
+    trainer.run_epoch([np.random.default_rng(s) for s in SEEDS])
+    after = _state(trainer)
+    per_member = [k for k, v in after.items() if v.ndim and v.shape[0] == len(SEEDS)
+                  and not k.endswith((":order", "member_active"))]
+    assert any("bn" in k for k in per_member) and len(per_member) >= 12, per_member
+    for key in per_member:
+        np.testing.assert_array_equal(after[key][1], before[key][1], err_msg=key)
+    moved = [k for k in per_member if not np.array_equal(after[k][0], before[k][0])]
+    assert any("bn" in k for k in moved) and any("Adam.m" in k or ".m" in k for k in moved), moved
+    assert opt.member_steps.get_value().tolist() == [12, 6, 12]
