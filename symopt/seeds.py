@@ -60,8 +60,8 @@ from .optimizer import Optimizer
 from .train import EpochRecord, Trainer
 from .transforms import BUILTIN_ORDER, SETTING_KEYWORDS, coupling_transforms, seed_coupling_transforms
 
-__all__ = ["SeedStack", "SeedTrainer", "StackedStep", "StackGroup", "MemberGrid", "member_grid", "seed_axis_ndim", "seed_cross_entropy", "coupling_transforms",
-           "seed_coupling_transforms", "COUPLING_SETTINGS", "STACKED_MODE"]
+__all__ = ["SeedStack", "SeedTrainer", "StackedStep", "StackGroup", "MemberGrid", "member_grid", "seed_axis_ndim",
+           "seed_cross_entropy", "coupling_transforms", "seed_coupling_transforms", "COUPLING_SETTINGS", "STACKED_MODE"]
 
 #: Keywords of the built-in transforms computed over whole tensors or all parameters
 #: (``Transform.reduces``). With a seed axis they reduce per member (``per_member``); an
