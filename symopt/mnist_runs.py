@@ -278,7 +278,7 @@ def _t(value: float) -> str:
         return "-"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
-    return f"{value:.2g}" if abs(value) >= 100 else f"{value:.1f}"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
 
 
 def adjacent_pairs(rows: list[dict[str, Any]], table: list[dict[str, Any]]) -> list[dict[str, Any]]:
