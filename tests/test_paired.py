@@ -131,10 +131,11 @@ def test_paired_members_draw_the_same_dropout_masks(vectorize):
                                           err_msg=f"member {i} step {step}")
 
 
-def test_two_rules_on_disjoint_stacks(runs, data):
+def test_two_rules_on_disjoint_stacks(runs, data, tmp_path):
     """Adam (lr 1e-2) on one stack and heavy-ball Momentum on another, both of seeds 3 and 11,
     combined into one compiled step: each member equals its separate run (the Adam ones
-    are those of the ``runs`` fixture), and seed s's members see the same batches."""
+    are those of the ``runs`` fixture), and seed s's members see the same batches. The run
+    stops after epoch 1 and resumes from its checkpoint (one file for both stacks)."""
     x_train, y_train, x_test, y_test = data
     adam_stack, momentum_stack = SeedStack(_model, SEEDS), SeedStack(_model, SEEDS)
     momentum = {"learning_rate": 0.05, "momentum": 0.9}
@@ -145,7 +146,11 @@ def test_two_rules_on_disjoint_stacks(runs, data):
     assert isinstance(trainer.stack, StackGroup) and trainer.stack.seeds == SEEDS + SEEDS
     assert trainer.stack.members_of == {3: [0, 2], 11: [1, 3]}
     orders: list[np.ndarray] = []
-    histories = trainer.fit(EPOCHS, progress=False, callback=lambda e, r: orders.append(trainer.order.get_value().copy()))
+    keep = lambda e, r: orders.append(trainer.order.get_value().copy())  # noqa: E731
+    checkpoint = tmp_path / "group.ckpt"
+    trainer.fit(1, progress=False, callback=keep, checkpoint=checkpoint)
+    histories = trainer.fit(EPOCHS, progress=False, callback=keep, checkpoint=checkpoint, resume=True)
+    assert len(orders) == EPOCHS and all(len(h) == EPOCHS for h in histories)
     for order in orders:
         np.testing.assert_array_equal(order[0], order[2])
         np.testing.assert_array_equal(order[1], order[3])
