@@ -259,8 +259,9 @@ def compare_document(doc: dict[str, Any], metric: str = "test_accuracy", epoch: 
             if n > 1 and pa.std() > 0 and pb.std() > 0:
                 corr = float(np.corrcoef(pa, pb)[0, 1])
             va, vb = np.array(list(finals[a].values())), np.array(list(finals[b].values()))
+            epochs = groups[a][metric].shape[1]
             rows.append({
-                "a": a, "b": b, "metric": metric, "epoch": groups[a][metric].shape[1] + epoch + 1 if epoch < 0 else epoch + 1,
+                "a": a, "b": b, "metric": metric, "epoch": epochs + epoch + 1 if epoch < 0 else epoch + 1,
                 "n_a": len(va), "n_b": len(vb),
                 "difference": float(va.mean() - vb.mean()),
                 "welch_t": welch_t(va, vb),
