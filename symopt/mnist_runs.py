@@ -10,13 +10,18 @@ and ``symopt sweep`` share.
   ``runs`` keyed ``"<optimizer>/<seed>"`` with per-epoch lists): its table
   (:func:`table_document`, :func:`summarize_rows`) and figure (:func:`plot_document`,
   mean +- std over seeds per epoch). The experiment writes such documents as JSON, the
-  sweep builds them from its SQLite store.
+  sweep builds them from its SQLite store;
+* pairwise comparisons of the rules (:func:`compare_document`, :func:`summarize_pairs`):
+  Welch's t of the two samples and, since seed ``s`` of every rule starts from the same
+  weights and sees the same data order (and dropout stream), the paired t of the
+  per-seed differences.
 
 An application module: the library (core and training layer) never imports it.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +31,8 @@ from . import report
 from .registry import display_name
 
 __all__ = ["MODEL", "SEED_OPTIMIZERS", "build_model", "reset_run", "table_document", "summarize_rows",
-           "plot_document"]
+           "plot_document", "welch_t", "paired_t", "compare_document", "adjacent_pairs",
+           "summarize_pairs"]
 
 #: The rules the Theano seed compares, in its order; tables and figures list them first.
 SEED_OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam"]
@@ -189,5 +195,127 @@ def summarize_rows(rows: list[dict[str, Any]], source: str = "results") -> str:
         f"best final test accuracy: {display_name(best['optimizer'])} "
         f"{100 * best['test_accuracy_mean']:.2f}%; worst: {display_name(worst['optimizer'])} "
         f"{100 * worst['test_accuracy_mean']:.2f}% (± is the sample std over seeds, epoch {rows[0]['epochs']})"
+    )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- comparisons
+def _ratio(difference: float, standard_error: float) -> float:
+    """``difference / standard_error``; a zero error gives +-inf (a difference) or NaN (none)."""
+    if standard_error > 0:
+        return difference / standard_error
+    return float("nan") if difference == 0 else math.copysign(math.inf, difference)
+
+
+def welch_t(a: Any, b: Any) -> float:
+    r"""Welch's t of two independent samples:
+    :math:`(\bar a - \bar b) / \sqrt{s_a^2 / n_a + s_b^2 / n_b}` with sample variances
+    (``ddof=1``). NaN with fewer than two values in a sample."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    error = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    return _ratio(float(a.mean() - b.mean()), error)
+
+
+def paired_t(a: Any, b: Any) -> float:
+    r"""The paired t of matched samples: the mean of the differences
+    :math:`d_i = a_i - b_i` over its standard error, :math:`\bar d / (s_d / \sqrt n)`.
+    NaN with fewer than two pairs."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_t: the samples must be matched, got {len(a)} and {len(b)} values")
+    d = a - b
+    if len(d) < 2:
+        return float("nan")
+    return _ratio(float(d.mean()), float(d.std(ddof=1)) / math.sqrt(len(d)))
+
+
+def compare_document(doc: dict[str, Any], metric: str = "test_accuracy", epoch: int = -1) -> list[dict[str, Any]]:
+    """Every pair of rules of a results document, compared on ``metric`` at ``epoch``
+    (an index into the epochs, ``-1``: the last).
+
+    Rows, in the order of the rules (the seed's first): ``a``, ``b``; ``difference``, the
+    difference of the means (a - b) and ``welch_t`` over all seeds of each; and over the
+    seeds both ran (``seeds``, their number), matched by seed: ``paired_difference``
+    (the mean of the per-seed differences), its ``paired_se`` and ``paired_t``, and
+    ``correlation``, the correlation of the two rules' per-seed values (what pairing
+    gains: the variance of a difference is reduced by ``2 r s_a s_b``).
+    """
+    if metric not in ("train_loss", "test_loss", "test_accuracy"):
+        raise ValueError(f"compare_document: metric must be train_loss, test_loss or test_accuracy, got {metric!r}")
+    groups = _grouped(doc)
+    finals = {name: dict(zip((int(s) for s in g["seeds"]), g[metric][:, epoch])) for name, g in groups.items()}
+    names = list(groups)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            common = sorted(set(finals[a]) & set(finals[b]))
+            pa = np.array([finals[a][s] for s in common])
+            pb = np.array([finals[b][s] for s in common])
+            d = pa - pb
+            n = len(common)
+            corr = float("nan")
+            if n > 1 and pa.std() > 0 and pb.std() > 0:
+                corr = float(np.corrcoef(pa, pb)[0, 1])
+            va, vb = np.array(list(finals[a].values())), np.array(list(finals[b].values()))
+            epochs = groups[a][metric].shape[1]
+            rows.append({
+                "a": a, "b": b, "metric": metric, "epoch": epochs + epoch + 1 if epoch < 0 else epoch + 1,
+                "n_a": len(va), "n_b": len(vb),
+                "difference": float(va.mean() - vb.mean()),
+                "welch_t": welch_t(va, vb),
+                "seeds": n,
+                "paired_difference": float(d.mean()) if n else float("nan"),
+                "paired_se": float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+                "paired_t": paired_t(pa, pb),
+                "correlation": corr,
+            })
+    return rows
+
+
+def _t(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
+
+
+def adjacent_pairs(rows: list[dict[str, Any]], table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The :func:`compare_document` rows of rules next to each other in the ranking of
+    ``table`` (:func:`table_document` rows, by mean final test accuracy)."""
+    ranked = [r["optimizer"] for r in sorted(table, key=lambda r: -r["test_accuracy_mean"])]
+    neighbours = {frozenset(pair) for pair in zip(ranked, ranked[1:])}
+    return [r for r in rows if frozenset((r["a"], r["b"])) in neighbours]
+
+
+def summarize_pairs(rows: list[dict[str, Any]], scale: float | None = None) -> str:
+    """The Markdown table of :func:`compare_document` rows, largest paired |t| first.
+
+    ``scale`` multiplies the differences (default: 100 for accuracies, shown in points).
+    """
+    if not rows:
+        return "no pair of rules to compare"
+    metric = rows[0]["metric"]
+    if scale is None:
+        scale = 100.0 if metric == "test_accuracy" else 1.0
+    unit = " (points)" if metric == "test_accuracy" and scale == 100.0 else ""
+    lines = [
+        f"| rules (a - b) | {metric} difference{unit} | Welch t | paired difference{unit} | paired t | seeds paired "
+        f"| per-seed correlation |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: 0.0 if math.isnan(r["paired_t"]) else -abs(r["paired_t"])):
+        corr = "-" if math.isnan(r["correlation"]) else f"{r['correlation']:+.2f}"
+        lines.append(
+            f"| {display_name(r['a'])} - {display_name(r['b'])} | {scale * r['difference']:+.3f} | {_t(r['welch_t'])} | "
+            f"{scale * r['paired_difference']:+.3f} ± {scale * r['paired_se']:.3f} | {_t(r['paired_t'])} | "
+            f"{r['seeds']} | {corr} |"
+        )
+    lines.append(
+        f"({metric} at epoch {rows[0]['epoch']}; Welch's t treats the rules' seeds as independent samples, the "
+        f"paired t matches seed s of a to seed s of b (same initial weights, data order and dropout seed): "
+        f"mean per-seed difference ± its standard error)"
     )
     return "\n".join(lines)

@@ -101,7 +101,8 @@ class _Group:
         """The current value: a float, or a copy of the per-member vector."""
         value = self.values[name]
         if isinstance(value, Schedule):
-            return float(value(iterations.get_value()))
+            current = value(iterations.get_value())  # a vector over members for a per-member schedule
+            return float(current) if current.ndim == 0 else current
         current = value.get_value()
         return float(current) if current.ndim == 0 else current.copy()
 
@@ -178,7 +179,8 @@ class Optimizer:
         numbers or :mod:`symopt.schedules` objects; the rest take the rule's defaults.
         Every rule accepts ``weight_decay``. On parameters stacked over a seed axis
         (:class:`~symopt.seeds.SeedStack`) a number may also be a vector with one value
-        per stack member (a float64 shared vector, see :meth:`set_hyperparameter`).
+        per stack member (a float64 shared vector, see :meth:`set_hyperparameter`), and a
+        schedule's parameters may be such vectors (:mod:`symopt.schedules`).
 
     The clip and ``max_norm`` values are shared scalars too, changed with
     :meth:`set_hyperparameter`.
@@ -411,10 +413,12 @@ class Optimizer:
             values: dict[str, SharedVariable | Schedule] = {}
             for key, default in numeric.items():
                 value = overrides.get(key, default)
+                where = owner if len(group_specs) == 1 else f"{owner} (param group {gi})"
                 if isinstance(value, Schedule):
+                    if value.n_members is not None:  # a schedule with per-member parameters
+                        self._check_members(where, key, value.n_members)
                     values[key] = value
                     continue
-                where = owner if len(group_specs) == 1 else f"{owner} (param group {gi})"
                 value = self._declarations[key].check(where, key, value)
                 if isinstance(value, np.ndarray):
                     self._check_members(where, key, len(value))
@@ -479,7 +483,8 @@ class Optimizer:
             self.member_steps = pytensor.shared(np.zeros(self.stack_size, dtype=np.int64), name=f"{owner}.member_steps")
         # Optimiser-wide scalars are per member when their values can differ between members.
         self._member_scalars = self.stack_size is not None and (per_member_skip or any(
-            not isinstance(v, Schedule) and v.ndim == 1 for g in self.param_groups for v in g.values.values()))
+            (v.n_members is not None) if isinstance(v, Schedule) else v.ndim == 1
+            for g in self.param_groups for v in g.values.values()))
         for group in self.param_groups:
             group.scalars = {
                 key: pytensor.shared(np.full(self.stack_size, fill, dtype=np.float64) if self._member_scalars

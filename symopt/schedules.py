@@ -10,6 +10,12 @@ The optimiser evaluates it on its own step counter in the graph, so no Python ru
 step. ``lr(s)`` evaluates it in NumPy (plotting, testing). Its parameters are shared
 scalars: ``lr.set("peak", 5e-4)`` changes compiled functions without recompiling.
 
+On a stack of models (:class:`~symopt.seeds.SeedStack`) any parameter may be a vector with
+one value per member: ``cosine_decay(initial=[1e-3, 3e-3], total_steps=1000)`` gives member
+``i`` the schedule ``cosine_decay(initial=[1e-3, 3e-3][i], total_steps=1000)``; the value is
+then a vector over members (``lr(s)`` of shape ``(*np.shape(s), S)``), parameters given as
+one number are shared by the members, and every vector has the stack's length.
+
 torch's schedulers count the same way when stepped once per optimiser step: the value at
 ``s`` is the learning rate a ``torch.optim.lr_scheduler`` gives after ``s`` calls of
 ``scheduler.step()`` (its ``last_epoch``). :func:`cosine_restarts`, :func:`cyclic`,
@@ -93,7 +99,9 @@ class Schedule:
 
     Subclasses declare ``parameters`` (name -> default, ``None`` for required) and
     implement ``formula(s, p, ops)`` with ``p`` the parameter values and ``ops`` the
-    NumPy or PyTensor operations.
+    NumPy or PyTensor operations. A parameter given per stack member is a vector in
+    ``p`` (the formula broadcasts it; :meth:`validate` sees each member's number,
+    :meth:`check` the vectors).
     """
 
     parameters: ClassVar[dict[str, float | None]] = {}
@@ -106,11 +114,13 @@ class Schedule:
         missing = [k for k, v in self.parameters.items() if v is None and k not in values]
         if missing:
             raise TypeError(f"{kind}: missing required parameter(s) {missing}")
-        merged = {k: values.get(k, default) for k, default in self.parameters.items()}
-        for key, value in merged.items():
-            self.validate(key, self._number(key, value))
+        merged = {k: self._value(k, values.get(k, default)) for k, default in self.parameters.items()}
+        lengths = {k: len(v) for k, v in merged.items() if v.ndim == 1}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"{kind}: per-member parameters must have one value per stack member, the same number "
+                             f"each; got lengths {lengths}")
         self._shared: dict[str, SharedVariable] = {
-            k: pytensor.shared(np.float64(v), name=f"{kind}.{k}") for k, v in merged.items()
+            k: pytensor.shared(v, name=f"{kind}.{k}") for k, v in merged.items()
         }
         self.check()
 
@@ -122,6 +132,31 @@ class Schedule:
             raise ValueError(f"{type(self).__name__}: parameter {key!r} must be finite, got {value}")
         return value
 
+    def _value(self, key: str, value: Any) -> np.ndarray:
+        """A checked parameter value: a float64 scalar, or a float64 vector (one per member)."""
+        if isinstance(value, (Sequence, np.ndarray)) and not isinstance(value, (str, bytes)):
+            shape = np.shape(value) if isinstance(value, np.ndarray) else (len(value),)
+            if len(shape) != 1 or shape[0] == 0:
+                raise ValueError(f"{type(self).__name__}: parameter {key!r} must be a number or a non-empty list of "
+                                 f"numbers (one per stack member), got shape {shape}")
+            numbers = [self._number(key, v.item() if isinstance(v, np.generic) else v) for v in value]
+            for number in numbers:
+                self.validate(key, number)
+            return np.array(numbers, dtype=np.float64)
+        number = self._number(key, value)
+        self.validate(key, number)
+        return np.array(number, dtype=np.float64)
+
+    @property
+    def n_members(self) -> int | None:
+        """The number of stack members of the per-member parameters; ``None`` when every
+        parameter is one number (the schedule is then a scalar)."""
+        for var in self._shared.values():
+            value = var.get_value(borrow=True)
+            if value.ndim == 1:
+                return len(value)
+        return None
+
     def validate(self, key: str, value: float) -> None:
         """Per-parameter checks; override to add constraints."""
         if key.endswith("steps") and value <= 0:
@@ -131,20 +166,32 @@ class Schedule:
         """Checks across parameters (after all are set); override when needed."""
 
     # -- values -----------------------------------------------------------------
-    def get(self, key: str) -> float:
-        """Current value of a parameter."""
+    def get(self, key: str) -> float | np.ndarray:
+        """Current value of a parameter (a per-member one as a vector)."""
         if key not in self._shared:
             raise KeyError(f"{type(self).__name__} has no parameter {key!r}; it has {list(self.parameters)}")
-        return float(self._shared[key].get_value())
+        return _plain(self._shared[key].get_value())
 
-    def set(self, key: str, value: float) -> None:
-        """Change a parameter; compiled functions use it from their next call."""
+    def set(self, key: str, value: float | Sequence[float] | np.ndarray) -> None:
+        """Change a parameter; compiled functions use it from their next call.
+
+        A per-member parameter takes a vector of the same length, or one number for every
+        member; one built as a single number stays one (the compiled graph is scalar there).
+        """
         if key not in self._shared:
             raise KeyError(f"{type(self).__name__} has no parameter {key!r}; it has {list(self.parameters)}")
-        value = self._number(key, value)
-        self.validate(key, value)
+        kind = type(self).__name__
         old = self._shared[key].get_value()
-        self._shared[key].set_value(np.float64(value))
+        new = self._value(key, value)
+        if old.ndim == 0 and new.ndim == 1:
+            raise ValueError(f"{kind}: parameter {key!r} was built as one number for all stack members; give a "
+                             f"per-member vector at construction to set it per member")
+        if old.ndim == 1:
+            if new.ndim == 0:
+                new = np.full(old.shape, new, dtype=np.float64)
+            elif new.shape != old.shape:
+                raise ValueError(f"{kind}: parameter {key!r} has {len(old)} per-member values, got {len(new)}")
+        self._shared[key].set_value(new)
         try:
             self.check()
         except ValueError:
@@ -152,8 +199,8 @@ class Schedule:
             raise
 
     @property
-    def values(self) -> dict[str, float]:
-        return {k: float(v.get_value()) for k, v in self._shared.items()}
+    def values(self) -> dict[str, float | np.ndarray]:
+        return {k: _plain(v.get_value()) for k, v in self._shared.items()}
 
     def state(self) -> dict[str, np.ndarray]:
         """Parameter values as arrays (for optimiser state files)."""
@@ -168,35 +215,59 @@ class Schedule:
         out = {}
         for key, value in state.items():
             array = np.asarray(value)
-            if array.shape != ():
-                raise ValueError(f"{kind}: saved parameter {key!r} must be a scalar, got shape {array.shape}")
-            number = self._number(key, array.item())
-            self.validate(key, number)
-            out[key] = np.float64(number)
+            shape = self._shared[key].get_value(borrow=True).shape
+            if array.shape != shape:
+                what = "a scalar" if shape == () else f"{shape[0]} per-member values"
+                raise ValueError(f"{kind}: saved parameter {key!r} must be {what}, got shape {array.shape}")
+            if array.ndim == 0:
+                number = self._number(key, array.item())
+                self.validate(key, number)
+                out[key] = np.array(number, dtype=np.float64)
+            else:
+                out[key] = self._value(key, array)
         return out
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         """Apply a dict from :meth:`checked_state`."""
         for key, value in state.items():
-            self._shared[key].set_value(np.float64(value))
+            self._shared[key].set_value(np.array(value, dtype=np.float64))
 
     def __call__(self, step: Any) -> np.ndarray:
-        """NumPy value after ``step`` applied updates (scalar or array)."""
+        """NumPy value after ``step`` applied updates (scalar or array); with per-member
+        parameters one more, last axis: the members."""
         s = np.asarray(step, dtype=np.float64)
         if np.any(s < 0):
             raise ValueError(f"{type(self).__name__}: step must be >= 0")
-        return np.asarray(self.formula(s, self.values, _NumpyOps), dtype=np.float64)
+        members = self.n_members
+        if members is None:
+            return np.asarray(self.formula(s, self.values, _NumpyOps), dtype=np.float64)
+        value = self.formula(s[..., None], self.values, _NumpyOps)
+        return np.array(np.broadcast_to(value, (*s.shape, members)), dtype=np.float64)
 
     def symbolic(self, step: Any) -> pt.TensorVariable:
-        """float64 PyTensor expression of the value after ``step`` updates."""
+        """float64 PyTensor expression of the value after ``step`` updates (a vector over
+        members when a parameter is per member)."""
         s = pt.cast(step, "float64")
-        return pt.cast(self.formula(s, self._shared, _SymbolicOps), "float64")
+        value = pt.cast(self.formula(s, self._shared, _SymbolicOps), "float64")
+        members = self.n_members
+        return value if members is None else pt.broadcast_to(value, (members,))
 
     def formula(self, s: Any, p: Any, ops: Any) -> Any:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v:g}' for k, v in self.values.items())})"
+        return f"{type(self).__name__}({', '.join(f'{k}={_format(v)}' for k, v in self.values.items())})"
+
+
+def _plain(value: np.ndarray) -> float | np.ndarray:
+    """A parameter as users see it: a float, or a copy of the per-member vector."""
+    return float(value) if np.ndim(value) == 0 else np.array(value, dtype=np.float64)
+
+
+def _format(value: float | np.ndarray) -> str:
+    if np.ndim(value) == 0:
+        return f"{value:g}"
+    return "[" + ", ".join(f"{v:g}" for v in np.asarray(value)) + "]"
 
 
 def _cosine(progress: Any, ops: Any) -> Any:
@@ -282,7 +353,7 @@ class WarmupCosine(Schedule):
     parameters = {"peak": None, "warmup_steps": None, "total_steps": None, "start": 0.0, "final": 0.0}
 
     def check(self):
-        if self.get("total_steps") <= self.get("warmup_steps"):
+        if np.any(np.asarray(self.get("total_steps")) <= np.asarray(self.get("warmup_steps"))):
             raise ValueError("WarmupCosine: 'total_steps' must exceed 'warmup_steps'")
 
     def formula(self, s, p, ops):
@@ -545,9 +616,17 @@ class Join(Schedule):
         steps = [self._number(f"boundaries[{i}]", b) for i, b in enumerate(boundaries)]
         if any(b <= a for a, b in zip(steps, steps[1:])) or any(b < 0 for b in steps):
             raise ValueError(f"Join: boundaries must be >= 0 and increasing, got {steps}")
+        lengths = {index: part.n_members for index, part in enumerate(schedules) if part.n_members is not None}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"Join: the per-member parts must have one length (one value per stack member); got "
+                             f"{', '.join(f'schedules[{k}]: {n}' for k, n in lengths.items())}")
         self._shared = {}
         self.schedules: tuple[Schedule, ...] = tuple(schedules)
         self.boundaries: tuple[float, ...] = tuple(steps)
+
+    @property
+    def n_members(self) -> int | None:
+        return next((part.n_members for part in self.schedules if part.n_members is not None), None)
 
     def _part(self, key: str) -> tuple[Schedule, str]:
         index, dot, name = key.partition(".")
@@ -604,17 +683,28 @@ class Join(Schedule):
         s = np.asarray(step, dtype=np.float64)
         if np.any(s < 0):
             raise ValueError("Join: step must be >= 0")
-        out = self.schedules[0](s)
+        members = self.n_members
+
+        def value(part: Schedule, at: np.ndarray) -> np.ndarray:
+            # A part shared by the members, against per-member ones: a members axis of 1.
+            out = part(at)
+            return out[..., None] if members is not None and part.n_members is None else out
+
+        before = s if members is None else s[..., None]
+        out = value(self.schedules[0], s)
         for boundary, part in zip(self.boundaries, self.schedules[1:]):
-            out = np.where(s < boundary, out, part(np.maximum(s - boundary, 0.0)))
-        return np.asarray(out, dtype=np.float64)
+            out = np.where(before < boundary, out, value(part, np.maximum(s - boundary, 0.0)))
+        shape = s.shape if members is None else (*s.shape, members)
+        return np.array(np.broadcast_to(out, shape), dtype=np.float64)
 
     def symbolic(self, step):
         s = pt.cast(step, "float64")
         out = self.schedules[0].symbolic(s)
         for boundary, part in zip(self.boundaries, self.schedules[1:]):
             out = pt.switch(pt.lt(s, boundary), out, part.symbolic(pt.maximum(s - boundary, 0.0)))
-        return pt.cast(out, "float64")
+        out = pt.cast(out, "float64")
+        members = self.n_members
+        return out if members is None else pt.broadcast_to(out, (members,))
 
     def __repr__(self):
         return f"Join({list(self.schedules)!r}, boundaries={list(self.boundaries)})"

@@ -27,6 +27,9 @@ float round-off of the batched matmuls (tested in ``tests/test_seeds.py``).
 Every hyperparameter may be given per member, as a vector over the seed axis
 (``symopt.Adam(stack.params, learning_rate=[1e-4, 3e-4, 1e-3])``, changed with
 ``set_hyperparameter`` without recompiling), so a learning-rate x seed grid is one stack.
+Members may share a seed (``SeedStack(make_model, [0, 0, 1, 1], paired=True)``, built by
+:func:`member_grid`): paired members start from one model and see the same batches and
+dropout masks, so settings compared within a seed differ only in their values.
 The built-in controls that reduce over a whole tensor or over all parameters
 (``clip_norm``, ``clip_global_norm``, ``max_norm``, ``skip_nonfinite``) reduce over each
 member's own slice; a member whose loss or gradient goes non-finite keeps its parameters
@@ -42,10 +45,11 @@ with ``stoppable=True``: the same per-member gate as ``skip_nonfinite``), see
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytensor
@@ -62,8 +66,8 @@ from .optimizer import Optimizer
 from .train import EpochRecord, Trainer
 from .transforms import BUILTIN_ORDER, SETTING_KEYWORDS, coupling_transforms, seed_coupling_transforms
 
-__all__ = ["SeedStack", "SeedTrainer", "StackedStep", "seed_axis_ndim", "seed_cross_entropy", "coupling_transforms",
-           "seed_coupling_transforms", "COUPLING_SETTINGS", "STACKED_MODE"]
+__all__ = ["SeedStack", "SeedTrainer", "StackedStep", "StackGroup", "MemberGrid", "member_grid", "seed_axis_ndim",
+           "seed_cross_entropy", "coupling_transforms", "seed_coupling_transforms", "COUPLING_SETTINGS", "STACKED_MODE"]
 
 #: Keywords of the built-in transforms computed over whole tensors or all parameters
 #: (``Transform.reduces``). With a seed axis they reduce per member (``per_member``); an
@@ -103,6 +107,15 @@ class SeedStack:
         separate runs.
     seeds
         The model seeds, one per copy (distinct, at least one).
+    paired
+        Allow a seed to appear more than once: members of equal seed are *paired*, built
+        from one ``make_model(seed)`` (identical initial values) and drawing identical
+        dropout masks, and :meth:`SeedTrainer.fit` gives them identical data orders (its
+        default data seeds are ``seeds``). With per-member hyperparameters
+        (``symopt.Adam(stack.params, learning_rate=[...])``) the members of one seed then
+        differ only in those values, so a comparison of settings is paired by seed rather
+        than confounded with data order (:func:`member_grid` builds such seeds and
+        values). Without it, a repeated seed is refused as a likely mistake.
     vectorize
         How the stacked graph is built. ``None`` (default): batched matmuls for a
         :class:`~symopt.nn.Sequential` of :class:`~symopt.nn.Dense`, activation and
@@ -132,16 +145,29 @@ class SeedStack:
       member ``s``'s statistics are those its own run computes.
     """
 
-    def __init__(self, make_model: Callable[[int], Layer], seeds: Sequence[int], *, vectorize: bool | None = None):
+    def __init__(self, make_model: Callable[[int], Layer], seeds: Sequence[int], *, paired: bool = False,
+                 vectorize: bool | None = None):
         seeds = [int(s) for s in seeds]
         if not seeds:
             raise ValueError("SeedStack: seeds is empty; give at least one seed")
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"SeedStack: seeds must be distinct, got {seeds}")
+        if not isinstance(paired, bool):
+            raise TypeError(f"SeedStack: paired must be True or False, got {paired!r}")
+        if not paired and len(set(seeds)) != len(seeds):
+            raise ValueError(f"SeedStack: seeds must be distinct, got {seeds}; pass paired=True for members that "
+                             f"share a seed's initial values, data order and dropout masks")
         if vectorize not in (None, True, False):
             raise ValueError(f"SeedStack: vectorize must be None, True or False, got {vectorize!r}")
+        #: The members' seeds, one per member (repeated seeds: paired members).
         self.seeds = seeds
-        self.models = [make_model(s) for s in seeds]
+        if paired:  # set only when True, so an unpaired stack's checkpoint signature is unchanged
+            self.paired = True
+        # One model per distinct seed: paired members start from the very same values and keys.
+        built: dict[int, Layer] = {}
+        for s in seeds:
+            if s not in built:
+                built[s] = make_model(s)
+        #: ``models[i]``: the model built for ``seeds[i]`` (one object for paired members).
+        self.models = [built[s] for s in seeds]
         first = self.models[0]
         if not isinstance(first, Layer):
             raise TypeError(f"SeedStack: make_model must return a symopt.nn Layer, got {type(first).__name__}")
@@ -184,6 +210,9 @@ class SeedStack:
                     pytensor.shared(np.int64(counters.pop()), name=f"{layer.name}.counter[seeds]"),
                 )
 
+    #: Whether seeds may repeat (see ``paired`` above).
+    paired: bool = False
+
     #: The stacked buffers of a vectorised stack (``None``: batched matmuls).
     _buffers: list[SharedVariable] | None = None
 
@@ -195,7 +224,17 @@ class SeedStack:
 
     @property
     def n_seeds(self) -> int:
+        """The number of members (a paired stack counts a repeated seed once per member)."""
         return len(self.seeds)
+
+    @property
+    def members_of(self) -> dict[int, list[int]]:
+        """Seed -> the indices of its members, in the order of :attr:`seeds` (more than one
+        per seed only in a ``paired`` stack)."""
+        out: dict[int, list[int]] = {}
+        for index, seed in enumerate(self.seeds):
+            out.setdefault(seed, []).append(index)
+        return out
 
     @property
     def vectorized(self) -> bool:
@@ -328,6 +367,52 @@ class SeedStack:
         return out
 
 
+class MemberGrid(NamedTuple):
+    """The members of a paired grid (:func:`member_grid`): unpack as ``seeds, values``."""
+
+    #: One seed per member, each seed repeated once per setting (``SeedStack(..., paired=True)``).
+    seeds: list[int]
+    #: Hyperparameter name -> one value per member (``symopt.Adam(stack.params, **values)``).
+    values: dict[str, list[float]]
+
+
+def member_grid(seeds: Sequence[int], **values: Sequence[float]) -> MemberGrid:
+    """Seeds x settings as stack members, paired by seed.
+
+    Every combination of the given hyperparameter values (their product, in keyword
+    order, the last varying fastest) is one setting; each seed trains every setting.
+    Members are seed-major: member ``i`` has seed ``seeds[i // n_settings]`` and setting
+    ``i % n_settings``.
+
+    Examples
+    --------
+    >>> seeds, values = member_grid([0, 1], learning_rate=[1e-3, 3e-3])
+    >>> seeds, values["learning_rate"]
+    ([0, 0, 1, 1], [0.001, 0.003, 0.001, 0.003])
+
+    Then ``stack = SeedStack(make_model, seeds, paired=True)`` and
+    ``symopt.Adam(stack.params, **values)``: the two learning rates of seed 0 start from
+    one initial model and see the same batches and dropout masks.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("member_grid: seeds is empty; give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"member_grid: seeds must be distinct, got {seeds} (each is repeated once per setting)")
+    if not values:
+        raise ValueError("member_grid: give at least one hyperparameter's values, e.g. learning_rate=[1e-3, 3e-3]")
+    columns: dict[str, list[float]] = {}
+    for name, given in values.items():
+        if isinstance(given, (str, bytes)) or not isinstance(given, (Sequence, np.ndarray)) or len(given) == 0:
+            raise TypeError(f"member_grid: {name} must be a non-empty list of numbers, got {given!r}")
+        columns[name] = [float(v) for v in given]
+    settings = list(itertools.product(*columns.values()))
+    return MemberGrid(
+        seeds=[s for s in seeds for _ in settings],
+        values={name: [setting[k] for _ in seeds for setting in settings] for k, name in enumerate(columns)},
+    )
+
+
 def _leaf_layers(model: Layer) -> list[Layer]:
     if isinstance(model, Sequential):
         return [leaf for layer in model.layers for leaf in _leaf_layers(layer)]
@@ -358,44 +443,127 @@ def seed_cross_entropy(logits: TensorVariable, labels: TensorVariable) -> Tensor
     return losses.reshape((s, b)).mean(axis=1)
 
 
+class StackGroup:
+    """Disjoint :class:`SeedStack` objects trained side by side, their members one list.
+
+    Member ``i`` of the group is member ``i`` of the first stack, then the second stack's
+    members follow, and so on. Each stack keeps its own parameters, so each may have its
+    own rule: ``symopt.combine(adam=symopt.Adam(a.params), sgd=symopt.SGD(b.params))``
+    over ``StackGroup([a, b])`` trains two rules in one compiled step. Stacks built from
+    the same seeds are paired across the group: seed ``s``'s members start from the same
+    weights, draw the same dropout masks and (with :meth:`SeedTrainer.fit`'s default data
+    seeds, :attr:`seeds`) see the same batches.
+    """
+
+    def __init__(self, stacks: Sequence[SeedStack]):
+        if isinstance(stacks, SeedStack) or not isinstance(stacks, Sequence) or not stacks:
+            raise TypeError(f"StackGroup: stacks must be a non-empty list of SeedStack, got {stacks!r}")
+        owner: dict[int, int] = {}
+        for index, stack in enumerate(stacks):
+            if not isinstance(stack, SeedStack):
+                raise TypeError(f"StackGroup: stacks[{index}] is a {type(stack).__name__}, not a SeedStack")
+            for var in [*stack.params, *stack.buffers]:
+                if id(var) in owner:
+                    raise ValueError(f"StackGroup: stacks[{owner[id(var)]}] and stacks[{index}] share {var.name}; "
+                                     f"give each stack once")
+                owner[id(var)] = index
+        dtypes = {str(stack.params[0].dtype) for stack in stacks if stack.params}
+        if len(dtypes) > 1:
+            raise ValueError(f"StackGroup: the stacks' parameters differ in dtype {sorted(dtypes)}; the data is "
+                             f"stored once, in one dtype")
+        self.stacks: list[SeedStack] = list(stacks)
+        #: Every member's seed, stack after stack.
+        self.seeds: list[int] = [seed for stack in self.stacks for seed in stack.seeds]
+        #: Every stack's parameters, stack after stack (what the optimiser is built over).
+        self.params: list[SharedVariable] = [p for stack in self.stacks for p in stack.params]
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def buffers(self) -> list[SharedVariable]:
+        return [b for stack in self.stacks for b in stack.buffers]
+
+    @property
+    def members_of(self) -> dict[int, list[int]]:
+        """Seed -> the group indices of its members."""
+        out: dict[int, list[int]] = {}
+        for index, seed in enumerate(self.seeds):
+            out.setdefault(seed, []).append(index)
+        return out
+
+    def locate(self, index: int) -> tuple[SeedStack, int]:
+        """The stack holding group member ``index`` and the member's index in it."""
+        if not 0 <= index < self.n_seeds:
+            raise IndexError(f"StackGroup: member {index} out of range for {self.n_seeds} members")
+        for stack in self.stacks:
+            if index < stack.n_seeds:
+                return stack, index
+            index -= stack.n_seeds
+        raise AssertionError("unreachable")
+
+    def values(self, index: int) -> list[np.ndarray]:
+        """Member ``index``'s current parameter values (see :meth:`SeedStack.values`)."""
+        stack, member = self.locate(index)
+        return stack.values(member)
+
+    def buffer_values(self, index: int) -> list[np.ndarray]:
+        stack, member = self.locate(index)
+        return stack.buffer_values(member)
+
+
 class StackedStep:
-    """The step of a :class:`SeedStack` (a :class:`~symopt.train.StepBuilder`): S streams,
-    seed ``s``'s rows of batch ``i`` are ``order[s, i * batch_size:(i + 1) * batch_size]``.
+    """The step of a :class:`SeedStack` or a :class:`StackGroup` (a
+    :class:`~symopt.train.StepBuilder`): S streams, member ``s``'s rows of batch ``i`` are
+    ``order[s, i * batch_size:(i + 1) * batch_size]``.
 
     The loss differentiated is the sum of the per-seed mean losses, so each seed gets its
     own gradient; a step returns the S losses, an eval batch the S loss sums and counts
     of correct answers.
     """
 
-    def __init__(self, stack: SeedStack):
+    def __init__(self, stack: SeedStack | StackGroup):
         self.model = self.stack = stack
         self.streams = stack.n_seeds
+        self.parts: list[SeedStack] = stack.stacks if isinstance(stack, StackGroup) else [stack]
 
     def check(self, optimizer: Any) -> None:
         # As a set: a symopt.combine of rules over parts of the model lists them member by member.
         ids = [id(p) for p in optimizer.params]
         if len(ids) != len(self.stack.params) or set(ids) != {id(p) for p in self.stack.params}:
-            raise ValueError("SeedTrainer: the optimizer must be built over stack.params")
+            raise ValueError("SeedTrainer: the optimizer must be built over stack.params (a StackGroup: every "
+                             "stack's params, e.g. symopt.combine of one optimiser per stack)")
 
     def initial_order(self, n_train: int) -> np.ndarray:
         return np.tile(np.arange(n_train, dtype=np.int64), (self.streams, 1))
 
     def train(self, data: tuple[Any, Any], order: Any, batch: Any, batch_size: int) -> tuple[Any, Any, Any, Any]:
         rows = order[:, batch * batch_size : (batch + 1) * batch_size]  # (S, B)
-        per_seed = seed_cross_entropy(self.stack.output(data[0][rows], train=True, per_member=True), data[1][rows])
+        losses, extra, start = [], OrderedDict(), 0
+        for part in self.parts:
+            own = rows if len(self.parts) == 1 else rows[start : start + part.n_seeds]
+            losses.append(seed_cross_entropy(part.output(data[0][own], train=True, per_member=True), data[1][own]))
+            extra.update(part.extra_updates)
+            start += part.n_seeds
+        per_seed = losses[0] if len(losses) == 1 else pt.concatenate(losses)
         # d(sum_s L_s)/d(slice s) = dL_s/d(slice s): each seed gets its own gradient.
         objective = per_seed.sum()
         objective.tag.member_losses = per_seed  # skip_nonfinite checks each member's own loss
-        return objective, per_seed, self.stack.extra_updates, {}
+        return objective, per_seed, extra, {}
 
     def evaluate(self, data: tuple[Any, Any], start: Any, stop: Any) -> tuple[list[Any], Any]:
         x, y = data[0][start:stop], data[1][start:stop]
-        logits = self.stack.output(x, train=False, per_member=False)  # (S, b, C)
-        S, n = self.streams, logits.shape[1]
-        flat, labels = logits.reshape((S * n, logits.shape[2])), pt.tile(y, S)
-        loss_sums = cross_entropy(flat, labels, reduction="none").reshape((S, n)).sum(axis=1)
-        correct = accuracy(flat, labels, reduction="none").reshape((S, n)).sum(axis=1)
-        return [loss_sums, correct], {}
+        sums: list[list[Any]] = [[], []]
+        for part in self.parts:
+            logits = part.output(x, train=False, per_member=False)  # (S, b, C)
+            S, n = part.n_seeds, logits.shape[1]
+            flat, labels = logits.reshape((S * n, logits.shape[2])), pt.tile(y, S)
+            sums[0].append(cross_entropy(flat, labels, reduction="none").reshape((S, n)).sum(axis=1))
+            sums[1].append(accuracy(flat, labels, reduction="none").reshape((S, n)).sum(axis=1))
+        if len(self.parts) == 1:
+            return [sums[0][0], sums[1][0]], {}
+        return [pt.concatenate(sums[0]), pt.concatenate(sums[1])], {}
 
 
 class SeedTrainer(Trainer):
@@ -408,10 +576,13 @@ class SeedTrainer(Trainer):
     Parameters
     ----------
     stack
-        The models.
+        The models: a :class:`SeedStack`, or several (a list, or a :class:`StackGroup`)
+        whose members are then numbered stack after stack.
     optimizer
         An :class:`~symopt.optimizer.Optimizer` over ``stack.params``; its state is per
         seed, its hyperparameters shared by the seeds or, given as vectors, per seed.
+        Over several stacks, e.g. ``symopt.combine`` of one optimiser per stack: members
+        that differ in their rule, trained in one compiled step.
     x_train, y_train, x_test, y_test
         As for :class:`~symopt.train.Trainer` (one copy, shared by the seeds).
     batch_size, eval_batch_size
@@ -425,7 +596,7 @@ class SeedTrainer(Trainer):
 
     def __init__(
         self,
-        stack: SeedStack,
+        stack: SeedStack | StackGroup | Sequence[SeedStack],
         optimizer: Optimizer,
         x_train: Any,
         y_train: Any,
@@ -436,6 +607,8 @@ class SeedTrainer(Trainer):
         mode: Any = None,
         on_nonfinite: str = "continue",
     ):
+        if not isinstance(stack, (SeedStack, StackGroup)):
+            stack = StackGroup(stack)
         step = StackedStep(stack)
         step.check(optimizer)
         coupled = seed_coupling_transforms(optimizer)
@@ -484,7 +657,8 @@ class SeedTrainer(Trainer):
     ) -> list[list[EpochRecord]]:
         """Train ``epochs`` epochs; returns one history per seed (as :meth:`Trainer.fit` would).
 
-        ``data_seeds`` gives each seed's data-order seed (default: the model seeds).
+        ``data_seeds`` gives each member's data-order seed (default: the members' model
+        seeds, so the members of a ``paired`` stack that share a seed share the order).
         ``seconds`` of an epoch is the wall time of the joint epoch divided by S.
         ``checkpoint``, ``checkpoint_every``, ``resume``, ``config`` and Ctrl-C: as for
         :meth:`Trainer.fit` (one checkpoint holds every seed's state).

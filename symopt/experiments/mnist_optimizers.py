@@ -38,9 +38,12 @@ from .._io import file_lock
 from ..mnist_runs import (  # noqa: F401  (MODEL, build_model, reset_run: this experiment's names for them)
     MODEL,
     SEED_OPTIMIZERS,
+    adjacent_pairs,
     build_model,
+    compare_document,
     plot_document,
     reset_run,
+    summarize_pairs,
     summarize_rows,
     table_document,
 )
@@ -399,5 +402,27 @@ def table(results: Path) -> list[dict[str, Any]]:
     return table_document(_common.read_json(results))
 
 
+#: Up to this many rules the summary compares every pair; beyond, the pairs adjacent in the ranking.
+ALL_PAIRS_UP_TO = 8
+
+
+def compare(results: Path, metric: str = "test_accuracy") -> list[dict[str, Any]]:
+    """Every pair of rules on the final epoch's ``metric``: Welch's t and, matched by seed
+    (seed s of every rule shares initial weights, data order and dropout seed), the paired t
+    (:func:`symopt.mnist_runs.compare_document`)."""
+    return compare_document(_common.read_json(results), metric)
+
+
 def summarize(results: Path) -> str:
-    return summarize_rows(table(results), str(results))
+    """The summary table, then the pairwise comparisons of final test accuracy (every pair
+    up to :data:`ALL_PAIRS_UP_TO` rules, else the rules adjacent in the ranking)."""
+    doc = _common.read_json(results)
+    rows = table_document(doc)
+    text = summarize_rows(rows, str(results))
+    pairs = compare_document(doc)
+    if not pairs:
+        return text
+    if len(rows) > ALL_PAIRS_UP_TO:
+        pairs = adjacent_pairs(pairs, rows)
+        text += "\n\nAdjacent rules in the ranking:"
+    return f"{text}\n\n{summarize_pairs(pairs)}"
