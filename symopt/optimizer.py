@@ -5,19 +5,16 @@ and per-parameter state ("slots") and implements :meth:`Optimizer.update_param`,
 math of one step for one parameter, receiving its hyperparameters explicitly. The
 controls around it (clipping, weight decay, accumulation, non-finite skipping, max-norm,
 the user's own) are :mod:`symopt.transforms`. This module holds what joins them, once:
-gradients, param groups, slot allocation, update assembly and casting, the step counter,
-getting and setting hyperparameters, and the state (``state_dict``, ``save``/``load``).
+gradients -> transforms -> rule -> cast -> updates, with the slots and the step counter.
+The optimiser's other parts are its bases: param groups and getting/setting
+hyperparameters (:mod:`symopt.groups`), ``state_dict``/``save``/``load``
+(:mod:`symopt.state`), and the old rule API (:mod:`symopt._legacy_rules`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import functools
-import inspect
-import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,15 +23,16 @@ import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.tensor.variable import TensorVariable
 
-from ._npz import StateFile
-from .hyperparameter import ALIASES as _ALIASES
+from ._legacy_rules import OldRuleMixin, _callable_without_h, _takes_values
+from .groups import TRANSFORM_SETTINGS, GroupsMixin, _Group, _HyperparameterTable
+from .hyperparameter import ALIASES as _ALIASES  # symopt.updates reads optimizer._ALIASES
 from .hyperparameter import HYPERPARAMETER_BOUNDS, Hyperparameter, Values, check_number, member_view
 from .schedules import Schedule
+from .state import StateMixin
 from .transforms import (
     BUILTIN_ORDER,
     SETTING_KEYWORDS,
     Accumulate,
-    MaxNorm,
     SettingTransform,
     SkipNonFinite,
     Step,
@@ -45,15 +43,6 @@ from .transforms import (
 )
 
 __all__ = ["Optimizer", "Updates", "HYPERPARAMETER_BOUNDS", "TRANSFORM_SETTINGS"]
-
-#: Constructor keywords of every rule that transform gradients or constrain parameters;
-#: given a value they become shared scalars, changeable like hyperparameters. Derived
-#: from :data:`symopt.transforms.BUILTIN_ORDER`.
-TRANSFORM_SETTINGS = SETTING_KEYWORDS
-
-#: The constructor keywords that configure transforms rather than the rule.
-_TRANSFORM_KEYWORDS = ("max_norm_mask", "max_norm_axes", "weight_decay_mask", "accumulate", "skip_nonfinite", "stoppable",
-                       "decoupled_weight_decay")
 
 
 #: Attributes of the values a rule receives (``h.t``, ``h.cast``, ...), so no hyperparameter names.
@@ -76,66 +65,7 @@ class Updates(OrderedDict):
     applied: TensorVariable | None = None
 
 
-class _HyperparameterTable:
-    """``Rule.hyperparameters`` gives the defaults; ``opt.hyperparameters`` the current values."""
-
-    def __get__(self, obj: Optimizer | None, owner: type[Optimizer]) -> dict[str, Any]:
-        if obj is None:
-            return {k: d.default for k, d in owner._declarations.items()}
-        return obj._current_hyperparameters()
-
-
-class _Group:
-    """Parameters that share one set of hyperparameter values (torch's param group)."""
-
-    def __init__(self, params: list[SharedVariable], values: dict[str, SharedVariable | Schedule]):
-        self.params = params
-        self.values = values  # numeric hyperparameter name -> float64 shared scalar or a Schedule
-        self.scalars: dict[str, SharedVariable] = {}
-
-    def symbolic(self, name: str, iterations: SharedVariable) -> TensorVariable:
-        value = self.values[name]
-        return value.symbolic(iterations) if isinstance(value, Schedule) else value
-
-    def current(self, name: str, iterations: SharedVariable) -> float | np.ndarray:
-        """The current value: a float, or a copy of the per-member vector."""
-        value = self.values[name]
-        if isinstance(value, Schedule):
-            current = value(iterations.get_value())  # a vector over members for a per-member schedule
-            return float(current) if current.ndim == 0 else current
-        current = value.get_value()
-        return float(current) if current.ndim == 0 else current.copy()
-
-
-def _takes_values(function: Callable[..., Any], positional: int) -> bool:
-    """Whether a rule hook takes its hyperparameters explicitly (one more positional argument)."""
-    try:
-        parameters = list(inspect.signature(function).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(p.kind in kinds for p in parameters) > positional or any(
-        p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
-    )
-
-
-def _callable_without_h(method: Callable[..., Any]) -> Callable[..., Any]:
-    """A new-style hook that an old-style subclass may still call as ``super().update_param(p, g, s)``:
-    without ``h`` it gets the values the old-style call is being built with."""
-    if getattr(method, "_h_optional", False):
-        return method
-
-    @functools.wraps(method)
-    def hook(self: Any, *args: Any) -> Any:
-        if len(args) == method.__code__.co_argcount - 2:  # h left out
-            args = (*args, self.__dict__.get("_h"))
-        return method(self, *args)
-
-    hook._h_optional = True  # type: ignore[attr-defined]
-    return hook
-
-
-class Optimizer:
+class Optimizer(GroupsMixin, StateMixin, OldRuleMixin):
     """Base class of every update rule.
 
     Parameters
@@ -285,7 +215,7 @@ class Optimizer:
         if cls.decoupled_weight_decay and "learning_rate" not in cls._declarations:
             raise TypeError(f"{cls.__name__}: decoupled weight decay needs a 'learning_rate' hyperparameter")
 
-    # ------------------------------------------------------------------ class-level queries
+    # ------------------------------------------------------------------ class-level queries (validate: symopt.groups)
     @classmethod
     def declarations(cls) -> dict[str, Hyperparameter]:
         """name -> :class:`~symopt.hyperparameter.Hyperparameter` of every hyperparameter and option."""
@@ -299,52 +229,6 @@ class Optimizer:
         their defaults.
         """
         return dict(cls.slots)
-
-    @classmethod
-    def validate(cls, **hyperparameters: Any) -> dict[str, Any]:
-        """Check a configuration as the constructor would, without parameters.
-
-        Accepts the rule's hyperparameters and options and the numeric transform keywords
-        (``clip_norm``, ``accumulate``, ...); raises the constructor's ``TypeError`` /
-        ``ValueError`` for the first bad one. Returns the full configuration: defaults
-        filled in, numbers as floats (schedules as given).
-        """
-        owner = cls.__name__
-        given = dict(hyperparameters)
-        settings = {k: given.pop(k) for k in list(given) if k in SETTING_KEYWORDS}
-        transform_options = {k: given.pop(k) for k in list(given) if k in _TRANSFORM_KEYWORDS}
-        cls._check_keywords_of(owner, given)
-        out: dict[str, Any] = {}
-        for key, declaration in cls._declarations.items():
-            value = given.get(key, declaration.default)
-            out[key] = value if isinstance(value, Schedule) and not declaration.is_option else declaration.check(owner, key, value)
-        for key, value in settings.items():
-            if value is not None:
-                out[key] = _builtin(key).check(owner, value)
-        if "accumulate" in transform_options:
-            out["accumulate"] = Accumulate(transform_options["accumulate"], owner).k
-        if "skip_nonfinite" in transform_options:
-            out["skip_nonfinite"] = SkipNonFinite(transform_options["skip_nonfinite"], owner).enabled
-        if "stoppable" in transform_options:
-            out["stoppable"] = SkipNonFinite(False, owner, transform_options["stoppable"]).stoppable
-        if transform_options.get("decoupled_weight_decay") is not None:
-            out["decoupled_weight_decay"] = WeightDecay(transform_options["decoupled_weight_decay"], owner=owner).decoupled
-        if transform_options.get("max_norm_axes") is not None:
-            out["max_norm_axes"] = MaxNorm.check_axes(owner, transform_options["max_norm_axes"])
-        return out
-
-    @classmethod
-    def _check_keywords_of(cls, owner: str, given: Mapping[str, Any]) -> None:
-        known = list(cls._declarations)
-        for key in given:
-            if key in cls._declarations:
-                continue
-            hint = _ALIASES.get(key) or next(iter(difflib.get_close_matches(key, known, n=1)), None)
-            did_you_mean = f" (did you mean {hint!r}?)" if hint else ""
-            raise TypeError(
-                f"{owner} got an unknown hyperparameter {key!r}{did_you_mean}; "
-                f"it accepts: {', '.join(known)}"
-            )
 
     # ------------------------------------------------------------------ construction
     def __init__(
@@ -498,25 +382,6 @@ class Optimizer:
             for index, param in enumerate(self.params)
         ]
 
-    def _check_members(self, owner: str, name: str, length: int) -> None:
-        """A per-member vector needs stacked parameters, one value per member and a rule that takes it."""
-        if not type(self).per_member_values:
-            raise ValueError(f"{owner}: hyperparameter {name!r} cannot be a per-member vector: this rule's state is "
-                             f"not shaped like its parameters (per_member_values is False); give one number")
-        if self.stack_size is None:
-            raise ValueError(
-                f"{owner}: hyperparameter {name!r} is a vector of {length} values (one per stack member), but the "
-                f"parameters are not stacked over a seed axis (symopt.seeds.SeedStack); give one number"
-            )
-        if length != self.stack_size:
-            raise ValueError(
-                f"{owner}: hyperparameter {name!r} has {length} values but the stack has {self.stack_size} members; "
-                f"give one value per member"
-            )
-
-    def _check_setting(self, key: str, value: Any) -> float:
-        return _builtin(key).check(type(self).__name__, value)
-
     def _all_slots(self) -> dict[str, float]:
         """The rule's slots plus the transforms' (the accumulator when ``accumulate > 1``)."""
         slots = self.active_slots()
@@ -526,47 +391,6 @@ class Optimizer:
                     raise ValueError(f"{type(self).__name__}: transform {transform.name!r} declares slot {name!r}, which is taken")
                 slots[name] = fill
         return slots
-
-    def _check_keywords(self, given: Mapping[str, Any]) -> None:
-        self._check_keywords_of(type(self).__name__, given)
-
-    def _split_groups(self, params: Any) -> list[tuple[list[Any], dict[str, Any]]]:
-        owner = type(self).__name__
-        if isinstance(params, (SharedVariable, Mapping)) or not isinstance(params, Sequence):
-            if isinstance(params, Mapping):
-                params = [params]
-            elif isinstance(params, SharedVariable):
-                raise TypeError(f"{owner}: params must be a list of shared variables, got a single {params!r}")
-            else:
-                params = list(params)
-        if params and all(isinstance(p, Mapping) for p in params):
-            groups = []
-            for gi, spec in enumerate(params):
-                if "params" not in spec:
-                    raise ValueError(f"{owner}: param group {gi} has no 'params' entry")
-                overrides = {k: v for k, v in spec.items() if k != "params"}
-                self._check_keywords(overrides)
-                for key in overrides:
-                    if self._declarations[key].is_option:
-                        raise ValueError(
-                            f"{owner}: option {key!r} changes the graph and applies to all groups; "
-                            f"pass it as a keyword argument, not in param group {gi}"
-                        )
-                groups.append((list(spec["params"]), overrides))
-            return groups
-        if any(isinstance(p, Mapping) for p in params):
-            raise TypeError(f"{owner}: params mixes shared variables and param-group dicts; use one or the other")
-        return [(list(params), {})]
-
-    def _check_param(self, param: Any, index: int) -> None:
-        owner = type(self).__name__
-        if not isinstance(param, SharedVariable) or not isinstance(param.type, pt.TensorType):
-            raise TypeError(
-                f"{owner}: {_describe(param, index)} must be a pytensor.shared tensor variable, "
-                f"got {type(param).__name__}"
-            )
-        if param.dtype not in ("float16", "float32", "float64"):
-            raise TypeError(f"{owner}: {_describe(param, index)} has dtype {param.dtype}; only float parameters can be optimised")
 
     def _make_slot(self, param: SharedVariable, index: int, slot: str, fill: float) -> SharedVariable:
         """The one place state variables are made: the parameter's shape and dtype."""
@@ -626,66 +450,6 @@ class Optimizer:
         step, their gradients (after the gradient transforms, before coupled weight decay)
         and their slots. The default calls :meth:`update_scalars`."""
         return self._rule_scalars(state, h)
-
-    def _values(self, group: _Group, dtype: str, target: str, no_decay: bool = False, ndim: int = 0) -> Values:
-        """The group's hyperparameters in ``dtype``, built under the current floatX
-        (``no_decay``: ``weight_decay`` reads 0, for a masked parameter of a rule that decays itself).
-
-        Per-member values (vectors over the stack axis) come shaped ``(S, 1, ..., 1)`` to
-        broadcast against an ``ndim``-d stacked tensor.
-        """
-        values: dict[str, Any] = {}
-        for name in group.values:
-            var = group.symbolic(name, self.iterations)
-            if no_decay and name == "weight_decay":
-                var = pt.zeros((), dtype=var.dtype)
-            values[name] = member_view(pt.cast(var, dtype) if var.dtype != dtype else var, ndim)
-        values.update(self.options)
-        steps = self.iterations if self.member_steps is None else member_view(self.member_steps, ndim)
-        t = pt.cast(steps + 1, dtype)
-        return Values(values, t, dtype, target, lambda d, tg: self._values(group, d, tg, no_decay, ndim))
-
-    @contextlib.contextmanager
-    def _legacy(self, h: Values) -> Iterator[None]:
-        # Rules written before `h` read self.<hyperparameter> (__getattr__ below).
-        saved, self._h = self._h, h
-        try:
-            yield
-        finally:
-            self._h = saved
-
-    # -- the old rule API: self.<hyperparameter>, self.t, float64_scalars() -------------
-    @property
-    def t(self) -> TensorVariable:
-        """Old-style rules: the 1-based number of the step being built, as a symbolic float."""
-        h = self.__dict__.get("_h")
-        return h.t if h is not None else pt.cast(self.iterations + 1, "float64")
-
-    def __getattr__(self, name: str) -> Any:
-        # Only reached when normal lookup fails: old-style rules read hyperparameters here.
-        h = self.__dict__.get("_h")
-        if h is not None and name in h:
-            return h[name]
-        groups = self.__dict__.get("param_groups")
-        if groups:
-            if name in groups[0].values:
-                return groups[0].symbolic(name, self.iterations)
-            if name in self.__dict__.get("options", {}):
-                return self.options[name]
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
-
-    @contextlib.contextmanager
-    def float64_scalars(self) -> Iterator[Callable[[Any], TensorVariable]]:
-        """Old-style rules: ``self.<hyperparameter>`` in float64 inside the block.
-
-        Yields a function casting a finished coefficient back to the parameter's dtype.
-        New rules use ``with h.float64() as f:`` and ``f.cast``.
-        """
-        h = self.__dict__.get("_h")
-        dtype = h.dtype if h is not None else "float64"
-        with pytensor.config.change_flags(floatX="float64"):
-            with self._legacy(h._make("float64", dtype) if h is not None else None):
-                yield lambda value: pt.cast(value, dtype)
 
     # ------------------------------------------------------------------ gradients
     def _gradients(
@@ -860,18 +624,6 @@ class Optimizer:
         """
         return self.build(loss, grads=grads, allow_unused=allow_unused)[0]
 
-    def _rule_step(self, param: Any, grad: Any, state: dict[str, Any], h: Values) -> Any:
-        if self._explicit_values:
-            return self.update_param(param, grad, state, h)
-        with self._legacy(h):
-            return self.update_param(param, grad, state)  # type: ignore[call-arg]
-
-    def _rule_scalars(self, state: dict[str, Any], h: Values) -> Any:
-        if self._explicit_scalars:
-            return self.update_scalars(state, h)
-        with self._legacy(h):
-            return self.update_scalars(state)  # type: ignore[call-arg]
-
     @staticmethod
     def _same_static_shape(
         param: SharedVariable, grad: TensorVariable, slots: dict[str, SharedVariable]
@@ -911,260 +663,6 @@ class Optimizer:
             )
         return pt.cast(value, var.dtype) if value.dtype != var.dtype else value
 
-    # ------------------------------------------------------------------ hyperparameters
-    def _group_index(self, group: int) -> _Group:
-        if not isinstance(group, (int, np.integer)) or not 0 <= group < len(self.param_groups):
-            raise IndexError(f"{type(self).__name__}: no param group {group!r} (there are {len(self.param_groups)})")
-        return self.param_groups[int(group)]
-
-    def set_hyperparameter(self, name: str, value: float | Sequence[float] | np.ndarray, group: int | None = None) -> None:
-        """Change a numeric hyperparameter in place; compiled functions see it next call.
-
-        ``group=None`` sets it for every param group. A hyperparameter built per stack
-        member (a vector) takes a vector (one value per member) or one number (every member).
-        """
-        owner = type(self).__name__
-        if name in self.options:
-            raise ValueError(f"{owner}: {name!r} is a structural option fixed at construction; build a new optimiser")
-        if name in TRANSFORM_SETTINGS:
-            if name not in self.settings:
-                raise ValueError(f"{owner}: {name} was not enabled at construction; pass {name}=... to the constructor")
-            self.settings[name].set_value(np.float64(self._check_setting(name, value)))
-            return
-        if name not in self._declarations:
-            self._check_keywords({name: value})
-        value = self._declarations[name].check(owner, name, value)
-        groups = self.param_groups if group is None else [self._group_index(group)]
-        for g in groups:
-            if isinstance(g.values[name], Schedule):
-                raise ValueError(f"{owner}: {name} follows a schedule; change it with schedule.set(...)")
-            if isinstance(value, np.ndarray):
-                self._check_members(owner, name, len(value))
-                if g.values[name].ndim == 0:
-                    raise ValueError(f"{owner}: hyperparameter {name!r} was built with one value for all stack members; "
-                                     f"pass a vector at construction to set it per member")
-        for g in groups:
-            var = g.values[name]
-            var.set_value(np.full(var.get_value(borrow=True).shape, value, dtype=np.float64))
-
-    def get_hyperparameter(self, name: str, group: int = 0) -> float | bool | np.ndarray:
-        """Current value of a hyperparameter (or option); a per-member one as a vector."""
-        if name in self.options:
-            return self.options[name]
-        if name in self.settings:
-            return float(self.settings[name].get_value())
-        if name not in self._declarations:
-            self._check_keywords({name: None})
-        return self._group_index(group).current(name, self.iterations)
-
-    def _current_hyperparameters(self) -> dict[str, Any]:
-        group = self.param_groups[0]
-        values: dict[str, Any] = {k: group.current(k, self.iterations) for k in group.values}
-        values.update(self.options)
-        return {k: values[k] for k in self._declarations}
-
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._current_hyperparameters().items())
         return f"{type(self).__name__}({args})"
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """A copy of everything needed to resume: step, hyperparameters, slots, scalars."""
-        return {
-            "optimizer": type(self).__name__,
-            "iterations": np.array(self.iterations.get_value(), dtype=np.int64),
-            "options": {k: np.array(v) for k, v in self.options.items()},
-            "hyperparameters": [
-                {k: np.array(v.get_value(), dtype=np.float64) for k, v in g.values.items() if not isinstance(v, Schedule)}
-                for g in self.param_groups
-            ],
-            "schedules": [
-                {k: v.state() for k, v in g.values.items() if isinstance(v, Schedule)} for g in self.param_groups
-            ],
-            "settings": {k: np.array(v.get_value(), dtype=np.float64) for k, v in self.settings.items()},
-            "counters": {
-                "micro_steps": np.array(self.micro_steps.get_value(), dtype=np.int64),
-                "skipped": np.array(self.skipped.get_value(), dtype=np.int64),
-                **{name: np.array(var.get_value(), dtype=np.int64) for name, var in self._member_counters()},
-            },
-            "scalars": [{k: np.array(v.get_value()) for k, v in g.scalars.items()} for g in self.param_groups],
-            "slots": {
-                slot: [self.state[i][slot].get_value(borrow=False) for i in range(len(self.params))]
-                for slot in self._all_slots()
-            },
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; validates all of it before changing anything."""
-        owner = type(self).__name__
-        if not isinstance(state, Mapping):
-            raise TypeError(f"{owner}: state must be a dict from state_dict(), got {type(state).__name__}")
-        missing = {
-            "optimizer", "iterations", "options", "hyperparameters", "schedules", "settings", "counters", "scalars", "slots"
-        } - set(state)
-        if missing:
-            raise ValueError(f"{owner}: state is missing {sorted(missing)}")
-        if state["optimizer"] != owner:
-            raise ValueError(f"{owner}: state was saved from {state['optimizer']!r}")
-        options = {k: bool(v) for k, v in state["options"].items()}
-        if options != self.options:
-            raise ValueError(f"{owner}: state has options {options}, this optimiser has {self.options}")
-        pending: list[tuple[SharedVariable, np.ndarray]] = []
-        schedule_values: list[tuple[Schedule, dict[str, np.ndarray]]] = []
-        for key in ("hyperparameters", "schedules", "scalars"):
-            if len(state[key]) != len(self.param_groups):
-                raise ValueError(f"{owner}: state has {len(state[key])} param groups in {key!r}, expected {len(self.param_groups)}")
-        for gi, group in enumerate(self.param_groups):
-            saved_schedules = state["schedules"][gi]
-            schedules = {k: v for k, v in group.values.items() if isinstance(v, Schedule)}
-            if set(saved_schedules) != set(schedules):
-                raise ValueError(f"{owner}: state has schedules for {sorted(saved_schedules)}, this optimiser for {sorted(schedules)}")
-            for name, schedule in schedules.items():
-                schedule_values.append((schedule, schedule.checked_state(saved_schedules[name])))
-            shared_values = {k: v for k, v in group.values.items() if not isinstance(v, Schedule)}
-            for key, table in (("hyperparameters", shared_values), ("scalars", group.scalars)):
-                saved = state[key][gi]
-                if set(saved) != set(table):
-                    raise ValueError(f"{owner}: state {key} {sorted(saved)} do not match {sorted(table)}")
-                for name, var in table.items():
-                    try:
-                        value = np.asarray(saved[name], dtype=np.float64)
-                    except (TypeError, ValueError):
-                        raise ValueError(f"{owner}: state {key} {name!r} is not a number: {saved[name]!r}") from None
-                    want = var.get_value(borrow=True).shape
-                    if value.shape != want:
-                        kind = "a scalar" if want == () else f"a vector of {want[0]} values (one per stack member)"
-                        raise ValueError(f"{owner}: state {key} {name!r} must be {kind}, got shape {value.shape}")
-                    if key == "hyperparameters":
-                        self._declarations[name].check(owner, name, value.item() if value.ndim == 0 else value)
-                    elif not np.all(np.isfinite(value)):
-                        raise ValueError(f"{owner}: state scalar {name!r} must be finite, got {value}")
-                    pending.append((var, value))
-        if set(state["settings"]) != set(self.settings):
-            raise ValueError(f"{owner}: state has settings {sorted(state['settings'])}, this optimiser {sorted(self.settings)}")
-        for name, value in state["settings"].items():
-            pending.append((self.settings[name], np.asarray(self._check_setting(name, np.asarray(value).item()))))
-        for name, var in (("micro_steps", self.micro_steps), ("skipped", self.skipped), *self._member_counters()):
-            count = np.asarray(state["counters"].get(name, -1))
-            want = var.get_value(borrow=True).shape
-            if count.shape != want or count.dtype.kind not in "iu" or np.any(count < 0) or (
-                    name == "member_active" and np.any(count > 1)):
-                kind = "integer" if want == () else f"integer vector of shape {want}"
-                kind += " of 0/1" if name == "member_active" else ""
-                raise ValueError(f"{owner}: state counter {name!r} must be a non-negative {kind}, got {count!r}")
-            pending.append((var, count.astype(np.int64)))
-        slots = state["slots"]
-        if set(slots) != set(self._all_slots()):
-            raise ValueError(f"{owner}: state has slots {sorted(slots)}, this optimiser keeps {sorted(self._all_slots())}")
-        for slot, arrays in slots.items():
-            if len(arrays) != len(self.params):
-                raise ValueError(f"{owner}: slot {slot!r} has {len(arrays)} entries for {len(self.params)} parameters")
-            for index, array in enumerate(arrays):
-                var = self.state[index][slot]
-                array = np.asarray(array)
-                want = var.get_value(borrow=True)
-                if array.shape != want.shape or array.dtype != want.dtype:
-                    raise ValueError(
-                        f"{owner}: slot {slot!r} of {_describe(self.params[index], index)} is "
-                        f"{array.dtype}{list(array.shape)}, expected {want.dtype}{list(want.shape)}"
-                    )
-                pending.append((var, array))
-        iterations = np.asarray(state["iterations"])
-        if iterations.shape != () or iterations.dtype.kind not in "iu" or iterations < 0:
-            raise ValueError(f"{owner}: state iterations must be a non-negative integer, got {iterations!r}")
-        pending.append((self.iterations, iterations.astype(np.int64)))
-        for var, value in pending:
-            var.set_value(value.copy())
-        for schedule, values in schedule_values:
-            schedule.load_state(values)
-
-    def _member_counters(self) -> list[tuple[str, SharedVariable]]:
-        """The per-member counters of stacked parameters with skip_nonfinite or stoppable
-        (``member_active``: 1 for a member that trains, 0 for a frozen one)."""
-        return [(name, var) for name, var in (("member_steps", self.member_steps), ("member_skipped", self.member_skipped),
-                                              ("member_active", self.member_active)) if var is not None]
-
-    def _flat_state(self) -> dict[str, np.ndarray]:
-        """:meth:`state_dict` as ``name -> array`` (the ``.npz`` layout of :meth:`save`)."""
-        state = self.state_dict()
-        flat: dict[str, np.ndarray] = {
-            "optimizer": np.array(state["optimizer"]),
-            "iterations": state["iterations"],
-            "groups": np.array(len(self.param_groups)),
-        }
-        flat.update({f"option/{k}": v for k, v in state["options"].items()})
-        flat.update({f"setting/{k}": v for k, v in state["settings"].items()})
-        flat.update({f"counter/{k}": v for k, v in state["counters"].items()})
-        for gi in range(len(self.param_groups)):
-            for name, params in state["schedules"][gi].items():
-                flat.update({f"schedule/{gi}/{name}/{p}": v for p, v in params.items()})
-            flat.update({f"hyperparameter/{gi}/{k}": v for k, v in state["hyperparameters"][gi].items()})
-            flat.update({f"scalar/{gi}/{k}": v for k, v in state["scalars"][gi].items()})
-        for slot, arrays in state["slots"].items():
-            flat.update({f"slot/{slot}/{i}": a for i, a in enumerate(arrays)})
-        return flat
-
-    def _largest_array(self) -> int:
-        """The most elements any array of this optimiser's state can have."""
-        sizes = [int(np.prod(p.get_value(borrow=True).shape)) for p in self.params]
-        for group in self.param_groups:  # schedules' parameter arrays (PiecewiseConstant)
-            for value in group.values.values():
-                if isinstance(value, Schedule):
-                    sizes += [np.asarray(v).size for v in value.state().values()]
-        return max(sizes + [1])
-
-    def _state_from_flat(self, flat: Mapping[str, np.ndarray], path: Any) -> dict[str, Any]:
-        """The :meth:`state_dict` form of :meth:`_flat_state` output read from ``path``."""
-        try:
-            groups = int(flat["groups"])
-            state: dict[str, Any] = {
-                "optimizer": str(flat["optimizer"]),
-                "iterations": flat["iterations"],
-                "options": {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("option/")},
-                "hyperparameters": [{} for _ in range(groups)],
-                "schedules": [{} for _ in range(groups)],
-                "settings": {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("setting/")},
-                "counters": {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith("counter/")},
-                "scalars": [{} for _ in range(groups)],
-                "slots": {},
-            }
-            for key, value in flat.items():
-                kind, _, rest = key.partition("/")
-                if kind in ("hyperparameter", "scalar"):
-                    gi, name = rest.split("/", 1)
-                    state["hyperparameters" if kind == "hyperparameter" else "scalars"][int(gi)][name] = value
-                elif kind == "schedule":
-                    gi, name, param = rest.split("/", 2)
-                    state["schedules"][int(gi)].setdefault(name, {})[param] = value
-                elif kind == "slot":
-                    slot, index = rest.rsplit("/", 1)
-                    state["slots"].setdefault(slot, {})[int(index)] = value
-            state["slots"] = {k: [v[i] for i in range(len(v))] for k, v in state["slots"].items()}
-        except (KeyError, ValueError, IndexError) as exc:
-            raise ValueError(f"{type(self).__name__}: {str(path)!r} is not an optimiser state file (missing {exc})") from None
-        return state
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write :meth:`state_dict` to an ``.npz`` file atomically (no partial file on failure)."""
-        StateFile(type(self).__name__).write(path, self._flat_state())
-
-    def load(self, path: str | os.PathLike[str]) -> None:
-        """Restore state written by :meth:`save`.
-
-        The file is not trusted: the group count must be this optimiser's and every
-        array's declared size must fit the largest state it could hold, checked from the
-        ``.npy`` headers before anything is allocated; then :meth:`load_state_dict`
-        validates the rest before anything changes.
-        """
-        flat = StateFile(type(self).__name__).read(
-            path, self._largest_array(), strings=("optimizer",), expect={"groups": len(self.param_groups)}
-        )
-        self.load_state_dict(self._state_from_flat(flat, path))
-
-
-def _builtin(keyword: str) -> type[SettingTransform]:
-    """The built-in transform class of a numeric keyword (``clip_norm`` -> ClipNorm)."""
-    for cls in BUILTIN_ORDER:
-        if cls.keyword == keyword and issubclass(cls, SettingTransform):
-            return cls
-    raise KeyError(keyword)
