@@ -17,8 +17,10 @@ values x seeds. :func:`train_stack` trains a task's members together in one comp
 (a :class:`~symopt.seeds.SeedStack` and :class:`~symopt.seeds.SeedTrainer`, the rule's
 numeric hyperparameters as per-member vectors) and returns one result per member, which
 the client records as its own run: same key, same rows, the numbers of the unstacked run
-to float round-off (a member that diverges is recorded with its non-finite losses, as the
-unstacked run is; the others are unaffected). The worker's cache key then also holds the
+to float round-off per step (a member that diverges is recorded with its non-finite losses,
+as the unstacked run is; the others are unaffected). Over many steps that round-off grows
+as between any two backends: a trajectory that is bit-equal for its first ~90 Adam steps
+on MNIST can differ by a few percent after an epoch. The worker's cache key then also holds the
 stack size, and a stack is reset to its members' fresh models and optimiser state before
 each task (:meth:`~symopt.seeds.SeedStack.reset`). A rule that refuses seed stacks (its
 update reduces over whole tensors) keeps one run per task; so does a group's single
