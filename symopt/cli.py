@@ -164,6 +164,9 @@ def _add_sweep_parsers(sub: Any) -> None:
     sweep.add_argument("--no-progress", action="store_true")
     sweep.add_argument("--dashboard", action="store_true",
                        help="serve Dask's dashboard from the local cluster on 127.0.0.1:8787 (default: no HTTP port)")
+    sweep.add_argument("--stack-size", type=_positive_int, default=None, metavar="N",
+                       help="train up to N runs of one structure together per task, as one seed stack "
+                            "(default: the config's stack_size, else 1); each run is still recorded on its own")
 
     search = sub.add_parser("search", help="Optuna search (TPE or random) over Dask workers, resumable")
     search.add_argument("config", type=Path, help="TOML or JSON configuration with a [search] table")
@@ -198,7 +201,7 @@ def _sweep(args: argparse.Namespace) -> int:
             report = run_sweep(cfg, db, scheduler=args.scheduler, n_workers=args.workers,
                                retry_failed=args.retry_failed, progress=not args.no_progress,
                                connect_timeout=args.connect_timeout, lock_timeout=args.lock_timeout,
-                               dashboard=args.dashboard)
+                               dashboard=args.dashboard, stack_size=args.stack_size)
         except KeyboardInterrupt:
             print(f"symopt: interrupted; finished runs are recorded in {db}; run the same command again to resume",
                   file=sys.stderr)

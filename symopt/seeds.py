@@ -366,6 +366,48 @@ class SeedStack:
                 out += [np.int64(keys.get_value()[index]), np.int64(counter.get_value())]
         return out
 
+    def reset(self, make_model: Callable[[int], Layer], seeds: Sequence[int]) -> None:
+        """Make the members the fresh models ``make_model(seed)`` of ``seeds``, keeping the graph.
+
+        Each member's parameters and buffers (dropout keys and counters, BatchNorm running
+        statistics) become those of its freshly built model, as if the stack had been built
+        from ``seeds``; a :class:`SeedTrainer` compiled over the stack then trains the new
+        members without recompiling (``symopt sweep`` reuses one stacked step for every
+        group of runs of one structure). Unlike the constructor, a seed may repeat: members
+        that differ only in their optimiser's per-member hyperparameters start alike.
+
+        Raises
+        ------
+        ValueError
+            ``seeds`` does not hold one seed per member, a model differs in structure from
+            the stack's, or (batched matmuls) the models' dropout counters differ. Nothing
+            is changed then.
+        """
+        seeds = [int(s) for s in seeds]
+        if len(seeds) != self.n_seeds:
+            raise ValueError(f"SeedStack.reset: got {len(seeds)} seeds for a stack of {self.n_seeds} members")
+        models = [make_model(s) for s in seeds]
+        signature = _structure(self.models[0])
+        for seed, model in zip(seeds, models):
+            if not isinstance(model, Layer) or _structure(model) != signature:
+                raise ValueError(f"SeedStack.reset: the model for seed {seed} differs in structure from the stack's")
+        values: list[tuple[SharedVariable, Any]] = [
+            (var, np.stack([m.params[j].get_value() for m in models])) for j, var in enumerate(self.params)]
+        if self._buffers is not None:
+            values += [(var, np.stack([m.buffers[j].get_value() for m in models]))
+                       for j, var in enumerate(self._buffers)]
+        else:
+            for i, (keys, counter) in self._dropout.items():
+                counters = {int(m.layers[i].counter.get_value()) for m in models}
+                if len(counters) != 1:
+                    raise ValueError(f"SeedStack.reset: the models' {self.layers[i].name!r} step counters differ: "
+                                     f"{sorted(counters)}")
+                values += [(keys, np.array([m.layers[i].key.get_value() for m in models], dtype=np.int64)),
+                           (counter, np.int64(counters.pop()))]
+        for var, value in values:  # everything checked: now change the stack
+            var.set_value(value)
+        self.seeds = seeds
+
 
 class MemberGrid(NamedTuple):
     """The members of a paired grid (:func:`member_grid`): unpack as ``seeds, values``."""

@@ -6,7 +6,9 @@ SweepReport(db=PosixPath('sweep.db'), total=8, skipped=0, done=8, failed=0, ...)
 
 * :mod:`~symopt.sweep.config`: the TOML/JSON configuration and its validation;
 * :mod:`~symopt.sweep.store`: the SQLite store (one transaction per run, resume, reports);
-* :mod:`~symopt.sweep.engine`: Dask client/cluster handling and the worker task;
+* :mod:`~symopt.sweep.engine`: Dask client/cluster handling and the worker tasks (one run,
+  or with ``stack_size`` > 1 up to that many runs of one structure trained together as a
+  seed stack, each still recorded as its own run);
 * :mod:`~symopt.sweep.search`: Optuna (TPE, random) over the same workers.
 """
 

@@ -5,6 +5,8 @@ A configuration states everything that determines a run's numbers::
     epochs = 2                 # per run
     seeds = 4                  # seeds 0..3 (first_seed shifts them), or a list [0, 1, 7]
     batch_size = 128
+    stack_size = 8             # optional, default 1: up to 8 runs of one structure per task, trained
+                               # together as one seed stack (symopt sweep only; not part of the protocol)
 
     [model]                    # default: symopt.mnist_runs.MODEL, the seed comparison's MLP
     sizes = [784, 100, 10]
@@ -53,7 +55,8 @@ __all__ = [
 
 #: The network of the seed's MNIST comparison (784-100x4-10, ReLU, He, dropout 0.2): symopt.mnist_runs.MODEL.
 DEFAULT_MODEL: dict[str, Any] = dict(_MNIST_MLP)
-_TOP_KEYS = {"name", "epochs", "seeds", "first_seed", "batch_size", "model", "data", "optimizers", "search"}
+_TOP_KEYS = {"name", "epochs", "seeds", "first_seed", "batch_size", "model", "data", "optimizers", "search",
+             "stack_size"}
 _DATA_KEYS = {"n_train", "n_test", "subset_seed", "dir", "validation"}
 _SEARCH_KEYS = {"optimizer", "n_trials", "sampler", "sampler_seed", "study", "metric", "space", "fixed"}
 #: metric -> Optuna direction (the metric is taken at the final epoch, averaged over seeds).
@@ -116,7 +119,12 @@ class SearchSpec:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A validated configuration. ``protocol`` holds what every run shares (model, data, batch, epochs)."""
+    """A validated configuration. ``protocol`` holds what every run shares (model, data, batch, epochs).
+
+    ``stack_size`` is how many runs of one compiled structure ``symopt sweep`` trains together
+    in one task (:mod:`symopt.sweep.engine`); it changes no run's numbers beyond float
+    round-off, so it is not part of the protocol or of a run's key.
+    """
 
     source: str
     protocol: dict[str, Any]
@@ -125,6 +133,7 @@ class SweepConfig:
     search: SearchSpec | None = None
     data_dir: str | None = None
     name: str = "sweep"
+    stack_size: int = 1
 
     def runs(self) -> list[RunSpec]:
         """Every run of the grid: optimisers in config order, then hyperparameter settings, then seeds."""
@@ -228,7 +237,8 @@ def _validate(raw: dict[str, Any], where: str) -> SweepConfig:
     name = raw.get("name", Path(where).stem if where != "(dict)" else "sweep")
     if not isinstance(name, str) or not name:
         raise _fail(where, "name", f"must be a non-empty string, got {name!r}")
-    return SweepConfig(where, protocol, seeds, grid, search, data_dir, name)
+    stack_size = _int(where, "stack_size", raw.get("stack_size", 1), 1)
+    return SweepConfig(where, protocol, seeds, grid, search, data_dir, name, stack_size)
 
 
 def _seeds(where: str, value: Any, first: Any) -> list[int]:

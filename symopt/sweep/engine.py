@@ -10,6 +10,22 @@ the mnist-optimizers experiment does between seeds (:func:`symopt.mnist_runs.res
 so a run's numbers do not depend on which worker trains it or what that worker trained
 before.
 
+Stacked tasks (``stack_size`` > 1): the client groups the pending runs of one compiled
+structure (rule and structure as above, model, data, batch size, epochs; equal transform
+thresholds such as ``clip_norm``) into tasks of up to ``stack_size`` members, hyperparameter
+values x seeds. :func:`train_stack` trains a task's members together in one compiled step
+(a :class:`~symopt.seeds.SeedStack` and :class:`~symopt.seeds.SeedTrainer`, the rule's
+numeric hyperparameters as per-member vectors) and returns one result per member, which
+the client records as its own run: same key, same rows, the numbers of the unstacked run
+to float round-off per step (a member that diverges is recorded with its non-finite losses,
+as the unstacked run is; the others are unaffected). Over many steps that round-off grows
+as between any two backends: a trajectory that is bit-equal for its first ~90 Adam steps
+on MNIST can differ by a few percent after an epoch. The worker's cache key then also holds the
+stack size, and a stack is reset to its members' fresh models and optimiser state before
+each task (:meth:`~symopt.seeds.SeedStack.reset`). A rule that refuses seed stacks (its
+update reduces over whole tensors) keeps one run per task; so does a group's single
+leftover run. Resume stays per run: a task only ever holds runs not yet recorded.
+
 Client side: :func:`run_sweep` opens the store (refusing a locked, corrupt, in-use or
 other-protocol database before any work), skips runs already done, submits the rest,
 and writes each result as it arrives, one transaction per run. A worker that dies is
@@ -19,6 +35,7 @@ so it is recorded once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -35,13 +52,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._checks import is_integer
 from .._extras import require, tqdm
 from ._worker_setup import DASHBOARD_ENV
 from .config import RunSpec, SweepConfig, canonical_json, load_config
 from .store import ResultStore
 
 __all__ = ["SweepReport", "SchedulerUnreachableError", "check_scheduler_address", "dask_client", "load_data",
-           "run_sweep", "train_run", "WORKER_ENV"]
+           "plan_stacks", "run_sweep", "train_run", "train_stack", "WORKER_ENV"]
 
 #: Set in worker processes before they start: one BLAS thread (measured fastest here for
 #: batch-128 matmuls; several threads per worker would also oversubscribe the cores).
@@ -137,6 +155,95 @@ def _structure(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _per_member_names(name: str, hyperparameters: Mapping[str, Any]) -> list[str]:
+    """The hyperparameters a stack takes as per-member vectors: the rule's numeric ones.
+
+    Booleans are structure; transform thresholds (``clip_norm``, ...) are one shared
+    scalar for all members; a rule whose state is not shaped like its parameters
+    (``per_member_values = False``, Adafactor) takes no vectors at all. Members of one
+    stack must agree on everything else.
+    """
+    import symopt
+
+    from .._checks import is_real
+
+    cls = symopt.get(name)
+    if not getattr(cls, "per_member_values", True):
+        return []
+    declared = cls.declarations()
+    return sorted(k for k, v in hyperparameters.items()
+                  if k in declared and not declared[k].is_option and is_real(v))
+
+
+def _stack_signature(spec: RunSpec) -> str:
+    """What the runs of one stacked task must share: rule, structure, every value not per member."""
+    vary = set(_per_member_names(spec.optimizer, spec.hyperparameters))
+    fixed = {k: v for k, v in spec.hyperparameters.items() if k not in vary}
+    return canonical_json([spec.optimizer, _structure(spec.optimizer, spec.hyperparameters), fixed])
+
+
+def _stacked_hyperparameters(name: str, hyperparameters: Mapping[str, Any], size: int) -> dict[str, Any]:
+    """The constructor's keywords for a stack of ``size``: per-member names as vectors."""
+    import numpy as np
+
+    vary = set(_per_member_names(name, hyperparameters))
+    return {k: np.full(size, float(v)) if k in vary else v for k, v in hyperparameters.items()}
+
+
+def _stack_refusal(name: str, hyperparameters: Mapping[str, Any]) -> str | None:
+    """Why runs of this rule and setting cannot share a seed stack (``None``: they can).
+
+    The rule's constructor on a small stacked dummy parameter, with its per-member
+    vectors, and the seed-coupling check a SeedTrainer makes: compiles nothing.
+    """
+    import numpy as np
+    import pytensor
+
+    import symopt
+    from symopt.transforms import seed_coupling_transforms
+
+    dummy = pytensor.shared(np.zeros((2, 2, 2), dtype="float32"), name="dummy[seeds]")
+    dummy.tag.seed_axis = True
+    try:
+        opt = symopt.get(name)([dummy], **_stacked_hyperparameters(name, hyperparameters, 2))
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    coupled = seed_coupling_transforms(opt)
+    if coupled:
+        return f"{', '.join(coupled)} would couple the members of a stack"
+    return None
+
+
+def plan_stacks(todo: list[RunSpec], stack_size: int) -> tuple[list[list[RunSpec]], dict[str, str]]:
+    """Cut the pending runs into tasks: (tasks of 1 to ``stack_size`` runs, refusals).
+
+    Runs are grouped by :func:`_stack_signature` in the order of ``todo`` (the config's:
+    hyperparameter settings, then seeds) and each group is cut into consecutive tasks of
+    ``stack_size`` runs, the last one shorter. A rule and setting that refuses seed stacks
+    gives one task per run; ``refusals`` maps its optimizer name to the reason.
+    """
+    if stack_size <= 1:
+        return [[spec] for spec in todo], {}
+    groups: dict[str, list[RunSpec]] = {}
+    refused: dict[str, str] = {}
+    known: dict[str, tuple[str | None, str]] = {}  # setting -> (refusal, signature): each built once
+    tasks: list[list[RunSpec]] = []
+    for spec in todo:
+        setting = canonical_json([spec.optimizer, spec.hyperparameters])
+        if setting not in known:
+            reason = _stack_refusal(spec.optimizer, spec.hyperparameters)
+            known[setting] = (reason, "" if reason is not None else _stack_signature(spec))
+        reason, signature = known[setting]
+        if reason is not None:
+            refused.setdefault(spec.optimizer, reason)
+            tasks.append([spec])
+            continue
+        groups.setdefault(signature, []).append(spec)
+    for members in groups.values():
+        tasks += [members[at:at + stack_size] for at in range(0, len(members), stack_size)]
+    return tasks, refused
+
+
 def _compiled(task: Mapping[str, Any], data: Any) -> tuple[_Compiled, bool]:
     """The worker's compiled function for this run's structure; (entry, was it cached)."""
     import symopt
@@ -205,6 +312,90 @@ def train_run(task: Mapping[str, Any]) -> dict[str, Any]:
         "worker": _where(),
         "pid": os.getpid(),
     }
+
+
+def _compiled_stack(task: Mapping[str, Any], data: Any, size: int) -> tuple[_Compiled, bool]:
+    """The worker's compiled stacked step for ``size`` members of this structure; (entry, was it cached)."""
+    import symopt
+    from symopt.nn import MLP
+    from symopt.seeds import SeedStack, SeedTrainer
+
+    from ..mnist_runs import build_model
+
+    protocol, name, hyper = task["protocol"], task["optimizer"], task["hyperparameters"]
+    key = canonical_json({"model": protocol["model"], "data": protocol["data"], "data_dir": task.get("data_dir"),
+                          "batch_size": protocol["batch_size"], "optimizer": name,
+                          "structure": _structure(name, hyper), "per_member": _per_member_names(name, hyper),
+                          "stack_size": size})
+    if key in _COMPILED:
+        _COMPILED.move_to_end(key)
+        return _COMPILED[key], True
+    start = time.perf_counter()
+    # Placeholder seeds: each task loads its own members (SeedStack.reset).
+    stack = SeedStack(lambda seed: build_model(MLP, seed, protocol["model"]), list(range(size)))
+    opt = symopt.get(name)(stack.params, **_stacked_hyperparameters(name, hyper, size))
+    trainer = SeedTrainer(stack, opt, data.x_train, data.y_train, data.x_test, data.y_test,
+                          batch_size=protocol["batch_size"], on_nonfinite="continue")  # as train_run
+    trainer.warm_up()
+    entry = _Compiled(stack, opt, trainer, opt.state_dict(), time.perf_counter() - start)
+    _COMPILED[key] = entry
+    while len(_COMPILED) > CACHE_SIZE:
+        _COMPILED.popitem(last=False)
+    return entry, False
+
+
+def train_stack(task: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Train a stacked task's members together; one :func:`train_run`-like result per member.
+
+    ``task["members"]`` are :meth:`RunSpec.as_task` payloads of one optimizer, structure
+    and protocol (:func:`plan_stacks`). Member ``i`` starts from the fresh model of its
+    seed, the optimiser state right after construction and its own hyperparameter values,
+    and follows its seed's data order and dropout stream, as its unstacked run does.
+    ``seconds`` of an epoch is the stacked epoch's wall time divided by the members;
+    ``train_seconds`` likewise; ``compile_seconds`` is given to the first member only (the
+    column then still sums to the time spent compiling).
+    """
+    from symopt.nn import MLP
+
+    from ..mnist_runs import build_model
+
+    members = list(task["members"])
+    if not members:
+        raise ValueError("train_stack: the task has no members")
+    first = members[0]
+    name, protocol = first["optimizer"], first["protocol"]
+    for m in members[1:]:
+        if m["optimizer"] != name or m["protocol"] != protocol or m.get("data_dir") != first.get("data_dir"):
+            raise ValueError("train_stack: the members differ in optimizer, protocol or data directory")
+    data = load_data(protocol["data"], first.get("data_dir"))
+    size = len(members)
+    entry, cached = _compiled_stack(first, data, size)
+    seeds = [int(m["seed"]) for m in members]
+    entry.model.reset(lambda seed: build_model(MLP, seed, protocol["model"]), seeds)
+    entry.opt.load_state_dict(entry.initial_state)
+    vary = set(_per_member_names(name, first["hyperparameters"]))
+    for key, value in first["hyperparameters"].items():
+        if isinstance(value, bool):  # structure, fixed at construction
+            continue
+        if key in vary:
+            entry.opt.set_hyperparameter(key, [float(m["hyperparameters"][key]) for m in members])
+        else:
+            if any(m["hyperparameters"].get(key) != value for m in members[1:]):
+                raise ValueError(f"train_stack: the members differ in {key!r}, which a stack shares")
+            entry.opt.set_hyperparameter(key, value)
+    start = time.perf_counter()
+    histories = entry.trainer.fit(int(protocol["epochs"]), seeds, progress=False)
+    train_seconds = (time.perf_counter() - start) / size
+    entry.runs += size
+    where, pid = _where(), os.getpid()
+    return [{
+        "key": m["key"],
+        "history": [r.as_dict() for r in history],
+        "compile_seconds": 0.0 if cached or i else entry.compile_seconds,
+        "train_seconds": train_seconds,
+        "worker": where,
+        "pid": pid,
+    } for i, (m, history) in enumerate(zip(members, histories))]
 
 
 # ---------------------------------------------------------------------------- client side
@@ -369,6 +560,7 @@ def run_sweep(
     lock_timeout: float = 10.0,
     timeout: float | None = None,
     dashboard: bool = False,
+    stack_size: int | None = None,
 ) -> SweepReport:
     """Run every run of ``config``'s grid not yet done in ``db_path``, on Dask.
 
@@ -395,6 +587,11 @@ def run_sweep(
     dashboard
         Serve Dask's dashboard from the local cluster (see :func:`dask_client`); off by
         default, when no HTTP port is opened.
+    stack_size
+        Train up to this many pending runs of one compiled structure together in one task
+        (a seed stack; see the module notes); overrides the config's ``stack_size``
+        (default 1: one run per task). Each run is still recorded on its own, with the
+        numbers of its unstacked run to float round-off.
 
     Returns
     -------
@@ -408,6 +605,11 @@ def run_sweep(
     """
     start = time.perf_counter()
     cfg = load_config(config, require="optimizers")
+    if stack_size is None:
+        stack_size = cfg.stack_size
+    elif not is_integer(stack_size) or stack_size < 1:
+        raise ValueError(f"stack_size must be a positive integer (runs per stacked task), got {stack_size!r}; "
+                         f"nothing was run")
     specs = cfg.runs()
     require("distributed", "symopt sweep", "sweep")  # before the database is created
     if scheduler is not None:
@@ -415,7 +617,7 @@ def run_sweep(
     created = not Path(db_path).exists()
     try:
         return _run(cfg, specs, db_path, scheduler, n_workers, retry_failed, progress, connect_timeout,
-                    lock_timeout, timeout, start, dashboard)
+                    lock_timeout, timeout, start, dashboard, int(stack_size))
     except SchedulerUnreachableError:
         if created:  # leave no empty database behind for a sweep that never started
             for suffix in ("", "-wal", "-shm"):
@@ -425,7 +627,7 @@ def run_sweep(
 
 def _run(cfg: SweepConfig, specs: list[RunSpec], db_path: str | Path, scheduler: str | None, n_workers: int | None,
          retry_failed: bool, progress: bool, connect_timeout: float, lock_timeout: float, timeout: float | None,
-         start: float, dashboard: bool) -> SweepReport:
+         start: float, dashboard: bool, stack_size: int = 1) -> SweepReport:
     with ResultStore(db_path, cfg.protocol, lock_timeout=lock_timeout) as store:
         status = store.status()
         todo = [s for s in specs if status.get(s.key) is None or (retry_failed and status[s.key] == "failed")]
@@ -437,64 +639,87 @@ def _run(cfg: SweepConfig, specs: list[RunSpec], db_path: str | Path, scheduler:
                     if failed_before and not retry_failed else ""))
         done = failed = workers = 0
         if todo:
-            with dask_client(scheduler, n_workers or min(os.cpu_count() or 1, len(todo)), connect_timeout,
+            tasks, refused = plan_stacks(todo, stack_size)
+            for name, reason in refused.items():
+                _log(f"{name}: runs not stacked, one per task ({reason})")
+            with dask_client(scheduler, n_workers or min(os.cpu_count() or 1, len(tasks)), connect_timeout,
                              dashboard) as client:
                 workers = len(client.scheduler_info().get("workers", {}))
                 if scheduler is not None and workers == 0:
                     _log(f"{scheduler} has no workers yet; the runs wait for `dask worker {scheduler}`")
-                done, failed = _collect(client, todo, store, len(specs), skipped, progress, timeout)
+                done, failed = _collect(client, tasks, store, len(specs), skipped, progress, timeout)
     return SweepReport(Path(db_path), len(specs), skipped, done, failed, time.perf_counter() - start, workers)
 
 
-def _placement(todo: list[RunSpec], workers: list[str]) -> dict[str, str]:
-    """run key -> preferred worker, so that each worker compiles as few functions as possible.
+def _placement(todo: list[RunSpec] | list[list[RunSpec]], workers: list[str]) -> dict[str, str]:
+    """task -> preferred worker, so that each worker compiles as few functions as possible.
 
-    Runs are sorted by what they compile (optimiser and structure; numeric values share a
-    function) and cut into one contiguous, equal-sized chunk per worker. Without this the
-    scheduler hands runs out in order and every worker ends up compiling every optimiser:
-    on a cold 2-worker sweep of 2 optimisers that doubles the compilations.
+    ``todo`` holds runs, or tasks of runs (:func:`plan_stacks`); a task is named by its
+    first run's key. Tasks are sorted by what they compile (optimiser, structure and stack
+    size; numeric values share a function) and cut into one contiguous, equal-sized chunk
+    per worker. Without this the scheduler hands runs out in order and every worker ends
+    up compiling every optimiser: on a cold 2-worker sweep of 2 optimisers that doubles
+    the compilations.
     """
     if len(workers) < 2:
         return {}
+    tasks = [t if isinstance(t, list) else [t] for t in todo]
     groups: dict[str, str] = {}
-    for spec in todo:
+    for task in tasks:
+        spec = task[0]
         sig = canonical_json([spec.optimizer, spec.hyperparameters])
         if sig not in groups:
             groups[sig] = canonical_json([spec.optimizer, _structure(spec.optimizer, spec.hyperparameters)])
-    order = sorted(range(len(todo)),
-                   key=lambda i: (groups[canonical_json([todo[i].optimizer, todo[i].hyperparameters])], i))
-    chunk = -(-len(todo) // len(workers))
-    return {todo[i].key: workers[rank // chunk] for rank, i in enumerate(order)}
+
+    def compiles(i: int) -> tuple[str, int]:
+        spec = tasks[i][0]
+        return groups[canonical_json([spec.optimizer, spec.hyperparameters])], len(tasks[i])
+
+    order = sorted(range(len(tasks)), key=lambda i: (*compiles(i), i))
+    chunk = -(-len(tasks) // len(workers))
+    return {tasks[i][0].key: workers[rank // chunk] for rank, i in enumerate(order)}
 
 
-def _collect(client: Any, todo: list[RunSpec], store: ResultStore, total: int, skipped: int,
+def _collect(client: Any, tasks: list[list[RunSpec]], store: ResultStore, total: int, skipped: int,
              progress: bool, timeout: float | None) -> tuple[int, int]:
     as_completed = require("distributed", "symopt sweep", "sweep").as_completed
-    placement = _placement(todo, sorted(client.scheduler_info().get("workers", {})))
+    placement = _placement(tasks, sorted(client.scheduler_info().get("workers", {})))
     futures = {}
-    for spec in todo:
+    for task in tasks:
+        spec = task[0]
         where = placement.get(spec.key)
         # A preference, not a pin: the run goes elsewhere if its worker dies, and idle workers steal.
-        futures[client.submit(train_run, spec.as_task(), key=f"symopt-run-{spec.key}", pure=False,
-                              workers=[where] if where else None, allow_other_workers=bool(where))] = spec
+        options = {"pure": False, "workers": [where] if where else None, "allow_other_workers": bool(where)}
+        if len(task) == 1:
+            future = client.submit(train_run, spec.as_task(), key=f"symopt-run-{spec.key}", **options)
+        else:
+            name = hashlib.sha256(" ".join(s.key for s in task).encode()).hexdigest()[:32]
+            future = client.submit(train_stack, {"members": [s.as_task() for s in task]},
+                                   key=f"symopt-stack-{name}", **options)
+        futures[future] = task
     done = failed = 0
     bar = tqdm(total=total, initial=skipped, unit="run", desc="sweep", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
     try:
         try:
             for future in as_completed(futures, loop=client.loop, timeout=timeout):
-                spec = futures[future]
+                task = futures[future]
                 try:
-                    result, error = future.result(), None
+                    value, error = future.result(), None
                 except Exception as exc:  # the run's own error, or KilledWorker after repeated worker deaths
-                    result, error = None, _error_text(exc)
-                if store.record(spec, result=result, error=error):
-                    if error is None:
-                        done += 1
-                    else:
-                        failed += 1
-                        _log(f"run {spec.optimizer} seed {spec.seed} failed: {error.splitlines()[-1]}")
-                bar.update()
+                    value, error = None, _error_text(exc)
+                # A stacked task returns one result per member; if it fails, each member failed.
+                results = value if isinstance(value, list) else [value] * len(task)
+                for spec, result in zip(task, results):
+                    if result is not None and result["key"] != spec.key:
+                        raise RuntimeError(f"a worker returned run {result['key']} for run {spec.key}")
+                    if store.record(spec, result=result, error=error):
+                        if error is None:
+                            done += 1
+                        else:
+                            failed += 1
+                            _log(f"run {spec.optimizer} seed {spec.seed} failed: {error.splitlines()[-1]}")
+                    bar.update()
         except TimeoutError:
             raise TimeoutError(f"the sweep did not finish within {timeout:g} s; {done} run(s) recorded, "
                                f"re-run to resume") from None
