@@ -1746,10 +1746,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
     import symopt
 
-    optimizers = list(symopt.OPTIMIZERS) if args.optimizers == "all" else [o.lower() for o in _names(args.optimizers)]
+    # "all": the per-parameter rules; a full-batch optimiser (lbfgs) has no train step on batches to time.
+    optimizers = symopt.registry.rules() if args.optimizers == "all" else [o.lower() for o in _names(args.optimizers)]
     unknown = sorted(set(optimizers) - set(symopt.OPTIMIZERS))
     if unknown:
         parser.error(f"unknown optimizer(s) {', '.join(unknown)}; known: {', '.join(symopt.OPTIMIZERS)}")
+    for name in optimizers:
+        reason = symopt.registry.not_a_rule(name, "step_time.py")
+        if reason is not None:
+            parser.error(reason)
     cfg = Config(optimizers=optimizers, backends=[b.upper() for b in _names(args.backends)], steps=args.steps,
                  rounds=args.rounds, warmup=args.warmup, check_steps=args.check_steps, sizes=sizes, batch=args.batch,
                  compile_optimizers=[o.lower() for o in _names(args.compile_optimizers)],

@@ -41,11 +41,14 @@ __all__ = ["SAM", "Sophia", "hutchinson_keys"]
 def _base_rule(owner: str, base: Any) -> type[Optimizer]:
     """The base rule class from a registry name or a class."""
     if isinstance(base, str):
-        from .registry import OPTIMIZERS  # the registry imports the rules: not at module import
+        from .registry import OPTIMIZERS, not_a_rule, rules  # the registry imports the rules: not at module import
 
         if base.strip().lower() not in OPTIMIZERS:
             raise ValueError(f"{owner}: base must be a registered rule name or an Optimizer subclass, got {base!r} "
-                             f"(registered: {', '.join(sorted(OPTIMIZERS))})")
+                             f"(rules: {', '.join(sorted(rules()))})")
+        reason = not_a_rule(base, f"{owner}'s base")
+        if reason is not None:  # lbfgs: a full-batch optimiser, not a rule to take SAM's descent step
+            raise ValueError(reason)
         base = OPTIMIZERS[base.strip().lower()]
     if not (isinstance(base, type) and issubclass(base, Optimizer)):
         raise ValueError(f"{owner}: base must be a registered rule name or an Optimizer subclass, got {base!r}")

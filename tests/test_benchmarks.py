@@ -234,6 +234,30 @@ def test_new_rule_needs_no_numpy_torch_or_optax_step(new_rule: str) -> None:
     assert "against `symopt[default]` instead (no NumPy step): benchsign" in markdown
 
 
+def test_lbfgs_is_refused_by_name_and_left_out_of_all(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """lbfgs (the registry's full-batch kind) has no mini-batch train step to time: named, it is one
+    clear error before anything runs; ``--optimizers all`` takes the per-parameter rules only."""
+    with pytest.raises(SystemExit) as exit_info:
+        st.main(["--optimizers", "adam,lbfgs", "--out", str(tmp_path / "t.json")])
+    assert exit_info.value.code == 2
+    assert "step_time.py: 'lbfgs' (symopt.LBFGS) is not a per-parameter rule" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
+    seen: list[list[str]] = []
+
+    class Stop(Exception):
+        pass
+
+    def record(cfg: st.Config) -> None:  # what would be run, without running it
+        seen.append(list(cfg.optimizers))
+        raise Stop
+
+    monkeypatch.setattr(st, "run_benchmark", record)
+    with pytest.raises(Stop):
+        st.main(["--optimizers", "all", "--out", str(tmp_path / "t.json")])
+    assert seen == [symopt.registry.rules()] and "lbfgs" not in seen[0]
+
+
 def test_failing_backend_is_recorded_not_raised() -> None:
     """A contender that cannot be built is reported with its error; the others still run."""
     problem = st.make_problem(TINY_SIZES, TINY_BATCH, n_batches=2)

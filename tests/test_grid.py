@@ -164,7 +164,7 @@ def _n_params(rule: type) -> int:
 
 
 # ---------------------------------------------------------------- per-member hyperparameters
-@pytest.fixture(scope="module", params=sorted(symopt.OPTIMIZERS))
+@pytest.fixture(scope="module", params=sorted(symopt.registry.rules()))  # lbfgs is no per-parameter rule
 def grid_run(request):
     rule = symopt.get(request.param)
     reason = _stack_refused(rule)
