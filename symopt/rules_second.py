@@ -127,6 +127,7 @@ class SAM(Optimizer):
     reference = "optax.contrib.sam (normalize() + sgd(rho) adversary, sync_period=2, opaque_mode=True)"
     #: The ascent's norm is taken over all parameters together: on a seed stack it would mix the seeds.
     stackable: ClassVar[bool] = False
+    unstackable_reason: ClassVar[str] = "its ascent step is normalised by the gradient norm over all parameters"
     base_rule: ClassVar[type[Optimizer]] = SGD
     hyperparameters = {
         **SGD.declarations(),
@@ -250,6 +251,8 @@ class Sophia(Optimizer):
     reference = "optax.contrib.sophia (Hutchinson, Rademacher u; compared with the same u)"
     #: On a seed stack each member would draw other u than its separate run (the index spans the stack).
     stackable: ClassVar[bool] = False
+    unstackable_reason: ClassVar[str] = ("its Hutchinson probes u are numbered across the whole tensor, so each "
+                                         "member would draw other probes than its separate run")
     decoupled_weight_decay: ClassVar[bool] = True
     hyperparameters = {
         "learning_rate": Hyperparameter(1e-3, low=0.0, doc="learning rate (step size)"),
