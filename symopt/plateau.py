@@ -174,8 +174,8 @@ class ReduceLROnPlateau:
             targets = _members(inner, hyperparameter, member)
         else:
             if member is not None:
-                raise ValueError(f"ReduceLROnPlateau: member={member!r} applies to a symopt.combine(...) only; "
-                                 f"got a {type(optimizer).__name__}")
+                raise ValueError(f"ReduceLROnPlateau: member={member!r} applies to a symopt.combine(...) only, "
+                                 f"not to {type(optimizer).__name__}")
             if not isinstance(inner, Optimizer):
                 raise TypeError(f"ReduceLROnPlateau: optimizer must be a symopt optimiser, got {type(optimizer).__name__}")
             _check_hyperparameter(inner, hyperparameter, "")
