@@ -45,8 +45,20 @@ HAS_JAX = st.available("jax") and st.available("optax")
 
 def test_benchmark_tables_name_registered_rules() -> None:
     """The NumPy, torch and optax tables cover rules that exist (a rule missing from them is skipped)."""
-    for table in (st.NUMPY_SLOTS, st.TORCH_RULES, st.OPTAX_RULES, st.STEP_FLOOR_RULES):
-        assert set(table) <= set(symopt.OPTIMIZERS)
+    for table in (st.NUMPY_SLOTS, st.TORCH_RULES, st.OPTAX_RULES, st.STEP_FLOOR_RULES, st.NOT_FUSED,
+                  st.TORCH_NOT_COMPARED, st.OPTAX_NOT_COMPARED):
+        assert set(table) <= set(symopt.registry.rules())
+
+
+def test_every_builtin_rule_has_a_step_floor_or_the_reason_it_has_none() -> None:
+    """A fused Numba pass for every built-in rule whose update is element-wise; the others say why."""
+    builtin = {n for n in symopt.registry.rules() if symopt.get(n).__module__.startswith("symopt.")}
+    assert builtin - set(st.STEP_FLOOR_RULES) - set(st.NOT_FUSED) == set()
+    assert set(st.STEP_FLOOR_RULES) & set(st.NOT_FUSED) == set()
+    assert set(st.TORCH_RULES) & set(st.TORCH_NOT_COMPARED) == set() == set(st.OPTAX_RULES) & set(st.OPTAX_NOT_COMPARED)
+    assert "Newton-Schulz" in st.NOT_FUSED["muon"] and st.NOT_FUSED["muon"].startswith("not a fused pass")
+    skipped = st.skipped_contenders("muon", with_torch=False, with_jax=False)
+    assert skipped["step-floor"] == f"no step floor for 'muon': {st.NOT_FUSED['muon']}"
 
 
 @pytest.mark.parametrize("name", sorted(st.NUMPY_SLOTS))
