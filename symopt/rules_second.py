@@ -251,8 +251,8 @@ class Sophia(Optimizer):
     reference = "optax.contrib.sophia (Hutchinson, Rademacher u; compared with the same u)"
     #: On a seed stack each member would draw other u than its separate run (the index spans the stack).
     stackable: ClassVar[bool] = False
-    unstackable_reason: ClassVar[str] = ("its Hutchinson probes u are numbered across the whole tensor, so each "
-                                         "member would draw other probes than its separate run")
+    unstackable_reason: ClassVar[str] = ("its Hutchinson probes u are numbered across the whole stacked tensor "
+                                         "(each member would draw other probes than its separate run)")
     decoupled_weight_decay: ClassVar[bool] = True
     hyperparameters = {
         "learning_rate": Hyperparameter(1e-3, low=0.0, doc="learning rate (step size)"),

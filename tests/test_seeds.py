@@ -185,7 +185,7 @@ def test_bad_stacks():
 @pytest.mark.parametrize("name, reason", [
     ("prodigy", "its distance estimate d sums over all parameters"),
     ("sam", "its ascent step is normalised by the gradient norm over all parameters"),
-    ("sophia", "its Hutchinson probes u are numbered across the whole tensor"),
+    ("sophia", r"its Hutchinson probes u are numbered across the whole stacked tensor \(each member"),
 ])
 def test_rules_that_couple_the_members_refuse_stacks(name, reason):
     """Prodigy, SAM and Sophia declare stackable = False: built over a stack's parameters (alone,
