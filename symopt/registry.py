@@ -109,7 +109,7 @@ class _Registry(MutableMapping[str, type[Any]]):
         return self._rules[name]
 
     def __setitem__(self, name: str, cls: type[Any]) -> None:
-        if cls.name is None or cls.name != name:
+        if getattr(cls, "name", None) != name:
             cls.name = name
         self._rules[name] = cls
 
