@@ -374,6 +374,7 @@ def test_optimizers_lists_every_rule_with_its_reference(capsys: pytest.CaptureFi
     assert " LBFGS " in lines["lbfgs"]
     assert " torch.optim.LBFGS(line_search_fn='strong_wolfe') [full-batch, needs loss] " in lines["lbfgs"]
     assert "max_iter=20" in lines["lbfgs"] and "history_size=100" in lines["lbfgs"]
+    assert "initial_accumulator_value=0.0" in lines["adagrad"] and "lr_decay=0.0" in lines["adagrad"]
 
 
 def test_train_refuses_lbfgs_before_reading_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -383,4 +384,3 @@ def test_train_refuses_lbfgs_before_reading_data(tmp_path: Path, capsys: pytest.
     line = _one_error_line(capsys.readouterr().err)
     assert "symopt train: 'lbfgs' (symopt.LBFGS) is not a per-parameter rule (its kind: full-batch, needs loss)" in line
     assert "absent" not in line
-    assert "initial_accumulator_value=0.0" in lines["adagrad"] and "lr_decay=0.0" in lines["adagrad"]
