@@ -1136,7 +1136,9 @@ def jax_contender(optimizer: str, problem: Problem) -> Contender:
     tx, note = optax_transform(optimizer, hyperparameters(optimizer))
     step_fn = jax.jit(_jax_train_step(tx), donate_argnums=(0, 1))
     holder: dict[str, Any] = {"params": [jnp.asarray(p) for p in problem.init]}
-    holder["state"] = tx.init(holder["params"])
+    # Own buffers for every state leaf: some inits (optax.contrib.prodigy's) return one zeros
+    # array in two places, and a donated buffer may appear only once.
+    holder["state"] = jax.tree_util.tree_map(lambda leaf: jnp.array(leaf, copy=True), tx.init(holder["params"]))
     xs = [jax.device_put(x) for x in problem.xs]
     ys = [jax.device_put(y) for y in problem.ys]
     n = len(xs)
@@ -1172,7 +1174,7 @@ def time_jax_vmap(
     tx, note = optax_transform(optimizer, hyperparameters(optimizer))
     problems = [make_problem(sizes, batch, n_batches, seed=s) for s in range(seeds)]
     params = [jnp.asarray(np.stack(leaf)) for leaf in zip(*(p.init for p in problems))]
-    state = jax.vmap(tx.init)(params)
+    state = jax.tree_util.tree_map(lambda leaf: jnp.array(leaf, copy=True), jax.vmap(tx.init)(params))  # unaliased
     xs = [jax.device_put(np.stack([p.xs[i] for p in problems])) for i in range(n_batches)]
     ys = [jax.device_put(np.stack([p.ys[i] for p in problems])) for i in range(n_batches)]
     step_fn = jax.jit(jax.vmap(_jax_train_step(tx)), donate_argnums=(0, 1))
