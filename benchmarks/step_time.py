@@ -338,7 +338,13 @@ NUMPY_SLOTS: dict[str, tuple[str, ...]] = {
     "sgd": (), "momentum": ("b",), "nesterov": ("b",), "adagrad": ("s",), "rmsprop": ("v",),
     "adadelta": ("v", "u"), "adam": ("m", "v"), "adamw": ("m", "v"), "amsgrad": ("m", "v", "vmax"),
     "adamax": ("m", "u"), "nadam": ("m", "v"), "radam": ("m", "v"), "lion": ("m",),
+    # Issue 16's element-wise rules: per-step scalars from their STEP_FLOOR_RULES row, NumPy ops here.
+    "rprop": ("q", "s"), "asgd": ("ax",), "adabelief": ("m", "s"), "adopt": ("m", "v"), "ademamix": ("m", "n", "v"),
+    "schedule_free_sgd": ("s",), "schedule_free_adamw": ("s", "v"),
 }
+#: NumPy rules whose weight decay shrinks the parameter first / is part of the rule's own step.
+NUMPY_DECOUPLED = ("adamw", "lion", "ademamix")
+NUMPY_DECAY_IN_RULE = ("schedule_free_adamw",)
 
 
 class NumpyRule:
@@ -361,8 +367,9 @@ class NumpyRule:
         if name not in NUMPY_SLOTS:
             raise KeyError(f"no NumPy step for optimiser {name!r}")
         self.state = [{s: np.zeros_like(p) for s in NUMPY_SLOTS[name]} for p in params]
-        self.decoupled = name in ("adamw", "lion")
+        self.decoupled = name in NUMPY_DECOUPLED
         self.mu_product = 1.0
+        self.carry: dict[str, float] = {}  # products and sums over steps (Schedule-Free's weights)
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
         """Update ``params`` in place; ``grads`` may be overwritten (scratch)."""
@@ -377,8 +384,10 @@ class NumpyRule:
             self.mu_product *= mu
             prod = self.mu_product
             scalars = {"a": lr * (1.0 - mu) / (1.0 - prod), "b": lr * mu_next / (1.0 - prod * mu_next)}
+        elif self.name in STEP_FLOOR_RULES and self.name not in _CLASSIC:
+            scalars = STEP_FLOOR_RULES[self.name][2](h, t, self.carry)
         for p, g, st in zip(params, grads, self.state, strict=True):
-            if wd:
+            if wd and self.name not in NUMPY_DECAY_IN_RULE:
                 if self.decoupled:
                     p *= 1.0 - lr * wd
                 else:
@@ -452,8 +461,71 @@ class NumpyRule:
             p -= lr * np.sign(b1 * m + (1.0 - b1) * g)
             m *= b2
             m += (1.0 - b2) * g
+        elif name == "rprop":
+            q, s = st["q"], st["s"]
+            if sc["first"]:
+                s[...] = lr
+            a = g * q
+            factor = np.where(a > 0, sc["etap"], np.where(a < 0, sc["etam"], 1.0)).astype(p.dtype)
+            np.clip(s * factor, sc["smin"], sc["smax"], out=s)
+            g[a < 0] = 0.0  # a sign change: no step, and the gradient is forgotten
+            q[...] = g
+            p -= np.sign(g) * s
+        elif name == "asgd":
+            p *= sc["k"]
+            p -= sc["eta"] * g
+            if sc["copy"]:
+                st["ax"][...] = p
+            else:
+                st["ax"] += (p - st["ax"]) * sc["mu"]
+        elif name == "adabelief":
+            m, s = st["m"], st["s"]
+            m *= sc["b1"]
+            m += sc["c_b1"] * g
+            d = g - m
+            s *= sc["b2"]
+            s += sc["c_b2"] * (d * d)
+            s += sc["er"]
+            p -= lr * (sc["k1"] * m + sc["k2"] * g) / (np.sqrt(s * sc["ib2"]) + sc["eps"])
+        elif name == "adopt":
+            m, v = st["m"], st["v"]
+            u = g / np.maximum(np.sqrt(v), sc["eps"])
+            np.clip(u, -sc["bound"], sc["bound"], out=u)
+            m *= sc["b1"]
+            m += sc["c1"] * u
+            v *= sc["b2"]
+            v += sc["c2"] * (g * g)
+            p -= lr * (sc["n1"] * m + sc["n2"] * u)
+        elif name == "ademamix":
+            m, n, v = st["m"], st["n"], st["v"]
+            m *= sc["b1"]
+            m += sc["c_b1"] * g
+            n *= sc["b3"]
+            n += sc["c_b3"] * g
+            v *= sc["b2"]
+            v += sc["c_b2"] * (g * g)
+            p -= lr * (sc["a1"] * m + sc["alpha"] * n) / (np.sqrt(v * sc["ib2"] + sc["er"]) + sc["eps"])
+        elif name in ("schedule_free_sgd", "schedule_free_adamw"):
+            s = st["s"]  # z; p is y, and x = (y - (1 - b1) z) / b1
+            if sc["first"]:
+                s[...] = p
+            d = g
+            if name == "schedule_free_adamw":
+                v = st["v"]
+                v *= sc["b2"]
+                v += sc["c2"] * (g * g)
+                d = g / (np.sqrt(v * sc["ib2"]) + sc["eps"]) + h["weight_decay"] * p
+            x = (p - sc["cb"] * s) * sc["ib1"]
+            s -= lr * d
+            x = sc["ck1"] * x + sc["ck"] * s
+            p[...] = sc["b1"] * x + sc["cb"] * s
         else:  # pragma: no cover - guarded in __init__
             raise KeyError(name)
+
+
+#: The rules NumpyRule had before issue 16 (their per-step scalars are computed in NumpyRule itself).
+_CLASSIC = frozenset({"sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "amsgrad",
+                      "adamax", "nadam", "radam", "lion"})
 
 
 def numpy_forward_backward(

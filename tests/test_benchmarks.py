@@ -61,12 +61,14 @@ def test_every_builtin_rule_has_a_step_floor_or_the_reason_it_has_none() -> None
     assert skipped["step-floor"] == f"no step floor for 'muon': {st.NOT_FUSED['muon']}"
 
 
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 @pytest.mark.parametrize("name", sorted(st.NUMPY_SLOTS))
-def test_numpy_rule_matches_reference(name: str) -> None:
-    """The benchmark's in-place NumPy rule equals tests/reference.py over 12 steps (float32)."""
+def test_numpy_rule_matches_reference(name: str, weight_decay: float) -> None:
+    """The benchmark's in-place NumPy rule equals tests/reference.py over 12 steps (float32), without and
+    with weight decay (coupled, decoupled or the rule's own, as each rule applies it)."""
     rng = np.random.default_rng(1)
     params = [rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32)]
-    h = st.hyperparameters(name)
+    h = {**st.hyperparameters(name), "weight_decay": weight_decay}
     mine = [p.copy() for p in params]
     rule = st.NumpyRule(name, mine, h)
     ref = REFERENCES[name](params, **h)
