@@ -58,7 +58,15 @@ Contenders
     float32 locals, and the per-step scalars (bias corrections) computed once per step;
     :func:`fused_update_kernel` wraps the body in a loop over the flattened arrays and
     compiles it with ``numba.njit``. Every array is read and written once per step. A
-    rule without a row is timed without a step floor, with that reason in the output.
+    rule without a row is timed without a step floor, with that reason in the output;
+    :data:`NOT_FUSED` says why the rules whose update is not one element-wise pass (Muon's
+    Newton-Schulz products, the norms of LAMB/LARS, Adafactor's factored moments,
+    Prodigy's sums over all parameters, SAM's and Sophia's extra passes) have none.
+
+A rule that updates matrices only (Muon, ``accepted_ndims``) is timed as
+``symopt.combine(muon=Muon(weights), adamw=AdamW(biases))``, as ``symopt bench-mnist``
+trains it. ``lbfgs`` (the registry's full-batch kind) has no mini-batch step and is not
+a rule this script times: ``--optimizers all`` leaves it out, and naming it is an error.
 
 Protocol
 --------
@@ -293,7 +301,13 @@ def symopt_contender(optimizer: str, problem: Problem, mode: str | None) -> Cont
     y = pt.ivector("y")
     logits = pt.specify_shape(model.output(x, train=True), (None, problem.sizes[-1]))
     loss = nn.cross_entropy(logits, y)
-    opt = symopt.get(optimizer)(model.params)
+    cls = symopt.get(optimizer)
+    if cls.accepted_ndims is None:
+        opt = cls(model.params)
+    else:  # Muon: the weight matrices; AdamW at its defaults the biases, as `symopt bench-mnist` combines them
+        own = [p for p in model.params if p.ndim in cls.accepted_ndims]
+        opt = symopt.combine(**{optimizer: cls(own),
+                                "adamw": symopt.AdamW([p for p in model.params if p.ndim not in cls.accepted_ndims])})
     train = symopt.function([x, y], loss, updates=opt.updates(loss), mode=mode)
     xs, ys, n = problem.xs, problem.ys, len(problem.xs)
 
@@ -324,7 +338,13 @@ NUMPY_SLOTS: dict[str, tuple[str, ...]] = {
     "sgd": (), "momentum": ("b",), "nesterov": ("b",), "adagrad": ("s",), "rmsprop": ("v",),
     "adadelta": ("v", "u"), "adam": ("m", "v"), "adamw": ("m", "v"), "amsgrad": ("m", "v", "vmax"),
     "adamax": ("m", "u"), "nadam": ("m", "v"), "radam": ("m", "v"), "lion": ("m",),
+    # Issue 16's element-wise rules: per-step scalars from their STEP_FLOOR_RULES row, NumPy ops here.
+    "rprop": ("q", "s"), "asgd": ("ax",), "adabelief": ("m", "s"), "adopt": ("m", "v"), "ademamix": ("m", "n", "v"),
+    "schedule_free_sgd": ("s",), "schedule_free_adamw": ("s", "v"),
 }
+#: NumPy rules whose weight decay shrinks the parameter first / is part of the rule's own step.
+NUMPY_DECOUPLED = ("adamw", "lion", "ademamix")
+NUMPY_DECAY_IN_RULE = ("schedule_free_adamw",)
 
 
 class NumpyRule:
@@ -347,8 +367,9 @@ class NumpyRule:
         if name not in NUMPY_SLOTS:
             raise KeyError(f"no NumPy step for optimiser {name!r}")
         self.state = [{s: np.zeros_like(p) for s in NUMPY_SLOTS[name]} for p in params]
-        self.decoupled = name in ("adamw", "lion")
+        self.decoupled = name in NUMPY_DECOUPLED
         self.mu_product = 1.0
+        self.carry: dict[str, float] = {}  # products and sums over steps (Schedule-Free's weights)
 
     def step(self, params: list[np.ndarray], grads: list[np.ndarray]) -> None:
         """Update ``params`` in place; ``grads`` may be overwritten (scratch)."""
@@ -363,8 +384,10 @@ class NumpyRule:
             self.mu_product *= mu
             prod = self.mu_product
             scalars = {"a": lr * (1.0 - mu) / (1.0 - prod), "b": lr * mu_next / (1.0 - prod * mu_next)}
+        elif self.name in STEP_FLOOR_RULES and self.name not in _CLASSIC:
+            scalars = STEP_FLOOR_RULES[self.name][2](h, t, self.carry)
         for p, g, st in zip(params, grads, self.state, strict=True):
-            if wd:
+            if wd and self.name not in NUMPY_DECAY_IN_RULE:
                 if self.decoupled:
                     p *= 1.0 - lr * wd
                 else:
@@ -438,8 +461,71 @@ class NumpyRule:
             p -= lr * np.sign(b1 * m + (1.0 - b1) * g)
             m *= b2
             m += (1.0 - b2) * g
+        elif name == "rprop":
+            q, s = st["q"], st["s"]
+            if sc["first"]:
+                s[...] = lr
+            a = g * q
+            factor = np.where(a > 0, sc["etap"], np.where(a < 0, sc["etam"], 1.0)).astype(p.dtype)
+            np.clip(s * factor, sc["smin"], sc["smax"], out=s)
+            g[a < 0] = 0.0  # a sign change: no step, and the gradient is forgotten
+            q[...] = g
+            p -= np.sign(g) * s
+        elif name == "asgd":
+            p *= sc["k"]
+            p -= sc["eta"] * g
+            if sc["copy"]:
+                st["ax"][...] = p
+            else:
+                st["ax"] += (p - st["ax"]) * sc["mu"]
+        elif name == "adabelief":
+            m, s = st["m"], st["s"]
+            m *= sc["b1"]
+            m += sc["c_b1"] * g
+            d = g - m
+            s *= sc["b2"]
+            s += sc["c_b2"] * (d * d)
+            s += sc["er"]
+            p -= lr * (sc["k1"] * m + sc["k2"] * g) / (np.sqrt(s * sc["ib2"]) + sc["eps"])
+        elif name == "adopt":
+            m, v = st["m"], st["v"]
+            u = g / np.maximum(np.sqrt(v), sc["eps"])
+            np.clip(u, -sc["bound"], sc["bound"], out=u)
+            m *= sc["b1"]
+            m += sc["c1"] * u
+            v *= sc["b2"]
+            v += sc["c2"] * (g * g)
+            p -= lr * (sc["n1"] * m + sc["n2"] * u)
+        elif name == "ademamix":
+            m, n, v = st["m"], st["n"], st["v"]
+            m *= sc["b1"]
+            m += sc["c_b1"] * g
+            n *= sc["b3"]
+            n += sc["c_b3"] * g
+            v *= sc["b2"]
+            v += sc["c_b2"] * (g * g)
+            p -= lr * (sc["a1"] * m + sc["alpha"] * n) / (np.sqrt(v * sc["ib2"] + sc["er"]) + sc["eps"])
+        elif name in ("schedule_free_sgd", "schedule_free_adamw"):
+            s = st["s"]  # z; p is y, and x = (y - (1 - b1) z) / b1
+            if sc["first"]:
+                s[...] = p
+            d = g
+            if name == "schedule_free_adamw":
+                v = st["v"]
+                v *= sc["b2"]
+                v += sc["c2"] * (g * g)
+                d = g / (np.sqrt(v * sc["ib2"]) + sc["eps"]) + h["weight_decay"] * p
+            x = (p - sc["cb"] * s) * sc["ib1"]
+            s -= lr * d
+            x = sc["ck1"] * x + sc["ck"] * s
+            p[...] = sc["b1"] * x + sc["cb"] * s
         else:  # pragma: no cover - guarded in __init__
             raise KeyError(name)
+
+
+#: The rules NumpyRule had before issue 16 (their per-step scalars are computed in NumpyRule itself).
+_CLASSIC = frozenset({"sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "amsgrad",
+                      "adamax", "nadam", "radam", "lion"})
 
 
 def numpy_forward_backward(
@@ -587,6 +673,54 @@ def _decay(h: dict[str, Any], t: int, carry: dict[str, float], *names: str) -> d
     return out
 
 
+def _rprop_scalars(h: dict[str, Any], t: int, carry: dict[str, float]) -> dict[str, float]:
+    return {"first": float(t == 1), "etap": h["eta_plus"], "etam": h["eta_minus"], "smin": h["step_size_min"],
+            "smax": h["step_size_max"], "z": 0.0, "one": 1.0}
+
+
+def _asgd_scalars(h: dict[str, Any], t: int, carry: dict[str, float]) -> dict[str, float]:
+    eta = h["learning_rate"] / (1.0 + h["lambd"] * h["learning_rate"] * (t - 1)) ** h["alpha"]
+    mu = 1.0 / max(1.0, t - 1 - h["t0"])  # Polyak averaging from step t0 + 2 on; before it ax = p
+    return {"k": 1.0 - h["lambd"] * eta, "eta": eta, "mu": mu, "copy": float(mu == 1.0), "z": 0.0}
+
+
+def _adabelief_scalars(h: dict[str, Any], t: int, carry: dict[str, float]) -> dict[str, float]:
+    b1 = h["beta1"]
+    # the step direction is k1 m + k2 g: m / (1 - b1^t), or Nesterov's b1 m_hat(t+1) + (1 - b1) g_hat(t)
+    k1, k2 = ((b1 / (1.0 - b1 ** (t + 1)), (1.0 - b1) / (1.0 - b1**t)) if h["nesterov"]
+              else (1.0 / (1.0 - b1**t), 0.0))
+    return {**_decay({"b1": b1, "b2": h["beta2"]}, t, carry, "b1", "b2"), "er": h["epsilon_root"],
+            "eps": h["epsilon"], "ib2": 1.0 / (1.0 - h["beta2"] ** t), "k1": k1, "k2": k2}
+
+
+def _adopt_scalars(h: dict[str, Any], t: int, carry: dict[str, float]) -> dict[str, float]:
+    b1, b2 = (h["beta1"], h["beta2"]) if t > 1 else (1.0, 0.0)  # step 1 only sets v = g^2
+    return {"b1": b1, "c1": 1.0 - b1, "b2": b2, "c2": 1.0 - b2, "eps": h["epsilon"],
+            "bound": (t - 1) ** 0.25 if h["clipping"] else math.inf,
+            "n1": b1 if h["nesterov"] else 1.0, "n2": 1.0 - b1 if h["nesterov"] else 0.0}
+
+
+def _ademamix_scalars(h: dict[str, Any], t: int, carry: dict[str, float]) -> dict[str, float]:
+    return {**_decay({"b1": h["beta1"], "b2": h["beta2"], "b3": h["beta3"]}, t, carry, "b1", "b2", "b3"),
+            "a1": 1.0 / (1.0 - h["beta1"] ** t), "ib2": 1.0 / (1.0 - h["beta2"] ** t), "alpha": h["alpha"],
+            "er": h["epsilon_root"], "eps": h["epsilon"]}
+
+
+def _schedule_free_scalars(h: dict[str, Any], t: int, carry: dict[str, float]) -> dict[str, float]:
+    # c_t = L_t^k / sum_i L_i^k with L_t the largest learning rate so far (constant here)
+    carry["max_lr"] = max(carry.get("max_lr", 0.0), h["learning_rate"])
+    weight = carry["max_lr"] ** h["weight_lr_power"]
+    carry["weight_sum"] = carry.get("weight_sum", 0.0) + weight
+    ck = weight / carry["weight_sum"] if carry["weight_sum"] > 0 else 0.0
+    b1 = h["beta1"]
+    out = {"first": float(t == 1), "zero": 0.0, "ck": ck, "ck1": 1.0 - ck, "b1": b1, "cb": 1.0 - b1, "ib1": 1.0 / b1}
+    if "beta2" in h:
+        out.update({"b2": h["beta2"], "c2": 1.0 - h["beta2"], "ib2": 1.0 / (1.0 - h["beta2"] ** t), "eps": h["epsilon"]})
+    return out
+
+
+# Schedule-Free: the slot s is z (the SGD sequence), p is y; x is recovered from them, z_0 = y_0.
+_SCHEDULE_FREE_TAIL = "x = (p - cb * s) * ib1\ns = s - lr * d\nx = ck1 * x + ck * s\np = b1 * x + cb * s"
 _ADAM_BODY = "m = b1 * m + c1 * g\nv = b2 * v + c2 * (g * g)\n"
 STEP_FLOOR_RULES: dict[str, tuple[tuple[str, ...], str, Callable[..., dict[str, float]]]] = {
     "sgd": ((), "p = p - lr * g", lambda h, t, c: {}),
@@ -609,9 +743,42 @@ STEP_FLOOR_RULES: dict[str, tuple[tuple[str, ...], str, Callable[..., dict[str, 
     "lion": (("m",), "q = b1 * m + c1 * g\np = p * dec - lr * (np.float32(q > z) - np.float32(q < z))\n"
              "m = b2 * m + c2 * g", lambda h, t, c: {"b1": h["beta1"], "c1": 1.0 - h["beta1"], "b2": h["beta2"],
                                             "c2": 1.0 - h["beta2"], "z": 0.0}),
+    # Rules of symopt/rules_modern.py and rules_contrib.py that are one element-wise pass.
+    "rprop": (("q", "s"), "if first > z:\n    s = lr\na = g * q\nf = one\nif a > z:\n    f = etap\n"
+              "elif a < z:\n    f = etam\n    g = z\ns = min(max(s * f, smin), smax)\nq = g\n"
+              "p = p - (np.float32(g > z) - np.float32(g < z)) * s", _rprop_scalars),
+    "asgd": (("ax",), "p = p * k - eta * g\nif copy > z:\n    ax = p\nelse:\n    ax = ax + (p - ax) * mu",
+             _asgd_scalars),
+    "adabelief": (("m", "s"), "m = b1 * m + c_b1 * g\nd = g - m\ns = b2 * s + c_b2 * (d * d) + er\n"
+                  "p = p - lr * (k1 * m + k2 * g) / (np.sqrt(s * ib2) + eps)", _adabelief_scalars),
+    "adopt": (("m", "v"), "u = g / max(np.sqrt(v), eps)\nu = min(max(u, -bound), bound)\nm = b1 * m + c1 * u\n"
+              "v = b2 * v + c2 * (g * g)\np = p - lr * (n1 * m + n2 * u)", _adopt_scalars),
+    "ademamix": (("m", "n", "v"), "p = p * dec\nm = b1 * m + c_b1 * g\nn = b3 * n + c_b3 * g\n"
+                 "v = b2 * v + c_b2 * (g * g)\np = p - lr * (a1 * m + alpha * n) / (np.sqrt(v * ib2 + er) + eps)",
+                 _ademamix_scalars),
+    "schedule_free_sgd": (("s",), "if first > zero:\n    s = p\nd = g\n" + _SCHEDULE_FREE_TAIL,
+                          _schedule_free_scalars),
+    "schedule_free_adamw": (("s", "v"), "if first > zero:\n    s = p\nv = b2 * v + c2 * (g * g)\n"
+                            "d = g / (np.sqrt(v * ib2) + eps) + wd * p\n" + _SCHEDULE_FREE_TAIL,
+                            _schedule_free_scalars),
 }
-#: Rules whose weight decay shrinks the parameter (``dec`` in the body) instead of adding to the gradient.
-DECOUPLED_DECAY = frozenset({"adamw", "lion"})
+#: Registered rules without a step-floor row, and why: their update is not one element-wise pass
+#: over a parameter and its state, so no fused loop of the kind above expresses it.
+NOT_FUSED: dict[str, str] = {
+    "muon": "not a fused pass: Newton-Schulz orthogonalisation is 5 iterations of matrix products per weight",
+    "adafactor": "not a fused pass: the factored second moment and the update clipping need row/column means "
+                 "and the update's RMS over the whole tensor before any element is written",
+    "lamb": "not a fused pass: the trust ratio needs the norms of the parameter and of the whole Adam "
+            "direction before any element is written",
+    "lars": "not a fused pass: the trust ratio needs the norms of the parameter and gradient before any "
+            "element is written",
+    "prodigy": "not a fused pass: the distance estimate d sums over all parameters before any element is written",
+    "sam": "not a fused pass: a second forward and backward pass at the perturbed weights (twice the products)",
+    "sophia": "not a fused pass: a Hessian-vector product (another backward pass) every k steps",
+}
+#: Rules whose body applies weight decay itself (``dec = 1 - lr wd`` or ``wd``) instead of having
+#: ``g + wd p`` added to the gradient first.
+DECOUPLED_DECAY = frozenset({"adamw", "lion", "ademamix", "schedule_free_adamw"})
 
 
 def fused_update_kernel(optimizer: str, weight_decay: bool) -> tuple[Callable[..., None], tuple[str, ...], list[str]]:
@@ -634,7 +801,7 @@ def fused_update_kernel(optimizer: str, weight_decay: bool) -> tuple[Callable[..
     tree = ast.parse(body)
     assigned = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
     read = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    names = sorted(read - assigned - {"p", "g", *slots, "np", "max", "abs"})
+    names = sorted(read - assigned - {"p", "g", *slots, "np", "max", "min", "abs"})
     arrays = ["p", "g", *slots]
     loads = "\n".join(f"        {a} = {a}_[i]" for a in arrays)
     stores = "\n".join(f"        {a}_[i] = {a}" for a in ["p", *slots])
@@ -806,6 +973,15 @@ TORCH_RULES: dict[str, Callable[[Any, dict[str, Any], list[Any], bool], Any]] = 
     "asgd": lambda torch, h, ps, fe: torch.optim.ASGD(
         ps, lr=h["learning_rate"], lambd=h["lambd"], alpha=h["alpha"], t0=h["t0"], weight_decay=h["weight_decay"],
         foreach=fe),
+    # symopt/rules_contrib.py: symopt's epsilon1 = 0 is torch's None (the dtype's machine epsilon).
+    "adafactor": lambda torch, h, ps, fe: torch.optim.Adafactor(
+        ps, lr=h["learning_rate"], beta2_decay=h["beta2_decay"], eps=(h["epsilon1"] or None, h["epsilon2"]),
+        d=h["d"], weight_decay=h["weight_decay"], foreach=fe),
+}
+#: Registered rules torch has but this benchmark does not time with torch, and why.
+TORCH_NOT_COMPARED: dict[str, str] = {
+    "muon": "torch.optim.Muon takes the weight matrices only (the biases would need a second torch optimiser) "
+            "and runs its Newton-Schulz iteration in bfloat16, so its parameters would not match symopt's",
 }
 
 
@@ -963,6 +1139,27 @@ OPTAX_RULES: dict[str, Callable[[Any, dict[str, Any]], tuple[Any, str]]] = {
     "lars": lambda optax, h: (optax.lars(
         h["learning_rate"], weight_decay=h["weight_decay"], trust_coefficient=h["trust_coefficient"],
         eps=h["epsilon"], momentum=h["momentum"], nesterov=h["nesterov"]), "optax.lars"),
+    # Rules of symopt/rules_contrib.py whose reference is optax (as benchmarks/validate_optax.py wires them).
+    "prodigy": lambda optax, h: (optax.contrib.prodigy(
+        learning_rate=h["learning_rate"], betas=(h["beta1"], h["beta2"]), beta3=h["beta3"], eps=h["epsilon"],
+        estim_lr0=h["estim_lr0"], estim_lr_coef=h["estim_lr_coef"], weight_decay=h["weight_decay"],
+        safeguard_warmup=h["safeguard_warmup"]), "optax.contrib.prodigy"),
+    "schedule_free_sgd": lambda optax, h: (optax.contrib.schedule_free_sgd(
+        learning_rate=h["learning_rate"], b1=h["beta1"], weight_decay=h["weight_decay"] or None,
+        weight_lr_power=h["weight_lr_power"]), "optax.contrib.schedule_free_sgd"),
+    "schedule_free_adamw": lambda optax, h: (optax.contrib.schedule_free_adamw(
+        learning_rate=h["learning_rate"], b1=h["beta1"], b2=h["beta2"], eps=h["epsilon"],
+        weight_decay=h["weight_decay"], weight_lr_power=h["weight_lr_power"]), "optax.contrib.schedule_free_adamw"),
+}
+#: Registered rules optax has but this benchmark does not time with optax, and why.
+OPTAX_NOT_COMPARED: dict[str, str] = {
+    "adafactor": "optax.adafactor is another Adafactor (momentum-free defaults, clipping and decay differ): "
+                 "symopt's matches torch.optim.Adafactor",
+    "muon": "optax.contrib.muon's Newton-Schulz scaling and its Adam for non-matrix parameters differ from "
+            "torch.optim.Muon, which symopt's matches",
+    "sam": "optax.contrib.sam needs the loss function inside the update (a second gradient per step); "
+           "not wired here",
+    "sophia": "optax.contrib.sophia draws its Hutchinson probes from JAX's generator: other numbers than symopt's",
 }
 
 
@@ -1011,7 +1208,9 @@ def jax_contender(optimizer: str, problem: Problem) -> Contender:
     tx, note = optax_transform(optimizer, hyperparameters(optimizer))
     step_fn = jax.jit(_jax_train_step(tx), donate_argnums=(0, 1))
     holder: dict[str, Any] = {"params": [jnp.asarray(p) for p in problem.init]}
-    holder["state"] = tx.init(holder["params"])
+    # Own buffers for every state leaf: some inits (optax.contrib.prodigy's) return one zeros
+    # array in two places, and a donated buffer may appear only once.
+    holder["state"] = jax.tree_util.tree_map(lambda leaf: jnp.array(leaf, copy=True), tx.init(holder["params"]))
     xs = [jax.device_put(x) for x in problem.xs]
     ys = [jax.device_put(y) for y in problem.ys]
     n = len(xs)
@@ -1047,7 +1246,7 @@ def time_jax_vmap(
     tx, note = optax_transform(optimizer, hyperparameters(optimizer))
     problems = [make_problem(sizes, batch, n_batches, seed=s) for s in range(seeds)]
     params = [jnp.asarray(np.stack(leaf)) for leaf in zip(*(p.init for p in problems))]
-    state = jax.vmap(tx.init)(params)
+    state = jax.tree_util.tree_map(lambda leaf: jnp.array(leaf, copy=True), jax.vmap(tx.init)(params))  # unaliased
     xs = [jax.device_put(np.stack([p.xs[i] for p in problems])) for i in range(n_batches)]
     ys = [jax.device_put(np.stack([p.ys[i] for p in problems])) for i in range(n_batches)]
     step_fn = jax.jit(jax.vmap(_jax_train_step(tx)), donate_argnums=(0, 1))
@@ -1091,16 +1290,22 @@ def skipped_contenders(optimizer: str, with_torch: bool = True, with_jax: bool =
     out: dict[str, str] = {}
     if optimizer not in NUMPY_SLOTS:
         out["numpy"] = f"no hand-written NumPy step for {optimizer!r} (NUMPY_SLOTS); checked against symopt[default]"
-    if optimizer not in STEP_FLOOR_RULES:
+    if optimizer in NOT_FUSED:
+        out["step-floor"] = f"no step floor for {optimizer!r}: {NOT_FUSED[optimizer]}"
+    elif optimizer not in STEP_FLOOR_RULES:
         out["step-floor"] = f"no fused update kernel for {optimizer!r} (STEP_FLOOR_RULES)"
     if with_torch:
         if not available("torch"):
             out["torch"] = out["torch-foreach"] = "torch is not installed (pip install -e '.[bench]')"
+        elif optimizer in TORCH_NOT_COMPARED:
+            out["torch"] = out["torch-foreach"] = f"not timed for {optimizer!r}: {TORCH_NOT_COMPARED[optimizer]}"
         elif optimizer not in TORCH_RULES:
             out["torch"] = out["torch-foreach"] = f"no torch counterpart for {optimizer!r} (TORCH_RULES)"
     if with_jax:
         if not (available("jax") and available("optax")):
             out["jax-optax"] = "jax/optax are not installed (pip install -e '.[bench]')"
+        elif optimizer in OPTAX_NOT_COMPARED:
+            out["jax-optax"] = f"not timed for {optimizer!r}: {OPTAX_NOT_COMPARED[optimizer]}"
         elif optimizer not in OPTAX_RULES:
             out["jax-optax"] = f"no optax counterpart for {optimizer!r} (OPTAX_RULES)"
     return out
@@ -1746,10 +1951,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
     import symopt
 
-    optimizers = list(symopt.OPTIMIZERS) if args.optimizers == "all" else [o.lower() for o in _names(args.optimizers)]
+    # "all": the per-parameter rules; a full-batch optimiser (lbfgs) has no train step on batches to time.
+    optimizers = symopt.registry.rules() if args.optimizers == "all" else [o.lower() for o in _names(args.optimizers)]
     unknown = sorted(set(optimizers) - set(symopt.OPTIMIZERS))
     if unknown:
         parser.error(f"unknown optimizer(s) {', '.join(unknown)}; known: {', '.join(symopt.OPTIMIZERS)}")
+    for name in optimizers:
+        reason = symopt.registry.not_a_rule(name, "step_time.py")
+        if reason is not None:
+            parser.error(reason)
     cfg = Config(optimizers=optimizers, backends=[b.upper() for b in _names(args.backends)], steps=args.steps,
                  rounds=args.rounds, warmup=args.warmup, check_steps=args.check_steps, sizes=sizes, batch=args.batch,
                  compile_optimizers=[o.lower() for o in _names(args.compile_optimizers)],

@@ -19,7 +19,7 @@ from .hyperparameter import Hyperparameter
 from .optimizer import HYPERPARAMETER_BOUNDS, TRANSFORM_SETTINGS, Optimizer, Updates
 from . import transforms
 from .transforms import Transform
-from .registry import ENTRY_POINT_GROUP, OPTIMIZERS, UnknownOptimizerError, get, register
+from .registry import ENTRY_POINT_GROUP, OPTIMIZERS, NotARuleError, UnknownOptimizerError, get, get_rule, register
 # Each rules module's __all__ is its rule classes; the package exports them all.
 from . import rules as _rules, rules_contrib as _rules_contrib, rules_modern as _rules_modern
 from .rules import *  # noqa: F401,F403
@@ -52,8 +52,10 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "HYPERPARAMETER_BOUNDS",
     "UnknownOptimizerError",
+    "NotARuleError",
     "register",
     "get",
+    "get_rule",
     *_rules.__all__,
     *_rules_contrib.__all__,
     *_rules_modern.__all__,

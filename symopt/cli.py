@@ -259,7 +259,7 @@ def _optimizer_arguments(args: argparse.Namespace) -> dict[str, Any]:
 def _build_optimizer(args: argparse.Namespace, params: list) -> Any:
     import symopt
 
-    return symopt.get(args.optimizer)(params, **_optimizer_arguments(args))
+    return symopt.registry.get_rule(args.optimizer, "symopt train")(params, **_optimizer_arguments(args))
 
 
 def _settings_in_force(optimizer: Any) -> dict[str, Any]:
@@ -364,7 +364,8 @@ def _train(args: argparse.Namespace) -> int:
         init: Any = float(args.init)
     except ValueError:
         init = args.init
-    cls = symopt.get(args.optimizer)  # unknown names fail before the data is read
+    # unknown names, and full-batch optimisers (lbfgs), fail before the data is read
+    cls = symopt.registry.get_rule(args.optimizer, "symopt train")
     _optimizer_arguments(args)
 
     checkpoint = _checkpoint_paths(args)
@@ -480,13 +481,19 @@ def _resume_check(path: Path, run_config: dict[str, Any], epochs: int) -> str:
 
 
 def _list_optimizers() -> None:
-    """One line per registered rule: name, class, the implementation its numbers match, defaults."""
+    """One line per registered name: name, class, the implementation its numbers match, defaults.
+
+    A name that is not a per-parameter rule (``lbfgs``) says its kind after the reference.
+    """
     import symopt
+    from symopt.registry import RULE, kind
 
     rows = []
     for name, cls in sorted(symopt.OPTIMIZERS.items()):
         # A plug-in rule need not declare a reference; its module says where it comes from.
         reference = getattr(cls, "reference", None) or f"(no reference declared; {cls.__module__})"
+        if kind(cls) != RULE:
+            reference = f"{reference} [{kind(cls)}]"
         defaults = ", ".join(f"{k}={v}" for k, v in cls.hyperparameters.items())
         rows.append((name, cls.__name__, reference, defaults))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]

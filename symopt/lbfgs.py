@@ -45,18 +45,21 @@ changed by less than ``tolerance_change``; a step whose starting gradient alread
 satisfies ``tolerance_grad`` changes nothing but the evaluation counter. The history,
 the last direction and step, and the counters persist between calls, as torch's state does.
 
-Why not a registered rule: the registry (:data:`symopt.OPTIMIZERS`) holds
-:class:`~symopt.optimizer.Optimizer` subclasses, rules of one parameter at a time
-(``update_param(param, grad, state, h)``) that accept gradients instead of a loss
-(``updates(grads=...)``, the functional ``symopt.updates`` layer, ``combine``, the
-per-rule experiments). L-BFGS needs the loss itself, re-evaluated at trial points, and
-all parameters as one vector, so it is a class with the same protocol as the wrappers
-(``params``, ``iterations``, ``updates(loss)``, ``build``, ``state_dict`` /
-``load_state_dict``, ``save`` / ``load``).
+Registered, but not a rule: ``symopt.get("lbfgs")`` is this class, of the registry's kind
+``"full-batch, needs loss"`` (:data:`symopt.registry.FULL_BATCH`). The rules of the registry
+are :class:`~symopt.optimizer.Optimizer` subclasses, one parameter at a time
+(``update_param(param, grad, state, h)``), that accept gradients instead of a loss
+(``updates(grads=...)``, ``combine``, seed stacks, the per-rule experiments). L-BFGS needs
+the loss itself, re-evaluated at trial points, and all parameters as one vector, so it is a
+class with the same protocol as the wrappers (``params``, ``iterations``, ``updates(loss)``,
+``build``, ``state_dict`` / ``load_state_dict``, ``save`` / ``load``); code that steps rules
+on mini-batches refuses the name with one message (:func:`symopt.registry.get_rule`), and
+``symopt.updates.lbfgs(loss, params, ...)`` builds it in the functional form.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -71,6 +74,7 @@ from pytensor.tensor.variable import TensorVariable
 
 from ._npz import StateFile
 from .optimizer import Updates
+from .registry import FULL_BATCH, register
 
 __all__ = ["LBFGS"]
 
@@ -113,6 +117,17 @@ def _cubic_interpolate(x1: Any, f1: Any, g1: Any, x2: Any, f2: Any, g2: Any, bou
     return pt.switch(d2_square >= 0, pt.minimum(pt.maximum(min_pos, lo), hi), (lo + hi) / 2.0)
 
 
+class _Hyperparameters:
+    """``LBFGS.hyperparameters``: the constructor's defaults; ``opt.hyperparameters``: the values in force."""
+
+    def __get__(self, obj: LBFGS | None, owner: type[LBFGS]) -> dict[str, Any]:
+        if obj is None:
+            return {name: p.default for name, p in inspect.signature(owner.__init__).parameters.items()
+                    if name not in ("self", "params")}
+        return obj._current_hyperparameters()
+
+
+@register("lbfgs")
 class LBFGS:
     r"""L-BFGS (Nocedal & Wright Alg. 7.4/7.5) with torch's strong-Wolfe line search; one call = one ``step``.
 
@@ -152,6 +167,20 @@ class LBFGS:
     search and zoom). ``opt.n_iter`` and ``opt.func_evals`` are torch's state counters;
     ``opt.iterations`` counts calls.
     """
+
+    #: The registry's kind: needs the loss and all parameters at once (symopt.registry.FULL_BATCH).
+    kind = FULL_BATCH
+    #: What the numbers match (``symopt optimizers``).
+    reference = "torch.optim.LBFGS(line_search_fn='strong_wolfe')"
+    #: Registry name (set by :func:`symopt.register`).
+    name: str | None = None
+    #: The attributes registry-driven code reads on a rule class, with the values that keep it
+    #: out of the places L-BFGS cannot work: it needs the loss, all parameters as one vector.
+    needs_loss = True
+    stackable = False
+    per_member_values = False
+    accepted_ndims = None
+    hyperparameters = _Hyperparameters()
 
     def __init__(
         self,
@@ -214,8 +243,7 @@ class LBFGS:
         }
 
     # ------------------------------------------------------------------ hyperparameters
-    @property
-    def hyperparameters(self) -> dict[str, Any]:
+    def _current_hyperparameters(self) -> dict[str, Any]:
         return {
             **{k: float(v.get_value()) for k, v in self._hyper.items()},
             "max_iter": self.max_iter, "max_eval": self.max_eval, "history_size": self.history_size,

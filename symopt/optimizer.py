@@ -162,9 +162,12 @@ class Optimizer(GroupsMixin, StateMixin, OldRuleMixin):
     weight_decay_in_rule: ClassVar[bool] = False
     #: Registry name, set by :func:`symopt.register`.
     name: ClassVar[str | None] = None
-    #: ``False`` for a rule whose update reduces over a whole tensor (it would mix the
-    #: members of a seed stack); its constructor then refuses stacked parameters.
+    #: ``False`` for a rule whose update reduces over a whole tensor or over all parameters
+    #: (it would mix the members of a seed stack); its constructor then refuses stacked
+    #: parameters, saying :attr:`unstackable_reason`, and ``bench-mnist`` trains it seed by seed.
     stackable: ClassVar[bool] = True
+    #: Why a rule with ``stackable = False`` refuses seed stacks (the error message says it).
+    unstackable_reason: ClassVar[str] = "its update reduces over whole tensors"
     #: ``False`` for a stackable rule whose state is not shaped like its parameter (Adafactor's
     #: factored moments), so a per-member value shaped ``(S, 1, ..., 1)`` does not broadcast
     #: against it: per-member hyperparameters and per-member ``skip_nonfinite`` (per-member
@@ -290,9 +293,12 @@ class Optimizer(GroupsMixin, StateMixin, OldRuleMixin):
             raise ValueError(f"{owner}: no parameters to optimise (params is empty)")
         #: S when every parameter carries a leading seed axis of length S (symopt.seeds.SeedStack), else None.
         self.stack_size: int | None = stack_size(self.params)
-        if not type(self).stackable and any(getattr(p.tag, "seed_axis", False) for p in self.params):
-            raise ValueError(f"{owner}: the rule's update reduces over whole tensors, so it would mix the members "
-                             f"of a seed stack; train the seeds separately")
+        stacked = [i for i, p in enumerate(self.params) if getattr(p.tag, "seed_axis", False)]
+        if not type(self).stackable and stacked:
+            raise ValueError(f"{owner} refuses seed stacks (stackable = False): {_describe(self.params[stacked[0]], stacked[0])} "
+                             f"has a seed axis, and {type(self).unstackable_reason}, so it would couple the members "
+                             f"of the stack; train the seeds separately (symopt.Trainer per seed; bench-mnist does "
+                             f"this for such a rule)")
         for gi, (group_params, overrides) in enumerate(group_specs):
             values: dict[str, SharedVariable | Schedule] = {}
             for key, default in numeric.items():

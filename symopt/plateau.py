@@ -10,7 +10,9 @@ r"""Reduce a hyperparameter when a metric stops improving: torch's ``ReduceLROnP
         plateau.step(validation_loss)
 
 It runs in Python once per epoch and changes the optimiser's shared hyperparameter, so
-compiled train functions follow without recompiling. The numbers are torch's for any
+compiled train functions follow without recompiling. On a :func:`symopt.combine` of
+optimisers it reduces every member that has the hyperparameter (or the one named by
+``member=``), each exactly as a plateau of its own stepped with the same metrics would. The numbers are torch's for any
 metric sequence (``benchmarks/validate_schedules.py``), NaN included: a NaN is never an
 improvement, so it counts as a bad epoch.
 
@@ -36,9 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from .combine import Combined
 from .optimizer import Optimizer
 from .schedules import Schedule
-from .wrappers import Lookahead
+from .wrappers import EMA, Lookahead
 
 __all__ = ["ReduceLROnPlateau", "MemberReduceLROnPlateau", "EarlyStopping"]
 
@@ -59,6 +62,62 @@ def _count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise ValueError(f"ReduceLROnPlateau: {name} must be an integer >= 0, got {value!r}")
     return int(value)
+
+
+def _unwrap(optimizer: Any) -> Any:
+    """A Lookahead's or EMA's inner optimiser (its hyperparameters are the inner rule's)."""
+    if isinstance(optimizer, (Lookahead, EMA)) and getattr(optimizer, "inner", None) is not None:
+        return optimizer.inner
+    return optimizer
+
+
+def _check_hyperparameter(opt: Optimizer, name: Any, where: str, per_member: bool = False) -> None:
+    """``name`` is a numeric hyperparameter of ``opt`` and follows no schedule in any group;
+    a vector over seed-stack members only for a per-member plateau."""
+    numeric = list(opt.param_groups[0].values)
+    if not isinstance(name, str) or name not in numeric:
+        raise ValueError(f"ReduceLROnPlateau: {type(opt).__name__}{where} has no numeric hyperparameter {name!r}; "
+                         f"it has {numeric}")
+    for index, group in enumerate(opt.param_groups):
+        value = group.values[name]
+        if not per_member and not isinstance(value, Schedule) and np.ndim(value.get_value(borrow=True)) == 1:
+            raise ValueError(
+                f"ReduceLROnPlateau: {name}{where} of param group {index} is a vector over the members of a "
+                f"seed stack; reduce each member's on its own with symopt.MemberReduceLROnPlateau"
+            )
+        if isinstance(value, Schedule):
+            raise ValueError(
+                f"ReduceLROnPlateau: {name}{where} of param group {index} follows a schedule ({value!r}); "
+                f"a plateau cannot reduce a scheduled value: give {name} as a number, or keep the schedule "
+                f"without a plateau"
+            )
+
+
+def _members(combined: Combined, name: str, member: int | str | None) -> list[tuple[str, Optimizer]]:
+    """(member name, optimiser) of the members a plateau on a combine reduces."""
+    names = list(combined.members)
+    if member is not None:
+        chosen = combined.member(member)  # ValueError naming the members for an unknown one
+        label = str(member) if isinstance(member, str) else names[int(member)]
+        candidates = [(label, chosen)]
+    else:
+        candidates = list(combined.members.items())
+    out: list[tuple[str, Optimizer]] = []
+    for label, opt in candidates:
+        inner = _unwrap(opt)
+        if not isinstance(inner, Optimizer):
+            if member is not None:
+                raise TypeError(f"ReduceLROnPlateau: member {label!r} is a {type(opt).__name__}, not a symopt optimiser "
+                                f"with param groups")
+            continue
+        if member is None and (not isinstance(name, str) or name not in inner.param_groups[0].values):
+            continue  # reduce the members that have it, as Combined.set_hyperparameter sets them
+        _check_hyperparameter(inner, name, f" (member {label!r})")
+        out.append((label, inner))
+    if not out:
+        raise ValueError(f"ReduceLROnPlateau: no member of the combine ({', '.join(names)}) has a numeric "
+                         f"hyperparameter {name!r}")
+    return out
 
 
 class ReduceLROnPlateau:
@@ -85,7 +144,11 @@ class ReduceLROnPlateau:
     Parameters
     ----------
     optimizer
-        A symopt optimiser (or a :class:`~symopt.Lookahead` around one).
+        A symopt optimiser (or a :class:`~symopt.Lookahead` or :class:`~symopt.EMA` around
+        one), or a :func:`symopt.combine` of them: then the param groups are those of every
+        member that has ``hyperparameter`` (or of ``member``), member by member in the
+        combine's order, and each is reduced as a plateau on that member alone would reduce
+        it (one metric, one count of bad epochs: torch's schedulers stepped together).
     factor
         :math:`f` in [0, 1).
     patience
@@ -97,13 +160,17 @@ class ReduceLROnPlateau:
     cooldown
         Epochs after a reduction during which bad epochs are not counted.
     min_lr
-        Lower bound :math:`v_{g,\min}`: one number, or one per param group.
+        Lower bound :math:`v_{g,\min}`: one number, or one per param group (on a combine,
+        one per group of the members reduced, in their order).
     eps
         Reductions smaller than this are not applied.
     hyperparameter
         Which hyperparameter to reduce (``learning_rate`` by default; any numeric one).
         It must not follow a :mod:`~symopt.schedules` schedule in any group: a schedule
         owns its values.
+    member
+        On a combine only: the member to reduce (its name or position); ``None`` (default):
+        every member that has ``hyperparameter``.
     """
 
     #: Whether the state is per stack member (:class:`MemberReduceLROnPlateau`).
@@ -122,30 +189,22 @@ class ReduceLROnPlateau:
         eps: float = 1e-8,
         *,
         hyperparameter: str = "learning_rate",
+        member: int | str | None = None,
     ):
-        inner = optimizer.inner if isinstance(optimizer, Lookahead) else optimizer
-        if not isinstance(inner, Optimizer):
-            raise TypeError(f"ReduceLROnPlateau: optimizer must be a symopt optimiser, got {type(optimizer).__name__}")
-        groups = inner.param_groups
-        numeric = list(groups[0].values)
-        if not isinstance(hyperparameter, str) or hyperparameter not in numeric:
-            raise ValueError(
-                f"ReduceLROnPlateau: {type(inner).__name__} has no numeric hyperparameter {hyperparameter!r}; "
-                f"it has {numeric}"
-            )
-        for index, group in enumerate(groups):
-            value = group.values[hyperparameter]
-            if not self._per_member and not isinstance(value, Schedule) and np.ndim(value.get_value(borrow=True)) == 1:
-                raise ValueError(
-                    f"ReduceLROnPlateau: {hyperparameter} of param group {index} is a vector over the members of a "
-                    f"seed stack; reduce each member's on its own with symopt.MemberReduceLROnPlateau"
-                )
-            if isinstance(value, Schedule):
-                raise ValueError(
-                    f"ReduceLROnPlateau: {hyperparameter} of param group {index} follows a schedule ({value!r}); "
-                    f"a plateau cannot reduce a scheduled value: give {hyperparameter} as a number, or keep the schedule "
-                    f"without a plateau"
-                )
+        inner = _unwrap(optimizer)
+        if isinstance(inner, Combined):
+            targets = _members(inner, hyperparameter, member)
+        else:
+            if member is not None:
+                raise ValueError(f"ReduceLROnPlateau: member={member!r} applies to a symopt.combine(...) only, "
+                                 f"not to {type(optimizer).__name__}")
+            if not isinstance(inner, Optimizer):
+                raise TypeError(f"ReduceLROnPlateau: optimizer must be a symopt optimiser, got {type(optimizer).__name__}")
+            _check_hyperparameter(inner, hyperparameter, "", self._per_member)
+            targets = [(None, inner)]
+        #: (member name or None, optimiser, param group index) of every value the plateau reduces.
+        self._groups = [(label, opt, index) for label, opt in targets for index in range(len(opt.param_groups))]
+        groups = self._groups
         factor = _real("factor", factor)
         if not 0.0 <= factor < 1.0:
             raise ValueError(f"ReduceLROnPlateau: factor must lie in [0, 1), got {factor}")
@@ -168,7 +227,12 @@ class ReduceLROnPlateau:
         if eps < 0:
             raise ValueError(f"ReduceLROnPlateau: eps must be >= 0, got {eps}")
 
+        #: What the plateau was built on (a Lookahead's or EMA's inner rule; a combine itself).
         self.optimizer = inner
+        #: The optimisers reduced, by member name (``None``: not a combine).
+        self.targets: dict[str | None, Optimizer] = dict(targets)
+        #: The member chosen with ``member=`` (its name), or None.
+        self.member = None if member is None else targets[0][0]
         self.hyperparameter = hyperparameter
         self.factor, self.patience, self.threshold = factor, _count("patience", patience), threshold
         self.threshold_mode, self.mode, self.cooldown = threshold_mode, mode, _count("cooldown", cooldown)
@@ -212,8 +276,8 @@ class ReduceLROnPlateau:
             self.num_bad_epochs = 0
 
     def _reduce(self) -> None:
-        opt, name = self.optimizer, self.hyperparameter
-        for index, floor in enumerate(self.min_lrs):
+        name = self.hyperparameter
+        for (_, opt, index), floor in zip(self._groups, self.min_lrs, strict=True):
             old = float(opt.get_hyperparameter(name, group=index))
             new = max(old * self.factor, floor)
             if old - new > self.eps:
@@ -224,16 +288,20 @@ class ReduceLROnPlateau:
         return self.cooldown_counter > 0
 
     def get_last_lr(self) -> list[float]:
-        """The hyperparameter's current value in every param group (torch's name)."""
-        return [float(self.optimizer.get_hyperparameter(self.hyperparameter, group=i)) for i in range(len(self.min_lrs))]
+        """The hyperparameter's current value in every param group (torch's name); on a
+        combine, the groups of the members reduced, member by member."""
+        return [float(opt.get_hyperparameter(self.hyperparameter, group=i)) for _, opt, i in self._groups]
 
     # ------------------------------------------------------------------ state
     def _settings(self) -> dict[str, Any]:
-        return {
+        settings = {
             "hyperparameter": self.hyperparameter, "factor": self.factor, "patience": self.patience,
             "threshold": self.threshold, "threshold_mode": self.threshold_mode, "mode": self.mode,
             "cooldown": self.cooldown, "min_lr": list(self.min_lrs), "eps": self.eps,
         }
+        if self.member is not None:  # only then: states saved before member= existed still load
+            settings["member"] = self.member
+        return settings
 
     def state_dict(self) -> dict[str, Any]:
         """Settings and counters (the hyperparameter's values live in the optimiser's state)."""

@@ -279,15 +279,6 @@ class Muon(Optimizer):
 
 
 # --------------------------------------------------------------------------- Prodigy
-def _refuse_seed_stacks(owner: str, params: list[SharedVariable], why: str) -> None:
-    for index, param in enumerate(params):
-        if _lead(param):
-            raise ValueError(
-                f"{owner}: {_describe(param, index)} is a seed stack (tag.seed_axis); {why}, so the "
-                f"seeds would not train independently. Train the seeds separately with {owner}"
-            )
-
-
 @register("prodigy")
 class Prodigy(Optimizer):
     r"""Prodigy, D-Adaptation's faster learning-rate-free Adam (Mishchenko & Defazio, ICML 2024),
@@ -311,7 +302,8 @@ class Prodigy(Optimizer):
     Scalar state: ``estim_lr`` (:math:`d_t`, 0 until the first step) and
     ``numerator_weighted`` (:math:`r_t`), one pair per param group; slots ``exp_avg``,
     ``exp_avg_sq``, ``grad_sum`` (:math:`s`) and ``params0``. The estimate couples every
-    parameter, so seed stacks are refused.
+    parameter, so seed stacks are refused (``stackable = False``; one :math:`d` per member
+    would need per-member sums and step counts: not done).
 
     Defaults (optax's): ``learning_rate=1.0``, ``beta1=0.9``, ``beta2=0.999``,
     ``beta3=None`` (:math:`\sqrt{\beta_2}` of the construction-time ``beta2``),
@@ -334,6 +326,8 @@ class Prodigy(Optimizer):
     slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0, "grad_sum": 0.0, "params0": 0.0}
     scalar_slots = {"estim_lr": 0.0, "numerator_weighted": 0.0}
     weight_decay_in_rule = True
+    stackable = False
+    unstackable_reason = "its distance estimate d sums over all parameters (one d for the whole model)"
 
     @_with_base_keywords
     def __init__(self, params: Any, *, beta3: float | None = None, **kwargs: Any) -> None:
@@ -351,8 +345,7 @@ class Prodigy(Optimizer):
                     {**g, "beta3": root(g["beta2"], f" in param group {i}")} if "beta2" in g and "beta3" not in g else g
                     for i, g in enumerate(params)
                 ]
-        super().__init__(params, beta3=beta3, **kwargs)
-        _refuse_seed_stacks(owner, self.params, "Prodigy's distance estimate sums over all parameters")
+        super().__init__(params, beta3=beta3, **kwargs)  # refuses seed stacks: stackable = False
 
     def _coefficients(self) -> tuple[Any, Any, Any]:
         """float64: d_{t-1}, the step size d * lr * bias correction, and the grad_sum coefficient."""

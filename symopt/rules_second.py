@@ -41,11 +41,14 @@ __all__ = ["SAM", "Sophia", "hutchinson_keys"]
 def _base_rule(owner: str, base: Any) -> type[Optimizer]:
     """The base rule class from a registry name or a class."""
     if isinstance(base, str):
-        from .registry import OPTIMIZERS  # the registry imports the rules: not at module import
+        from .registry import OPTIMIZERS, not_a_rule, rules  # the registry imports the rules: not at module import
 
         if base.strip().lower() not in OPTIMIZERS:
             raise ValueError(f"{owner}: base must be a registered rule name or an Optimizer subclass, got {base!r} "
-                             f"(registered: {', '.join(sorted(OPTIMIZERS))})")
+                             f"(rules: {', '.join(sorted(rules()))})")
+        reason = not_a_rule(base, f"{owner}'s base")
+        if reason is not None:  # lbfgs: a full-batch optimiser, not a rule to take SAM's descent step
+            raise ValueError(reason)
         base = OPTIMIZERS[base.strip().lower()]
     if not (isinstance(base, type) and issubclass(base, Optimizer)):
         raise ValueError(f"{owner}: base must be a registered rule name or an Optimizer subclass, got {base!r}")
@@ -124,6 +127,7 @@ class SAM(Optimizer):
     reference = "optax.contrib.sam (normalize() + sgd(rho) adversary, sync_period=2, opaque_mode=True)"
     #: The ascent's norm is taken over all parameters together: on a seed stack it would mix the seeds.
     stackable: ClassVar[bool] = False
+    unstackable_reason: ClassVar[str] = "its ascent step is normalised by the gradient norm over all parameters"
     base_rule: ClassVar[type[Optimizer]] = SGD
     hyperparameters = {
         **SGD.declarations(),
@@ -247,6 +251,8 @@ class Sophia(Optimizer):
     reference = "optax.contrib.sophia (Hutchinson, Rademacher u; compared with the same u)"
     #: On a seed stack each member would draw other u than its separate run (the index spans the stack).
     stackable: ClassVar[bool] = False
+    unstackable_reason: ClassVar[str] = ("its Hutchinson probes u are numbered across the whole stacked tensor "
+                                         "(each member would draw other probes than its separate run)")
     decoupled_weight_decay: ClassVar[bool] = True
     hyperparameters = {
         "learning_rate": Hyperparameter(1e-3, low=0.0, doc="learning rate (step size)"),

@@ -16,6 +16,12 @@ state, as Lasagne's functions do; keep the class (``symopt.Adam``) when you want
 change hyperparameters later, save state or reuse it. A rule registered after import
 gets its function too (``getattr(symopt.updates, name)``). ``nesterov_momentum`` is
 Lasagne's name for ``nesterov``.
+
+``lbfgs`` (a full-batch optimiser, not a per-parameter rule: see :mod:`symopt.registry`)
+has the same form with :class:`symopt.LBFGS`'s arguments, ``lbfgs(loss, params,
+learning_rate=1.0, max_iter=20, ..., line_search=None)``; it needs the loss itself (it
+re-evaluates it in its line search), so a list of gradients is refused, and one call of
+the compiled function is one ``torch.optim.LBFGS.step``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from pytensor.compile.sharedvalue import SharedVariable
 
 from . import optimizer as _optimizer
 from .optimizer import Optimizer
-from .registry import OPTIMIZERS
+from .registry import FULL_BATCH, OPTIMIZERS, kind
 from .transforms import SETTING_KEYWORDS
 
 __all__ = ["get_or_compute_grads"]
@@ -56,9 +62,14 @@ def get_or_compute_grads(loss_or_grads: Any, params: list[SharedVariable]) -> li
 
 def _signature(cls: type[Optimizer]) -> inspect.Signature:
     """loss_or_grads, params, the rule's hyperparameters (in its order, with its defaults),
-    then the constructor's keyword-only settings and allow_unused."""
+    then the constructor's keyword-only settings and allow_unused. A full-batch optimiser:
+    its constructor's arguments after ``params``, then allow_unused."""
     parameters = [_P("loss_or_grads", _P.POSITIONAL_OR_KEYWORD, default=None),
                   _P("params", _P.POSITIONAL_OR_KEYWORD, default=None)]
+    if kind(cls) == FULL_BATCH:
+        own = [p.replace(annotation=_P.empty) for name, p in inspect.signature(cls.__init__).parameters.items()
+               if name not in ("self", "params") and p.kind in (_P.POSITIONAL_OR_KEYWORD, _P.KEYWORD_ONLY)]
+        return inspect.Signature([*parameters, *own, _P("allow_unused", _P.KEYWORD_ONLY, default=False)])
     defaults = cls.hyperparameters
     parameters += [_P(name, _P.POSITIONAL_OR_KEYWORD, default=value) for name, value in defaults.items()]
     for p in inspect.signature(cls.__init__).parameters.values():
@@ -75,6 +86,7 @@ def _make(name: str, cls: type[Optimizer]) -> Callable[..., Any]:
     signature = _signature(cls)
     known = list(signature.parameters)
     qualified = f"symopt.updates.{name}"
+    full_batch = kind(cls) == FULL_BATCH
 
     def update_function(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -96,6 +108,9 @@ def _make(name: str, cls: type[Optimizer]) -> Callable[..., Any]:
             raise ValueError(f"{qualified}: {missing} is missing; give both loss_or_grads and params, "
                              f"or neither to get a partial")
         allow_unused = arguments.pop("allow_unused", False)
+        if full_batch and isinstance(loss_or_grads, (list, tuple)):
+            raise TypeError(f"{qualified}: {cls.__name__} needs the loss itself (it re-evaluates it at trial "
+                            f"points), not a list of gradients; pass the scalar loss")
         optimizer = cls(params, **arguments)
         if isinstance(loss_or_grads, (list, tuple)):
             return optimizer.updates(grads=list(loss_or_grads), allow_unused=allow_unused)
@@ -104,11 +119,12 @@ def _make(name: str, cls: type[Optimizer]) -> Callable[..., Any]:
     update_function.__name__ = update_function.__qualname__ = name
     update_function.__module__ = __name__
     update_function.__signature__ = signature  # type: ignore[attr-defined]
+    what = "a scalar loss (a full-batch optimiser: not a list of gradients)" if full_batch else (
+        "a\nscalar loss or a list of one gradient per parameter")
     update_function.__doc__ = (
         f"{cls.__name__} updates in the Lasagne / PyMC functional form.\n\n"
         f"Returns the ``OrderedDict`` of ``{cls.__module__}.{cls.__qualname__}(params, ...).updates(...)``:\n"
-        f"the new parameters, the rule's state and its step counter. ``loss_or_grads`` is a\n"
-        f"scalar loss or a list of one gradient per parameter. Called without\n"
+        f"the new parameters, the rule's state and its step counter. ``loss_or_grads`` is {what}. Called without\n"
         f"``loss_or_grads`` and ``params``, returns a ``functools.partial`` taking them\n"
         f"(``pm.fit(obj_optimizer={name}(learning_rate=...))``). Hyperparameters and\n"
         f"settings are those of the class:\n\n{inspect.getdoc(cls) or ''}\n"

@@ -45,16 +45,30 @@ HAS_JAX = st.available("jax") and st.available("optax")
 
 def test_benchmark_tables_name_registered_rules() -> None:
     """The NumPy, torch and optax tables cover rules that exist (a rule missing from them is skipped)."""
-    for table in (st.NUMPY_SLOTS, st.TORCH_RULES, st.OPTAX_RULES, st.STEP_FLOOR_RULES):
-        assert set(table) <= set(symopt.OPTIMIZERS)
+    for table in (st.NUMPY_SLOTS, st.TORCH_RULES, st.OPTAX_RULES, st.STEP_FLOOR_RULES, st.NOT_FUSED,
+                  st.TORCH_NOT_COMPARED, st.OPTAX_NOT_COMPARED):
+        assert set(table) <= set(symopt.registry.rules())
 
 
+def test_every_builtin_rule_has_a_step_floor_or_the_reason_it_has_none() -> None:
+    """A fused Numba pass for every built-in rule whose update is element-wise; the others say why."""
+    builtin = {n for n in symopt.registry.rules() if symopt.get(n).__module__.startswith("symopt.")}
+    assert builtin - set(st.STEP_FLOOR_RULES) - set(st.NOT_FUSED) == set()
+    assert set(st.STEP_FLOOR_RULES) & set(st.NOT_FUSED) == set()
+    assert set(st.TORCH_RULES) & set(st.TORCH_NOT_COMPARED) == set() == set(st.OPTAX_RULES) & set(st.OPTAX_NOT_COMPARED)
+    assert "Newton-Schulz" in st.NOT_FUSED["muon"] and st.NOT_FUSED["muon"].startswith("not a fused pass")
+    skipped = st.skipped_contenders("muon", with_torch=False, with_jax=False)
+    assert skipped["step-floor"] == f"no step floor for 'muon': {st.NOT_FUSED['muon']}"
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 @pytest.mark.parametrize("name", sorted(st.NUMPY_SLOTS))
-def test_numpy_rule_matches_reference(name: str) -> None:
-    """The benchmark's in-place NumPy rule equals tests/reference.py over 12 steps (float32)."""
+def test_numpy_rule_matches_reference(name: str, weight_decay: float) -> None:
+    """The benchmark's in-place NumPy rule equals tests/reference.py over 12 steps (float32), without and
+    with weight decay (coupled, decoupled or the rule's own, as each rule applies it)."""
     rng = np.random.default_rng(1)
     params = [rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal(5).astype(np.float32)]
-    h = st.hyperparameters(name)
+    h = {**st.hyperparameters(name), "weight_decay": weight_decay}
     mine = [p.copy() for p in params]
     rule = st.NumpyRule(name, mine, h)
     ref = REFERENCES[name](params, **h)
@@ -232,6 +246,30 @@ def test_new_rule_needs_no_numpy_torch_or_optax_step(new_rule: str) -> None:
     markdown = st.render_markdown(result)
     assert "`numpy` skipped for benchsign: no hand-written NumPy step" in markdown
     assert "against `symopt[default]` instead (no NumPy step): benchsign" in markdown
+
+
+def test_lbfgs_is_refused_by_name_and_left_out_of_all(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """lbfgs (the registry's full-batch kind) has no mini-batch train step to time: named, it is one
+    clear error before anything runs; ``--optimizers all`` takes the per-parameter rules only."""
+    with pytest.raises(SystemExit) as exit_info:
+        st.main(["--optimizers", "adam,lbfgs", "--out", str(tmp_path / "t.json")])
+    assert exit_info.value.code == 2
+    assert "step_time.py: 'lbfgs' (symopt.LBFGS) is not a per-parameter rule" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
+    seen: list[list[str]] = []
+
+    class Stop(Exception):
+        pass
+
+    def record(cfg: st.Config) -> None:  # what would be run, without running it
+        seen.append(list(cfg.optimizers))
+        raise Stop
+
+    monkeypatch.setattr(st, "run_benchmark", record)
+    with pytest.raises(Stop):
+        st.main(["--optimizers", "all", "--out", str(tmp_path / "t.json")])
+    assert seen == [symopt.registry.rules()] and "lbfgs" not in seen[0]
 
 
 def test_failing_backend_is_recorded_not_raised() -> None:

@@ -370,4 +370,17 @@ def test_optimizers_lists_every_rule_with_its_reference(capsys: pytest.CaptureFi
         if symopt.OPTIMIZERS[name].__module__.startswith("symopt."):
             assert "no reference declared" not in lines[name], f"built-in {name} declares no reference"
     assert "(no reference declared; tests.test_cli)" in lines["clisign"]
+    # lbfgs: registered with its reference and, not being a per-parameter rule, its kind
+    assert " LBFGS " in lines["lbfgs"]
+    assert " torch.optim.LBFGS(line_search_fn='strong_wolfe') [full-batch, needs loss] " in lines["lbfgs"]
+    assert "max_iter=20" in lines["lbfgs"] and "history_size=100" in lines["lbfgs"]
     assert "initial_accumulator_value=0.0" in lines["adagrad"] and "lr_decay=0.0" in lines["adagrad"]
+
+
+def test_train_refuses_lbfgs_before_reading_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`symopt train --optimizer lbfgs`: one error naming the kind; no data is read (the directory does not exist)."""
+    status = main(["train", "--optimizer", "lbfgs", "--data-dir", str(tmp_path / "absent"), "--epochs", "1"])
+    assert status == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "symopt train: 'lbfgs' (symopt.LBFGS) is not a per-parameter rule (its kind: full-batch, needs loss)" in line
+    assert "absent" not in line

@@ -182,6 +182,18 @@ def test_unknown_optimizer_is_a_clear_error(tmp_path, capsys):
     assert "unknown optimizer 'nope'" in capsys.readouterr().err
 
 
+def test_lbfgs_is_refused_with_its_kind(tmp_path, capsys):
+    """lbfgs is registered (full-batch kind) but cannot train on mini-batches: one clear error, before any data."""
+    with pytest.raises(symopt.NotARuleError, match=r"bench-mnist: 'lbfgs' \(symopt.LBFGS\) is not a per-parameter rule"):
+        _bench(tmp_path / "r.json", ["sgd", "lbfgs"], seeds=1)
+    assert not (tmp_path / "r.json").exists()
+    from symopt.cli import main
+
+    assert main(["bench-mnist", "--optimizers", "lbfgs", "--results", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "full-batch, needs loss" in err and "LBFGS(params, ...).updates(loss)" in err
+
+
 def test_bad_stack_size_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="stack_size must be a positive integer, got 0"):
         mo.bench(["sgd"], 2, 1, 128, tmp_path / "r.json", None, False, vectorize=True, stack_size=0, **QUICK_DATA)

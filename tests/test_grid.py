@@ -148,7 +148,7 @@ def _assert_member_equals(stacked, member, separate):
 def _stack_refused(rule: type) -> str | None:
     """Why the rule cannot run this test's stacked grid (its own refusal), or None."""
     if not getattr(rule, "stackable", True):
-        return f"{rule.__name__} reduces over whole tensors (not stackable)"
+        return f"{rule.__name__} is not stackable: {rule.unstackable_reason}"
     if not getattr(rule, "per_member_values", True):
         return f"{rule.__name__} declares per_member_values = False (it refuses per-member vectors on a stack)"
     try:
@@ -164,7 +164,7 @@ def _n_params(rule: type) -> int:
 
 
 # ---------------------------------------------------------------- per-member hyperparameters
-@pytest.fixture(scope="module", params=sorted(symopt.OPTIMIZERS))
+@pytest.fixture(scope="module", params=sorted(symopt.registry.rules()))  # lbfgs is no per-parameter rule
 def grid_run(request):
     rule = symopt.get(request.param)
     reason = _stack_refused(rule)

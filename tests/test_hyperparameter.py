@@ -32,7 +32,7 @@ def test_bounds_table_is_derived_from_the_declarations() -> None:
     # The classic rules' names keep the ranges of the old hand-written table; names added by later
     # rules come from their own declarations.
     assert {k: symopt.HYPERPARAMETER_BOUNDS[k] for k in HAND_WRITTEN_BOUNDS} == HAND_WRITTEN_BOUNDS
-    declared_anywhere = {name: h.bounds(name) for cls in symopt.OPTIMIZERS.values()
+    declared_anywhere = {name: h.bounds(name) for cls in map(symopt.get, symopt.registry.rules())
                          for name, h in cls.declarations().items() if not h.is_option}
     for name, bounds in symopt.HYPERPARAMETER_BOUNDS.items():
         assert declared_anywhere.get(name) == bounds, name

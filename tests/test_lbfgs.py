@@ -4,6 +4,7 @@ known minima."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -170,3 +171,52 @@ def test_load_refuses_another_history_size(tmp_path):
     with pytest.raises(ValueError, match="old_dirs"):
         other.load(tmp_path / "s.npz")
     np.testing.assert_array_equal(other.state_dict()["state"]["old_dirs"], before["state"]["old_dirs"])
+
+
+# ---------------------------------------------------------------- the registry's full-batch kind
+def test_registered_under_lbfgs_as_the_full_batch_kind():
+    """symopt.get("lbfgs") is LBFGS, of kind "full-batch, needs loss": outside rules(), refused by get_rule."""
+    from symopt.registry import FULL_BATCH, RULE, display_name, kind, rules
+
+    assert symopt.get("LBFGS") is symopt.LBFGS and symopt.OPTIMIZERS["lbfgs"] is symopt.LBFGS
+    assert kind("lbfgs") == FULL_BATCH and kind("adam") == RULE and display_name("lbfgs") == "LBFGS"
+    assert "lbfgs" not in rules() and "adam" in rules() and set(rules()) | {"lbfgs"} == set(symopt.OPTIMIZERS)
+    assert symopt.LBFGS.hyperparameters == {"learning_rate": 1.0, "max_iter": 20, "max_eval": None, "tolerance_grad": 1e-7,
+                                            "tolerance_change": 1e-9, "history_size": 100, "line_search": None}
+    assert symopt.LBFGS.reference == "torch.optim.LBFGS(line_search_fn='strong_wolfe')"
+    with pytest.raises(symopt.NotARuleError, match=r"^here: 'lbfgs' \(symopt.LBFGS\) is not a per-parameter rule "
+                                                   r"\(its kind: full-batch, needs loss\)"):
+        symopt.get_rule("lbfgs", "here")
+    assert symopt.get_rule("adam") is symopt.Adam
+    with pytest.raises(symopt.UnknownOptimizerError):
+        symopt.get_rule("lbfgss")
+    # SAM's descent step needs a rule
+    with pytest.raises(ValueError, match="SAM's base: 'lbfgs' .* is not a per-parameter rule"):
+        symopt.SAM([pytensor.shared(np.zeros(2))], base="lbfgs")
+
+
+def test_functional_form_matches_torch():
+    """symopt.updates.lbfgs(loss, params, ...) and its partial replay torch's strong-Wolfe trajectory."""
+    from symopt import updates as U
+
+    case = CASES["rosenbrock_wolfe"]
+    params, loss = _problem(case)
+    made = U.lbfgs(**case["kwargs"])  # PyMC's form: no loss and params -> a partial
+    step = pytensor.function([], loss, updates=made(loss, list(params.values())))
+    got = [float(step()) for _ in range(case["steps"])]
+    np.testing.assert_allclose(got, case["torch"]["loss"], rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(params["w"].get_value(), case["torch"]["params"]["w"][-1], rtol=RTOL, atol=1e-12)
+    names = list(inspect.signature(U.lbfgs).parameters)
+    assert names == ["loss_or_grads", "params", "learning_rate", "max_iter", "max_eval", "tolerance_grad",
+                     "tolerance_change", "history_size", "line_search", "allow_unused"]
+    assert "LBFGS" in U.lbfgs.__doc__ and "not a list of gradients" in U.lbfgs.__doc__
+
+
+def test_functional_form_refuses_gradients():
+    from symopt import updates as U
+
+    w = pytensor.shared(np.zeros(2), name="w")
+    with pytest.raises(TypeError, match="symopt.updates.lbfgs: LBFGS needs the loss itself .* not a list of gradients"):
+        U.lbfgs([2 * w], [w])
+    with pytest.raises(TypeError, match="symopt.updates.lbfgs: .*unexpected keyword argument 'clip_norm'"):
+        U.lbfgs((w**2).sum(), [w], clip_norm=1.0)

@@ -287,7 +287,7 @@ def test_set_hyperparameter_rejects_bad_values_and_keeps_the_old_one() -> None:
 
 
 @pytest.mark.parametrize("floatX", ["float64", "float32"])
-@pytest.mark.parametrize("name", sorted(symopt.OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(symopt.registry.rules()))  # LBFGS's dtypes: tests/test_lbfgs.py
 def test_tensor_arithmetic_stays_in_the_parameter_dtype(name: str, floatX: str) -> None:
     """Python-float hyperparameters and literals must not upcast float32 (or downcast float64) maths."""
     rule = symopt.get(name)

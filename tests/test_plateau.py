@@ -189,6 +189,87 @@ def test_step_refuses_what_is_not_one_number() -> None:
     assert plateau.last_epoch == 0
 
 
+# --------------------------------------------------------------------------- on symopt.combine
+W_LRS, B_LR = [0.1, 0.02], 0.5
+
+
+def _members(wrap: Callable[[Any], Any] = lambda opt: opt) -> tuple[Any, Any]:
+    """A weights member with two param groups (Adam, optionally wrapped) and a bias member (SGD)."""
+    w = wrap(_optimizer(W_LRS, rule=symopt.Adam))
+    b = symopt.SGD([pytensor.shared(np.zeros(3), name="b")], learning_rate=B_LR)
+    return w, b
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=[str(i) for i in range(len(SETTINGS))])
+def test_on_a_combine_each_member_follows_its_own_plateau(setting: dict[str, Any]) -> None:
+    """One plateau on combine(w=..., b=...) reduces every member's groups exactly as the scalar
+    class does on each member alone (and as torch's documented algorithm does), epoch by epoch."""
+    rng = np.random.default_rng(7 + len(str(setting)))
+    floors = setting.get("min_lr", 0.0)
+    w_floor, b_floor = (list(floors), [floors[0]]) if isinstance(floors, list) else (floors, floors)
+    combined_floor = [*w_floor, *b_floor] if isinstance(floors, list) else floors
+    for trial in range(5):
+        metrics = _metrics(rng, 60)
+        w, b = _members()
+        plateau = symopt.ReduceLROnPlateau(symopt.combine(w=w, b=b), **{**setting, "min_lr": combined_floor})
+        ref_w, ref_b = _members()  # separate optimisers, a plateau each: the reference
+        alone = [symopt.ReduceLROnPlateau(ref_w, **{**setting, "min_lr": w_floor}),
+                 symopt.ReduceLROnPlateau(ref_b, **{**setting, "min_lr": b_floor})]
+        expected = torch_plateau_lrs(metrics, [*W_LRS, B_LR], **{**setting, "min_lr": combined_floor})
+        for epoch, metric in enumerate(metrics):
+            plateau.step(metric)
+            for single in alone:
+                single.step(metric)
+            got = [w.get_hyperparameter("learning_rate", group=g) for g in range(2)] + [b.get_hyperparameter("learning_rate")]
+            want = alone[0].get_last_lr() + alone[1].get_last_lr()
+            assert got == want == expected[epoch] == plateau.get_last_lr(), f"trial {trial}, epoch {epoch + 1}"
+    assert len({tuple(r) for r in expected}) > 1, "the sequence should reduce at least once"
+
+
+def test_on_a_combine_a_chosen_member_through_its_wrapper() -> None:
+    """member= reduces that member only (by name or position); a Lookahead member's inner rule is reduced."""
+    metrics = [1.0, 1.0, 1.0, 0.5, 0.6, 0.7, 0.8]
+    for member in ("w", 0):
+        w, b = _members(symopt.Lookahead)
+        plateau = symopt.ReduceLROnPlateau(symopt.combine(w=w, b=b), factor=0.5, patience=1, member=member)
+        alone = symopt.ReduceLROnPlateau(_members(symopt.Lookahead)[0], factor=0.5, patience=1)
+        for metric in metrics:
+            plateau.step(metric)
+            alone.step(metric)
+        assert plateau.get_last_lr() == alone.get_last_lr() == [0.025, 0.005]
+        assert b.get_hyperparameter("learning_rate") == B_LR  # the other member is left alone
+        assert plateau.member == "w" and plateau.state_dict()["settings"]["member"] == "w"
+    w, b = _members()
+    plateau = symopt.ReduceLROnPlateau(symopt.combine(w=w, b=b), factor=0.5, patience=0, member="b")
+    plateau.step(1.0)
+    plateau.step(2.0)
+    assert plateau.get_last_lr() == [0.25] and w.get_hyperparameter("learning_rate", group=1) == W_LRS[1]
+    # "amsgrad"-free SGD has no beta1: only the Adam member is reduced
+    w, b = _members()
+    beta = symopt.ReduceLROnPlateau(symopt.combine(w=w, b=b), factor=0.5, patience=0, hyperparameter="beta1")
+    assert len(beta.get_last_lr()) == 2 and "member" not in beta.state_dict()["settings"]
+
+
+def test_on_a_combine_bad_arguments_raise_one_clear_error() -> None:
+    w, b = _members()
+    combined = symopt.combine(w=w, b=b)
+    for kwargs, error, message in [
+        ({"member": "c"}, ValueError, "combine: no member 'c' (members: ['w', 'b'])"),
+        ({"hyperparameter": "rho"}, ValueError, "no member of the combine (w, b) has a numeric hyperparameter 'rho'"),
+        ({"member": "b", "hyperparameter": "beta1"}, ValueError,
+         "ReduceLROnPlateau: SGD (member 'b') has no numeric hyperparameter 'beta1'"),
+        ({"min_lr": [0.0, 0.0]}, ValueError, "min_lr has 2 values for 3 param groups"),
+    ]:
+        with pytest.raises(error, match=re.escape(message)):
+            symopt.ReduceLROnPlateau(combined, **kwargs)
+    with pytest.raises(ValueError, match=re.escape("member='w' applies to a symopt.combine(...) only, not to Adam")):
+        symopt.ReduceLROnPlateau(w, member="w")
+    scheduled = symopt.SGD([pytensor.shared(np.zeros(2), name="s")], learning_rate=S.cosine_restarts(initial=0.1, period=10))
+    with pytest.raises(ValueError, match=re.escape("learning_rate (member 's') of param group 0 follows a schedule")):
+        symopt.ReduceLROnPlateau(symopt.combine(w=w, s=scheduled))
+    assert w.get_hyperparameter("learning_rate") == W_LRS[0]  # nothing changed
+
+
 # --------------------------------------------------------------------------- inside fit
 
 SIDE, N_TRAIN, N_TEST, BATCH, EPOCHS = 5, 96, 48, 16, 5

@@ -157,6 +157,35 @@ def test_register_rejects_bad_arguments(clean_registry: None) -> None:
     assert "thing" not in symopt.OPTIMIZERS
 
 
+def test_register_takes_a_full_batch_class_with_the_protocol(clean_registry: None) -> None:
+    """A class that is no Optimizer registers when it declares the full-batch kind and has the protocol;
+    rules() leaves it out and get_rule() refuses it, naming where."""
+    from symopt.registry import FULL_BATCH, rules
+
+    class Newton:
+        kind = FULL_BATCH
+
+        def updates(self, loss): ...
+        def state_dict(self): ...
+        def load_state_dict(self, state): ...
+        def save(self, path): ...
+        def load(self, path): ...
+
+    symopt.register("newton")(Newton)
+    assert symopt.get("newton") is Newton and "newton" not in rules()
+    with pytest.raises(symopt.NotARuleError, match=r"^a sweep: 'newton' \(tests.Newton\) is not a per-parameter rule"):
+        symopt.get_rule("newton", "a sweep")
+
+    class Half:  # declares the kind, lacks save/load
+        kind = FULL_BATCH
+
+        def updates(self, loss): ...
+
+    with pytest.raises(TypeError, match="not an Optimizer subclass .*full-batch, needs loss"):
+        symopt.register("half")(Half)
+    assert "half" not in symopt.OPTIMIZERS
+
+
 # --------------------------------------------------------------------------- entry points
 
 PLUGIN_MODULE = "symopt_testplugin_signum"

@@ -182,6 +182,27 @@ def test_bad_stacks():
         SeedStack(lambda s: MLP([20, 8 + s, 4], seed=s), [0, 1])
 
 
+@pytest.mark.parametrize("name, reason", [
+    ("prodigy", "its distance estimate d sums over all parameters"),
+    ("sam", "its ascent step is normalised by the gradient norm over all parameters"),
+    ("sophia", r"its Hutchinson probes u are numbered across the whole stacked tensor \(each member"),
+])
+def test_rules_that_couple_the_members_refuse_stacks(name, reason):
+    """Prodigy, SAM and Sophia declare stackable = False: built over a stack's parameters (alone,
+    or as a member of symopt.combine, as SeedTrainer would get them) they refuse with the reason."""
+    stack = SeedStack(_model, [0, 1])
+    cls = symopt.get(name)
+    assert cls.stackable is False
+    message = (rf"^{cls.__name__}(\[SGD\])? refuses seed stacks \(stackable = False\): parameter '[^']+' \(index 0\) "
+               rf"has a seed axis, and {reason}.*train the seeds separately")
+    with pytest.raises(ValueError, match=message):
+        cls(stack.params)
+    weights = [p for p in stack.params if seed_axis_ndim(p) == 2]
+    with pytest.raises(ValueError, match=message):
+        symopt.combine(w=cls(weights), rest=symopt.Adam([p for p in stack.params if seed_axis_ndim(p) != 2]))
+    cls([p for p in _model(0).params])  # unstacked: fine
+
+
 def test_optimizer_over_other_params_refused(data):
     stack = SeedStack(_model, [0, 1])
     opt = symopt.SGD(_model(0).params)

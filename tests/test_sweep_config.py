@@ -78,6 +78,8 @@ def test_json_and_dict_give_the_same_keys(tmp_path: Path) -> None:
         ({"epochs": 0}, "epochs: must be an integer >= 1, got 0"),
         ({"batch_size": 2.5}, "batch_size: must be an integer >= 1, got 2.5"),
         ({"optimizers": {"adamm": {}}}, "optimizers.adamm: unknown optimizer 'adamm'. Did you mean 'adam'"),
+        ({"optimizers": {"lbfgs": {}}}, r"optimizers.lbfgs: a sweep: 'lbfgs' \(symopt.LBFGS\) is not a per-parameter "
+                                        r"rule \(its kind: full-batch, needs loss\)"),
         ({"optimizers": {"sgd": {"lr": 0.1}}}, "optimizers.sgd.lr: sgd has no hyperparameter 'lr'"),
         ({"optimizers": {"sgd": {"learning_rate": [-1.0]}}}, "optimizers.sgd: SGD: hyperparameter 'learning_rate'"),
         ({"optimizers": {"sgd": {"learning_rate": "fast"}}}, "optimizers.sgd.learning_rate: must be a finite number"),
@@ -130,6 +132,7 @@ def test_search_table() -> None:
         ({"sampler": "grid"}, "search.sampler: must be one of tpe, random"),
         ({"metric": "accuracy"}, "search.metric: must be one of"),
         ({"optimizer": "sgdd"}, "search.optimizer: unknown optimizer 'sgdd'"),
+        ({"optimizer": "LBFGS"}, "search.optimizer: a search: 'lbfgs' .* is not a per-parameter rule"),
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config({"epochs": 1, "search": {**raw["search"], **bad}})

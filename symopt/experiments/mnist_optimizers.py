@@ -233,7 +233,9 @@ def bench(
         raise ValueError("no optimizers given")
     names: list[str] = []
     for name in optimizers:
-        symopt.get(name)  # validates the name: UnknownOptimizerError (a KeyError) names the known rules
+        # validates the name: UnknownOptimizerError (a KeyError) names the known rules, and a
+        # full-batch optimiser (lbfgs) is refused with NotARuleError (a ValueError) saying why
+        symopt.registry.get_rule(name, "bench-mnist")
         key = name.strip().lower()
         if key not in names:
             names.append(key)

@@ -161,7 +161,8 @@ def _learning_rate_runs(steps: int) -> list[dict[str, Any]]:
 def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
     import symopt
 
-    names = list(QUICK_OPTIMIZERS) if quick else list(symopt.OPTIMIZERS)
+    # Per-parameter rules only: lbfgs (full-batch kind) runs whole iterations per call, not one step.
+    names = list(QUICK_OPTIMIZERS) if quick else symopt.registry.rules()
     payload = {
         "experiment": "trajectories",
         "quick": quick,

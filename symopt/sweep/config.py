@@ -363,8 +363,8 @@ def _grid(where: str, value: Any) -> dict[str, list[dict[str, Any]]]:
         if not isinstance(raw_name, str):
             raise _fail(where, "optimizers", f"names must be strings, got {raw_name!r}")
         try:
-            symopt.get(raw_name)
-        except KeyError as exc:
+            symopt.registry.get_rule(raw_name, "a sweep")  # unknown names; lbfgs is not a rule
+        except (KeyError, ValueError) as exc:
             raise _fail(where, f"optimizers.{raw_name}", exc.args[0] if exc.args else str(exc)) from None
         name = raw_name.strip().lower()
         if name in grid:
@@ -407,8 +407,8 @@ def _search(where: str, value: Any) -> SearchSpec:
     if not isinstance(name, str):
         raise _fail(where, "search.optimizer", f"must be an optimizer name, got {name!r}")
     try:
-        symopt.get(name)
-    except KeyError as exc:
+        symopt.registry.get_rule(name, "a search")  # unknown names; lbfgs is not a rule
+    except (KeyError, ValueError) as exc:
         raise _fail(where, "search.optimizer", exc.args[0] if exc.args else str(exc)) from None
     name = name.strip().lower()
     defaults, accepted = _options(name)
