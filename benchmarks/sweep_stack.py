@@ -43,42 +43,19 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy (symopt does the same)
 
 import argparse  # noqa: E402
-import logging  # noqa: E402
 import sqlite3  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from sweep_scaling import _cluster, _db_stats, _load  # noqa: E402  (this folder is on sys.path when run)
+
 GRID: dict[str, Any] = {
     "epochs": 1, "seeds": 5, "batch_size": 128,  # model: the mnist-optimizers MLP (the sweep's default)
     "optimizers": {"adam": {"learning_rate": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}},
 }
 WORKERS = 2
-
-
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def _cluster(n: int) -> Any:
-    from distributed import LocalCluster
-
-    from symopt.sweep.engine import WORKER_ENV, _environment
-
-    with _environment(WORKER_ENV):
-        return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                            dashboard_address=None, silence_logs=logging.CRITICAL)
-
-
-def _db_stats(db: Path) -> dict[str, Any]:
-    conn = sqlite3.connect(db)
-    compile_s, train_s, runs, workers = conn.execute(
-        "SELECT SUM(compile_seconds), SUM(train_seconds), COUNT(*), COUNT(DISTINCT worker) FROM runs").fetchone()
-    compiles = conn.execute("SELECT COUNT(*) FROM runs WHERE compile_seconds > 0").fetchone()[0]
-    conn.close()
-    return {"runs": runs, "workers_used": workers, "compilations": compiles,
-            "compile_seconds_total": round(compile_s, 3), "train_seconds_total": round(train_s, 3)}
 
 
 def _numbers(db: Path) -> dict[tuple[str, int], list[tuple[float, float, float]]]:

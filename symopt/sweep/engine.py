@@ -138,6 +138,14 @@ def load_data(data: Mapping[str, Any], data_dir: str | None = None) -> Any:
     return _DATA[key]
 
 
+def _remember(key: str, entry: _Compiled) -> _Compiled:
+    """Keep ``entry`` in the worker's cache, dropping the least recently used beyond CACHE_SIZE."""
+    _COMPILED[key] = entry
+    while len(_COMPILED) > CACHE_SIZE:
+        _COMPILED.popitem(last=False)
+    return entry
+
+
 def _structure(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
     """What of an optimiser's settings changes its compiled graph (not its numeric values)."""
     import numpy as np
@@ -265,11 +273,7 @@ def _compiled(task: Mapping[str, Any], data: Any) -> tuple[_Compiled, bool]:
     trainer = Trainer(model, opt, data.x_train, data.y_train, data.x_test, data.y_test,
                       batch_size=protocol["batch_size"], on_nonfinite="continue")  # diverged runs are results
     trainer.warm_up()
-    entry = _Compiled(model, opt, trainer, opt.state_dict(), time.perf_counter() - start)
-    _COMPILED[key] = entry
-    while len(_COMPILED) > CACHE_SIZE:
-        _COMPILED.popitem(last=False)
-    return entry, False
+    return _remember(key, _Compiled(model, opt, trainer, opt.state_dict(), time.perf_counter() - start)), False
 
 
 def _where() -> str:
@@ -337,11 +341,7 @@ def _compiled_stack(task: Mapping[str, Any], data: Any, size: int) -> tuple[_Com
     trainer = SeedTrainer(stack, opt, data.x_train, data.y_train, data.x_test, data.y_test,
                           batch_size=protocol["batch_size"], on_nonfinite="continue")  # as train_run
     trainer.warm_up()
-    entry = _Compiled(stack, opt, trainer, opt.state_dict(), time.perf_counter() - start)
-    _COMPILED[key] = entry
-    while len(_COMPILED) > CACHE_SIZE:
-        _COMPILED.popitem(last=False)
-    return entry, False
+    return _remember(key, _Compiled(stack, opt, trainer, opt.state_dict(), time.perf_counter() - start)), False
 
 
 def train_stack(task: Mapping[str, Any]) -> list[dict[str, Any]]:
