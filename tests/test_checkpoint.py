@@ -479,21 +479,23 @@ def _var_arrays(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The uninterrupted `symopt train` (in process), then a real process stopped by SIGINT
-    after its second epoch, then resumed in another process."""
+    """The uninterrupted `symopt train`, then a real process stopped by SIGINT after its
+    second epoch, then resumed in another process: three processes."""
     folder = tmp_path_factory.mktemp("cli")
     data = _make_dataset(folder / "bars", n_train=480, n_test=60)
     args = [*CLI_ARGS, "--data-dir", str(data)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, "-m", "symopt.cli", "train", *args]
-    # Fill PyTensor's compile cache first: the process that compiles a step afresh rounds
-    # differently (~1e-8 relative) from every process that loads it from the cache (Numba's
-    # fast-math flags let LLVM optimise across the ops it inlines), so all the runs
-    # compared below must load the step from the cache (README, "Checkpoint and resume").
+    # A process that compiles a step afresh rounds differently (~1e-8 relative) from one that
+    # loads it from PyTensor's compile cache (Numba's fast-math flags let LLVM optimise across
+    # the ops it compiles together; README, "Checkpoint and resume"), and this test process
+    # may hold freshly compiled pieces from earlier tests. So a warm-up process fills the
+    # cache, and the reference is a fresh process too: all compared runs load from the cache.
     assert args[:2] == ["--epochs", "20"]
     subprocess.run([*command[:-len(args)], "--epochs", "1", *args[2:]],
                    capture_output=True, text=True, env=env, timeout=600, check=True)
-    assert main(["train", *args, "--checkpoint", str(folder / "ref.ckpt"), "--out", str(folder / "ref.json")]) == 0
+    subprocess.run([*command, "--checkpoint", str(folder / "ref.ckpt"), "--out", str(folder / "ref.json")],
+                   capture_output=True, text=True, env=env, timeout=600, check=True)
     proc = subprocess.Popen([*command, "--checkpoint", str(folder / "run.ckpt"), "--out", str(folder / "stop.json")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines = []
