@@ -3,7 +3,7 @@
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["trajectories", "gradcheck", "mnist-optimizers", "mnist-optimizers-modern", "mnist-iterations", "weight-init", "batchnorm",
+ORDER = ["trajectories", "gradcheck", "mnist-optimizers", "mnist-optimizers-modern", "lr-sensitivity", "mnist-iterations", "weight-init", "batchnorm",
          "overfitting", "hyperparameter-search"]
 
 HEADER = """# Experiments

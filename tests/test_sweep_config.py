@@ -188,3 +188,14 @@ def test_batch_equal_to_the_training_set_is_accepted() -> None:
     with pytest.raises(ConfigError, match=f"batch_size: {n + 1} exceeds the {n} training images"):
         load_config({"epochs": 1, "batch_size": n + 1, "data": {"n_train": 200, "validation": 0.3},
                      "optimizers": ["sgd"]})
+
+
+def test_shipped_sweep_configurations_are_valid() -> None:
+    """Every configuration in experiments/sweeps/ loads; the sensitivity grid is what its section says."""
+    folder = Path(__file__).resolve().parent.parent / "experiments" / "sweeps"
+    configs = sorted(folder.glob("*.toml"))
+    assert configs
+    for path in configs:
+        load_config(path)
+    cfg = load_config(folder / "lr-sensitivity.toml")
+    assert cfg.stack_size == 15 and len(cfg.runs()) == 7 * 5 * 3
