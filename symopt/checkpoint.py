@@ -350,8 +350,8 @@ class RunCheckpoint:
                         f"{_short(shown)} here"
                     )
             position = self._position(header, where, max_epochs)
-            plateau = self._plateau_state(header, where)
-            stopping = self._stopping_state(header, where)
+            plateau = self._hook_state(header, where, "plateau", self.plateau, "a ReduceLROnPlateau")
+            stopping = self._hook_state(header, where, "early_stopping", self.early_stopping, "an EarlyStopping")
             S = self.n_streams
             position.history = npz.read("history", shape=(position.epoch, S, HISTORY_WIDTH), dtype=np.float64)
             position.tally = npz.read("tally", shape=(S, TALLY_WIDTH), dtype=np.float64)
@@ -378,29 +378,19 @@ class RunCheckpoint:
             self.early_stopping.load_checked(stopping)
         return position
 
-    def _stopping_state(self, header: dict[str, Any], where: str) -> dict[str, Any] | None:
-        """EarlyStopping hook: the saved state, validated (None without early stopping)."""
-        saved = header.get("early_stopping")
-        if (saved is None) != (self.early_stopping is None):
-            had, has = ("an", "none") if saved is not None else ("no", "one")
-            raise ValueError(f"{where} is from a different run: it has {had} EarlyStopping, this run {has}")
+    @staticmethod
+    def _hook_state(header: dict[str, Any], where: str, key: str, hook: Any, label: str) -> dict[str, Any] | None:
+        """A plateau's or EarlyStopping's saved state, validated by ``hook`` (None when the run has
+        none); ``label`` names it in the message ("a ReduceLROnPlateau")."""
+        saved = header.get(key)
+        if (saved is None) != (hook is None):
+            article, name = label.split(" ", 1)
+            had, has = (article, "none") if saved is not None else ("no", "one")
+            raise ValueError(f"{where} is from a different run: it has {had} {name}, this run {has}")
         if saved is None:
             return None
         try:
-            return self.early_stopping.checked_state(saved)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-
-    def _plateau_state(self, header: dict[str, Any], where: str) -> dict[str, Any] | None:
-        """ReduceLROnPlateau hook: the saved plateau state, validated (None without a plateau)."""
-        saved = header.get("plateau")
-        if (saved is None) != (self.plateau is None):
-            had, has = ("a", "none") if saved is not None else ("no", "one")
-            raise ValueError(f"{where} is from a different run: it has {had} ReduceLROnPlateau, this run {has}")
-        if saved is None:
-            return None
-        try:
-            return self.plateau.checked_state(saved)
+            return hook.checked_state(saved)
         except ValueError as exc:
             raise ValueError(f"{where}: {exc}") from None
 

@@ -93,6 +93,25 @@ def _check_hyperparameter(opt: Optimizer, name: Any, where: str, per_member: boo
             )
 
 
+def _check_saved(owner: str, state: Any, keys: set[str], mine: Mapping[str, Any]) -> None:
+    """A saved state holds exactly ``keys`` and was saved with the settings ``mine``."""
+    if not isinstance(state, Mapping) or set(state) != keys:
+        raise ValueError(f"{owner}: a saved state holds {sorted(keys)}, got {state!r}")
+    saved = state["settings"]
+    if not isinstance(saved, Mapping) or set(saved) != set(mine):
+        raise ValueError(f"{owner}: saved settings {saved!r} are malformed")
+    for key, value in mine.items():
+        if saved[key] != value:
+            raise ValueError(f"{owner}: saved with {key}={saved[key]!r}, this one has {key}={value!r}")
+
+
+def _saved_count(owner: str, key: str, value: Any) -> int:
+    """A saved counter: an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{owner}: saved {key} {value!r} is not an integer >= 0")
+    return int(value)
+
+
 def _members(combined: Combined, name: str, member: int | str | None) -> list[tuple[str, Optimizer]]:
     """(member name, optimiser) of the members a plateau on a combine reduces."""
     names = list(combined.members)
@@ -314,16 +333,8 @@ class ReduceLROnPlateau:
         Refuses a state saved with other settings, naming the first that differs. ``best``
         may be a float or, as JSON writes non-finite values, ``"inf"``/``"-inf"``.
         """
-        keys = {"settings", "best", "num_bad_epochs", "cooldown_counter", "last_epoch"}
-        if not isinstance(state, Mapping) or set(state) != keys:
-            raise ValueError(f"ReduceLROnPlateau: a saved state holds {sorted(keys)}, got {state!r}")
-        saved = state["settings"]
-        mine = self._settings()
-        if not isinstance(saved, Mapping) or set(saved) != set(mine):
-            raise ValueError(f"ReduceLROnPlateau: saved settings {saved!r} are malformed")
-        for key, value in mine.items():
-            if saved[key] != value:
-                raise ValueError(f"ReduceLROnPlateau: saved with {key}={saved[key]!r}, this one has {key}={value!r}")
+        _check_saved("ReduceLROnPlateau", state, {"settings", "best", "num_bad_epochs", "cooldown_counter", "last_epoch"},
+                     self._settings())
         best = state["best"]
         if isinstance(best, str) and best in ("inf", "-inf"):
             best = float(best)
@@ -331,10 +342,7 @@ class ReduceLROnPlateau:
             raise ValueError(f"ReduceLROnPlateau: saved best {state['best']!r} is not a number")
         out: dict[str, Any] = {"best": float(best)}
         for key in ("num_bad_epochs", "cooldown_counter", "last_epoch"):
-            value = state[key]
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"ReduceLROnPlateau: saved {key} {value!r} is not an integer >= 0")
-            out[key] = int(value)
+            out[key] = _saved_count("ReduceLROnPlateau", key, state[key])
         return out
 
     def load_checked(self, checked: Mapping[str, Any]) -> None:
@@ -508,18 +516,9 @@ class MemberReduceLROnPlateau(ReduceLROnPlateau):
         """Validate a :meth:`state_dict` (settings equal to this plateau's, one value per
         member, ``best`` with ``"inf"``/``"-inf"`` as JSON writes them) without changing anything."""
         owner = type(self).__name__
-        keys = {"settings", "best", "num_bad_epochs", "cooldown_counter", "last_epoch"}
-        if not isinstance(state, Mapping) or set(state) != keys:
-            raise ValueError(f"{owner}: a saved state holds {sorted(keys)}, got {state!r}")
-        saved, mine = state["settings"], self._settings()
-        if not isinstance(saved, Mapping) or set(saved) != set(mine):
-            raise ValueError(f"{owner}: saved settings {saved!r} are malformed")
-        for key, value in mine.items():
-            if saved[key] != value:
-                raise ValueError(f"{owner}: saved with {key}={saved[key]!r}, this one has {key}={value!r}")
-        last = state["last_epoch"]
-        if isinstance(last, bool) or not isinstance(last, (int, np.integer)) or last < 0:
-            raise ValueError(f"{owner}: saved last_epoch {last!r} is not an integer >= 0")
+        _check_saved(owner, state, {"settings", "best", "num_bad_epochs", "cooldown_counter", "last_epoch"},
+                     self._settings())
+        last = _saved_count(owner, "last_epoch", state["last_epoch"])
         return {"best": _saved_vector(owner, "best", state["best"], self.members, True),
                 "num_bad_epochs": _saved_vector(owner, "num_bad_epochs", state["num_bad_epochs"], self.members, False),
                 "cooldown_counter": _saved_vector(owner, "cooldown_counter", state["cooldown_counter"], self.members, False),
@@ -670,18 +669,8 @@ class EarlyStopping:
     def checked_state(self, state: Any) -> dict[str, Any]:
         """Validate a :meth:`state_dict` against this one (attached, so its member count is
         known) without changing anything."""
-        keys = {"settings", "best", "wait", "stopped_epoch", "last_epoch"}
-        if not isinstance(state, Mapping) or set(state) != keys:
-            raise ValueError(f"EarlyStopping: a saved state holds {sorted(keys)}, got {state!r}")
-        saved, mine = state["settings"], self._settings()
-        if not isinstance(saved, Mapping) or set(saved) != set(mine):
-            raise ValueError(f"EarlyStopping: saved settings {saved!r} are malformed")
-        for key, value in mine.items():
-            if saved[key] != value:
-                raise ValueError(f"EarlyStopping: saved with {key}={saved[key]!r}, this one has {key}={value!r}")
-        last = state["last_epoch"]
-        if isinstance(last, bool) or not isinstance(last, (int, np.integer)) or last < 0:
-            raise ValueError(f"EarlyStopping: saved last_epoch {last!r} is not an integer >= 0")
+        _check_saved("EarlyStopping", state, {"settings", "best", "wait", "stopped_epoch", "last_epoch"}, self._settings())
+        last = _saved_count("EarlyStopping", "last_epoch", state["last_epoch"])
         members = int(self.members or 0)
         stopped = _saved_vector("EarlyStopping", "stopped_epoch", state["stopped_epoch"], members, False)
         if np.any(stopped > last):
