@@ -56,8 +56,10 @@ How to run
 
 ``<machine>`` is ``intel`` or ``amd`` from the CPU model (as ``seeds_step_intel.json``),
 else the platform's machine name. Expected duration of the full run on a quiet 2-core
-Xeon: about 2-3 minutes (compiling the four S = 30 stacked steps with CVM dominates:
-~20 s each from a cold PyTensor cache, ~5 s warm; the 7 rounds take ~30 s). It prints
+Xeon: about 2 minutes, under 3 (estimated from ``seeds_step.py``'s figures: building the
+four S = 30 stacked steps with CVM, ~20 s each from a cold PyTensor cache, ~5 s warm;
+the four JAX programs ~5-10 s each; then 7 rounds of ~3 s). ``--quick`` took 71 s at
+load 4-5. It prints
 the table and writes the JSON: CPU model, SIMD flags, ``symopt.report.machine_info()``,
 framework versions, the load average before and after, every round's time.
 """
