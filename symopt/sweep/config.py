@@ -6,7 +6,8 @@ A configuration states everything that determines a run's numbers::
     seeds = 4                  # seeds 0..3 (first_seed shifts them), or a list [0, 1, 7]
     batch_size = 128
     stack_size = 8             # optional, default 1: up to 8 runs of one structure per task, trained
-                               # together as one seed stack (symopt sweep only; not part of the protocol)
+                               # together as one seed stack (symopt sweep; symopt search stacks the runs
+                               # of several trials); not part of the protocol
 
     [model]                    # default: symopt.mnist_runs.MODEL, the seed comparison's MLP
     sizes = [784, 100, 10]
@@ -142,9 +143,11 @@ class SearchSpec:
 class SweepConfig:
     """A validated configuration. ``protocol`` holds what every run shares (model, data, batch, epochs).
 
-    ``stack_size`` is how many runs of one compiled structure ``symopt sweep`` trains together
-    in one task (:mod:`symopt.sweep.engine`); it changes no run's numbers beyond float
-    round-off, so it is not part of the protocol or of a run's key.
+    ``stack_size`` is how many runs of one compiled structure ``symopt sweep`` (and
+    ``symopt search``, trials x seeds) trains together in one task
+    (:mod:`symopt.sweep.engine`); it changes no run's numbers beyond float round-off, so it
+    is not part of the protocol or of a run's key. ``protocol`` holds ``plateau`` and
+    ``early_stopping`` only when the config has those tables.
     """
 
     source: str
