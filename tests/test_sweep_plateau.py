@@ -237,6 +237,19 @@ def test_bad_values_name_the_field(change, field) -> None:
         load_config(raw)
 
 
+def test_cli_names_the_bad_field_in_one_line(tmp_path, capsys) -> None:
+    from symopt.cli import main
+
+    config = tmp_path / "sweep.toml"
+    config.write_text('epochs = 1\n[data]\nn_train = 256\n[optimizers.sgd]\n[early_stopping]\npatience = 0\n')
+    for command in ("sweep", "search"):
+        assert main([command, str(config)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("symopt: error: ") and "\n" not in err, err
+        assert "early_stopping.patience: must be an integer >= 1, got 0" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.toml"]  # nothing created
+
+
 # ---------------------------------------------------------------------------- stacked search
 @pytest.fixture(scope="module")
 def thread_cluster():

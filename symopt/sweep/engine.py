@@ -393,7 +393,9 @@ def train_run(task: Mapping[str, Any]) -> dict[str, Any]:
     Runs in a Dask worker, or in-process (the benchmarks' baseline). Returns plain data:
     ``key``, ``history`` (one dict per epoch: ``epoch``, ``train_loss``, ``test_loss``,
     ``test_accuracy``, ``seconds``), ``compile_seconds`` (0 when the compiled function
-    was reused), ``train_seconds``, ``worker``, ``pid``.
+    was reused), ``train_seconds``, ``worker``, ``pid``; with the protocol's plateau also
+    ``learning_rate`` per epoch and ``final_learning_rate``, with its early stopping
+    ``stopped_epoch`` (see :func:`_fit`).
     """
     from symopt.nn import MLP
 
