@@ -180,6 +180,9 @@ def _add_sweep_parsers(sub: Any) -> None:
     search.add_argument("--no-progress", action="store_true")
     search.add_argument("--dashboard", action="store_true",
                         help="serve Dask's dashboard from the local cluster on 127.0.0.1:8787 (default: no HTTP port)")
+    search.add_argument("--stack-size", type=_positive_int, default=None, metavar="N",
+                        help="train up to N runs (trials x seeds) together per task, each trial with its own values "
+                             "(default: the config's stack_size, else 1)")
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -229,7 +232,7 @@ def _search(args: argparse.Namespace) -> int:
     try:
         report = run_search(cfg, storage, scheduler=args.scheduler, n_workers=args.workers, n_trials=args.trials,
                             progress=not args.no_progress, connect_timeout=args.connect_timeout,
-                            lock_timeout=args.lock_timeout, dashboard=args.dashboard)
+                            lock_timeout=args.lock_timeout, dashboard=args.dashboard, stack_size=args.stack_size)
     except KeyboardInterrupt:
         print(f"symopt: interrupted; finished trials are stored in {storage}; run the same command again to resume",
               file=sys.stderr)

@@ -80,7 +80,12 @@ def reset_run(
 
 # ---------------------------------------------------------------------------- results documents
 def _grouped(doc: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
-    """optimizer -> metric -> array (seeds, epochs), the seed's rules first, in its order."""
+    """optimizer -> metric -> array (seeds, epochs), the seed's rules first, in its order.
+
+    A run that early stopping ended before its group's longest keeps its last metrics for
+    the epochs it did not train (its model no longer changed), so "final" is the value at
+    its stop; its missing ``seconds`` are NaN.
+    """
     by_name: dict[str, list[dict[str, Any]]] = {}
     for run in doc["runs"].values():
         by_name.setdefault(run["optimizer"], []).append(run)
@@ -88,8 +93,16 @@ def _grouped(doc: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     out = {}
     for name in order:
         runs = sorted(by_name[name], key=lambda r: r["seed"])
-        out[name] = {m: np.array([r[m] for r in runs], dtype=float)
-                     for m in ("train_loss", "test_loss", "test_accuracy", "seconds")}
+        longest = max(len(r["test_accuracy"]) for r in runs)
+
+        def padded(values: list[float], fill: float | None = None) -> list[float]:
+            values = list(values)
+            last = fill if fill is not None or not values else values[-1]
+            return values + [last] * (longest - len(values))
+
+        out[name] = {m: np.array([padded(r[m]) for r in runs], dtype=float)
+                     for m in ("train_loss", "test_loss", "test_accuracy")}
+        out[name]["seconds"] = np.array([padded(r["seconds"], math.nan) for r in runs], dtype=float)
         out[name]["seeds"] = np.array([r["seed"] for r in runs])
     return out
 
@@ -168,7 +181,7 @@ def table_document(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "test_accuracy_mean": acc_mean, "test_accuracy_std": acc_std,
             "train_loss_mean": loss_mean, "train_loss_std": loss_std,
             "test_loss_mean": tl_mean, "test_loss_std": tl_std,
-            "seconds_per_epoch": float(g["seconds"].mean()),
+            "seconds_per_epoch": float(np.nanmean(g["seconds"])),
             "compile_seconds": doc.get("compile_seconds", {}).get(name),
         })
     return rows

@@ -6,7 +6,8 @@ A configuration states everything that determines a run's numbers::
     seeds = 4                  # seeds 0..3 (first_seed shifts them), or a list [0, 1, 7]
     batch_size = 128
     stack_size = 8             # optional, default 1: up to 8 runs of one structure per task, trained
-                               # together as one seed stack (symopt sweep only; not part of the protocol)
+                               # together as one seed stack (symopt sweep; symopt search stacks the runs
+                               # of several trials); not part of the protocol
 
     [model]                    # default: symopt.mnist_runs.MODEL, the seed comparison's MLP
     sizes = [784, 100, 10]
@@ -21,6 +22,22 @@ A configuration states everything that determines a run's numbers::
     learning_rate = [0.01, 0.1]
 
     [optimizers.adam]          # {} (or `optimizers = ["sgd", "adam"]`): the rule's defaults
+
+    [plateau]                  # optional: ReduceLROnPlateau on each run's learning rate, stepped
+    factor = 0.5               # after every epoch (torch's algorithm and defaults: factor 0.1,
+    patience = 2               # patience 10, threshold 1e-4, threshold_mode "rel", cooldown 0,
+    metric = "test_loss"       # min_lr 0; metric test_loss, test_accuracy or train_loss; mode
+                               # "min"/"max", by default the metric's direction)
+
+    [early_stopping]           # optional: end a run once its metric has not improved for
+    patience = 3               # `patience` epochs (min_delta 0, metric test_loss, mode as above)
+
+``[plateau]`` and ``[early_stopping]`` apply to every run and are part of the protocol (a
+database or study made with other settings is refused). A run then also records the epoch
+its early stopping ended it at (0: it trained every epoch) and its learning rate per epoch
+and at the end. In a stacked task each member has its own plateau and stopping state
+(:class:`~symopt.plateau.MemberReduceLROnPlateau`, :class:`~symopt.plateau.EarlyStopping`
+freezing the member), so it records what its unstacked run records.
 
 ``symopt search`` reads a ``[search]`` table instead of ``[optimizers]`` (see
 :class:`SearchSpec`). Every error is a :class:`ConfigError` whose message names the
@@ -56,11 +73,16 @@ __all__ = [
 #: The network of the seed's MNIST comparison (784-100x4-10, ReLU, He, dropout 0.2): symopt.mnist_runs.MODEL.
 DEFAULT_MODEL: dict[str, Any] = dict(_MNIST_MLP)
 _TOP_KEYS = {"name", "epochs", "seeds", "first_seed", "batch_size", "model", "data", "optimizers", "search",
-             "stack_size"}
+             "stack_size", "plateau", "early_stopping"}
 _DATA_KEYS = {"n_train", "n_test", "subset_seed", "dir", "validation"}
 _SEARCH_KEYS = {"optimizer", "n_trials", "sampler", "sampler_seed", "study", "metric", "space", "fixed"}
 #: metric -> Optuna direction (the metric is taken at the final epoch, averaged over seeds).
 METRICS = {"test_accuracy": "maximize", "test_loss": "minimize", "train_loss": "minimize"}
+#: ``[plateau]`` fields and their defaults (torch's ReduceLROnPlateau; ``mode`` follows the metric).
+PLATEAU_DEFAULTS: dict[str, Any] = {"factor": 0.1, "patience": 10, "threshold": 1e-4, "threshold_mode": "rel",
+                                    "mode": None, "cooldown": 0, "min_lr": 0.0, "metric": "test_loss"}
+#: ``[early_stopping]`` fields and their defaults.
+STOPPING_DEFAULTS: dict[str, Any] = {"patience": 10, "min_delta": 0.0, "mode": None, "metric": "test_loss"}
 
 
 class ConfigError(ValueError):
@@ -121,9 +143,11 @@ class SearchSpec:
 class SweepConfig:
     """A validated configuration. ``protocol`` holds what every run shares (model, data, batch, epochs).
 
-    ``stack_size`` is how many runs of one compiled structure ``symopt sweep`` trains together
-    in one task (:mod:`symopt.sweep.engine`); it changes no run's numbers beyond float
-    round-off, so it is not part of the protocol or of a run's key.
+    ``stack_size`` is how many runs of one compiled structure ``symopt sweep`` (and
+    ``symopt search``, trials x seeds) trains together in one task
+    (:mod:`symopt.sweep.engine`); it changes no run's numbers beyond float round-off, so it
+    is not part of the protocol or of a run's key. ``protocol`` holds ``plateau`` and
+    ``early_stopping`` only when the config has those tables.
     """
 
     source: str
@@ -232,8 +256,15 @@ def _validate(raw: dict[str, Any], where: str) -> SweepConfig:
         raise _fail(where, "batch_size", f"{batch_size} exceeds the {n_train} training images a run has "
                                          f"({_training_source(data)}); every run would fail")
     protocol = {"epochs": epochs, "batch_size": batch_size, "model": model, "data": data}
+    # Only when given, so that the protocol (and every run key) of a config without them is unchanged.
+    if "plateau" in raw:
+        protocol["plateau"] = _plateau(where, raw["plateau"])
+    if "early_stopping" in raw:
+        protocol["early_stopping"] = _early_stopping(where, raw["early_stopping"])
     grid = _grid(where, raw["optimizers"]) if "optimizers" in raw else {}
     search = _search(where, raw["search"]) if "search" in raw else None
+    if "plateau" in protocol:
+        _check_plateau_rules(where, protocol["plateau"], grid, search)
     name = raw.get("name", Path(where).stem if where != "(dict)" else "sweep")
     if not isinstance(name, str) or not name:
         raise _fail(where, "name", f"must be a non-empty string, got {name!r}")
@@ -481,3 +512,87 @@ def _search(where: str, value: Any) -> SearchSpec:
     if not isinstance(study, str) or not study:
         raise _fail(where, "search.study", f"must be a non-empty string, got {study!r}")
     return SearchSpec(name, space, dict(fixed), n_trials, sampler, sampler_seed, study, metric)
+
+
+# ---------------------------------------------------------------------------- plateau, early stopping
+def _metric_and_mode(where: str, table: str, value: Mapping[str, Any]) -> tuple[str, str]:
+    metric = value.get("metric", "test_loss")
+    if metric not in METRICS:
+        raise _fail(where, f"{table}.metric", f"must be one of {', '.join(METRICS)}, got {metric!r}")
+    natural = "max" if METRICS[metric] == "maximize" else "min"
+    mode = value.get("mode", natural)
+    if mode not in ("min", "max"):
+        raise _fail(where, f"{table}.mode", f"must be \"min\" or \"max\", got {mode!r}")
+    if mode != natural:  # e.g. "min" on an accuracy: every fall of the accuracy would count as progress
+        raise _fail(where, f"{table}.mode", f"{mode!r} contradicts metric {metric!r}, which improves as it "
+                                           f"{'rises' if natural == 'max' else 'falls'}; use {natural!r} "
+                                           f"or leave mode out")
+    return metric, mode
+
+
+def _number(where: str, name: str, value: Any, low: float, high: float | None = None) -> float:
+    """A finite number in ``[low, high)`` (``high`` None: no upper bound)."""
+    ok = is_real(value) and math.isfinite(value) and value >= low and (high is None or value < high)
+    if not ok:
+        span = f"in [{low:g}, {high:g})" if high is not None else f">= {low:g}"
+        raise _fail(where, name, f"must be a finite number {span}, got {value!r}")
+    return float(value)
+
+
+def _plateau(where: str, value: Any) -> dict[str, Any]:
+    """The ``[plateau]`` table, complete (defaults filled in), checked field by field."""
+    if not isinstance(value, Mapping):
+        raise _fail(where, "plateau", f"must be a table of ReduceLROnPlateau settings, got {value!r}")
+    _unknown(where, "plateau.", value, set(PLATEAU_DEFAULTS))
+    metric, mode = _metric_and_mode(where, "plateau", value)
+    out = {**PLATEAU_DEFAULTS, **value, "metric": metric, "mode": mode}
+    out["factor"] = _number(where, "plateau.factor", out["factor"], 0.0, 1.0)
+    out["patience"] = _int(where, "plateau.patience", out["patience"], 0)
+    out["threshold"] = _number(where, "plateau.threshold", out["threshold"], 0.0)
+    if out["threshold_mode"] not in ("rel", "abs"):
+        raise _fail(where, "plateau.threshold_mode", f"must be \"rel\" or \"abs\", got {out['threshold_mode']!r}")
+    out["cooldown"] = _int(where, "plateau.cooldown", out["cooldown"], 0)
+    out["min_lr"] = _number(where, "plateau.min_lr", out["min_lr"], 0.0)
+    return out
+
+
+def _early_stopping(where: str, value: Any) -> dict[str, Any]:
+    """The ``[early_stopping]`` table, complete (defaults filled in), checked field by field."""
+    if not isinstance(value, Mapping):
+        raise _fail(where, "early_stopping", f"must be a table of EarlyStopping settings, got {value!r}")
+    _unknown(where, "early_stopping.", value, set(STOPPING_DEFAULTS))
+    metric, mode = _metric_and_mode(where, "early_stopping", value)
+    out = {**STOPPING_DEFAULTS, **value, "metric": metric, "mode": mode}
+    out["patience"] = _int(where, "early_stopping.patience", out["patience"], 1)
+    out["min_delta"] = _number(where, "early_stopping.min_delta", out["min_delta"], 0.0)
+    return out
+
+
+def _check_plateau_rules(where: str, plateau: Mapping[str, Any], grid: Mapping[str, list[dict[str, Any]]],
+                         search: SearchSpec | None) -> None:
+    """Every optimiser setting must have a learning rate a plateau can reduce (built on a dummy parameter)."""
+    import numpy as np
+    import pytensor
+
+    import symopt
+
+    settings = [(f"optimizers.{name}", name, hyper) for name, hypers in grid.items() for hyper in hypers[:1]]
+    if search is not None:
+        defaults, _ = _options(search.optimizer)
+        settings.append(("search.optimizer", search.optimizer, {**defaults, **search.fixed}))
+    for field_name, name, hyper in settings:
+        dummy = pytensor.shared(np.zeros((2, 2), dtype="float32"), name="dummy")
+        try:
+            symopt.ReduceLROnPlateau(symopt.get(name)([dummy], **hyper), **plateau_arguments(plateau))
+        except (TypeError, ValueError) as exc:
+            raise _fail(where, "plateau", f"cannot reduce the learning rate of {field_name} ({exc})") from None
+
+
+def plateau_arguments(plateau: Mapping[str, Any]) -> dict[str, Any]:
+    """The (Member)ReduceLROnPlateau keywords of a protocol's ``plateau`` table (all but ``metric``)."""
+    return {k: v for k, v in plateau.items() if k != "metric"}
+
+
+def stopping_arguments(stopping: Mapping[str, Any]) -> dict[str, Any]:
+    """The EarlyStopping keywords of a protocol's ``early_stopping`` table (all but ``metric``)."""
+    return {k: v for k, v in stopping.items() if k != "metric"}

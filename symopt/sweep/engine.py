@@ -26,6 +26,14 @@ each task (:meth:`~symopt.seeds.SeedStack.reset`). A rule that refuses seed stac
 update reduces over whole tensors) keeps one run per task; so does a group's single
 leftover run. Resume stays per run: a task only ever holds runs not yet recorded.
 
+Plateau and early stopping (the protocol's ``plateau``/``early_stopping``, see
+:mod:`symopt.sweep.config`): an unstacked run steps a
+:class:`~symopt.plateau.ReduceLROnPlateau` and an :class:`~symopt.plateau.EarlyStopping`
+with its configured metric after every epoch; a stacked task a
+:class:`~symopt.plateau.MemberReduceLROnPlateau` and an EarlyStopping that freezes each
+stopped member (the stack's optimiser is built ``stoppable``), so each member records its
+unstacked run: the same learning rates, the same stop epoch, its history cut there.
+
 Client side: :func:`run_sweep` opens the store (refusing a locked, corrupt, in-use or
 other-protocol database before any work), skips runs already done, submits the rest,
 and writes each result as it arrives, one transaction per run. A worker that dies is
@@ -48,6 +56,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,11 +207,13 @@ def _stacked_hyperparameters(name: str, hyperparameters: Mapping[str, Any], size
     return {k: np.full(size, float(v)) if k in vary else v for k, v in hyperparameters.items()}
 
 
-def _stack_refusal(name: str, hyperparameters: Mapping[str, Any]) -> str | None:
+def _stack_refusal(name: str, hyperparameters: Mapping[str, Any],
+                   protocol: Mapping[str, Any] | None = None) -> str | None:
     """Why runs of this rule and setting cannot share a seed stack (``None``: they can).
 
     The rule's constructor on a small stacked dummy parameter, with its per-member
-    vectors, and the seed-coupling check a SeedTrainer makes: compiles nothing.
+    vectors (and ``stoppable`` for early stopping), and the seed-coupling check a
+    SeedTrainer makes: compiles nothing. A plateau needs the learning rate per member.
     """
     import numpy as np
     import pytensor
@@ -213,12 +224,15 @@ def _stack_refusal(name: str, hyperparameters: Mapping[str, Any]) -> str | None:
     dummy = pytensor.shared(np.zeros((2, 2, 2), dtype="float32"), name="dummy[seeds]")
     dummy.tag.seed_axis = True
     try:
-        opt = symopt.get(name)([dummy], **_stacked_hyperparameters(name, hyperparameters, 2))
+        opt = symopt.get(name)([dummy], **_stacked_hyperparameters(name, hyperparameters, 2),
+                               **_stack_options(protocol or {}))
     except (TypeError, ValueError) as exc:
         return str(exc)
     coupled = seed_coupling_transforms(opt)
     if coupled:
         return f"{', '.join(coupled)} would couple the members of a stack"
+    if (protocol or {}).get("plateau") and "learning_rate" not in _per_member_names(name, hyperparameters):
+        return "a plateau reduces each member's own learning rate, which this rule keeps as one value for the stack"
     return None
 
 
@@ -237,9 +251,9 @@ def plan_stacks(todo: list[RunSpec], stack_size: int) -> tuple[list[list[RunSpec
     known: dict[str, tuple[str | None, str]] = {}  # setting -> (refusal, signature): each built once
     tasks: list[list[RunSpec]] = []
     for spec in todo:
-        setting = canonical_json([spec.optimizer, spec.hyperparameters])
+        setting = canonical_json([spec.optimizer, spec.hyperparameters, spec.protocol])
         if setting not in known:
-            reason = _stack_refusal(spec.optimizer, spec.hyperparameters)
+            reason = _stack_refusal(spec.optimizer, spec.hyperparameters, spec.protocol)
             known[setting] = (reason, "" if reason is not None else _stack_signature(spec))
         reason, signature = known[setting]
         if reason is not None:
@@ -276,6 +290,94 @@ def _compiled(task: Mapping[str, Any], data: Any) -> tuple[_Compiled, bool]:
     return _remember(key, _Compiled(model, opt, trainer, opt.state_dict(), time.perf_counter() - start)), False
 
 
+# ---------------------------------------------------------------------------- plateau, early stopping
+def _stack_options(protocol: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor options a stack needs for the protocol: ``stoppable`` to freeze stopped members."""
+    return {"stoppable": True} if protocol.get("early_stopping") else {}
+
+
+@lru_cache(maxsize=1)
+def _fed_classes() -> tuple[type, type, type]:
+    """ReduceLROnPlateau, MemberReduceLROnPlateau and EarlyStopping stepped with the protocol's metric.
+
+    ``fit`` steps its plateau and early stopping with each epoch's test loss; these take
+    the value the sweep's epoch callback (which runs just before) put in ``feed`` instead,
+    one per member: the configured metric of that epoch.
+    """
+    from symopt.plateau import EarlyStopping, MemberReduceLROnPlateau, ReduceLROnPlateau
+
+    class Fed:
+        feed: Any = None
+
+        def step(self, metric: Any, *args: Any, **kwargs: Any) -> Any:
+            return super().step(self.feed, *args, **kwargs)  # type: ignore[misc]
+
+    return (type("SweepPlateau", (Fed, ReduceLROnPlateau), {}),
+            type("SweepMemberPlateau", (Fed, MemberReduceLROnPlateau), {}),
+            type("SweepEarlyStopping", (Fed, EarlyStopping), {}))
+
+
+def _fit(trainer: Any, opt: Any, protocol: Mapping[str, Any], seeds: list[int],
+         stacked: bool) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Train ``protocol["epochs"]`` epochs with the protocol's plateau and early stopping, if any.
+
+    Returns per member its history rows and what the run's result adds: with a plateau
+    ``learning_rate`` in every row (the rate the epoch trained with) and
+    ``final_learning_rate`` (after the last epoch's plateau step); with early stopping
+    ``stopped_epoch`` (0: trained every epoch). A stacked member's rows end at its stop
+    epoch, as its unstacked run's history does (the stack trains on while others are left).
+    """
+    import numpy as np
+
+    from .config import plateau_arguments, stopping_arguments
+
+    epochs = int(protocol["epochs"])
+    plateau_cfg, stop_cfg = protocol.get("plateau"), protocol.get("early_stopping")
+    if not plateau_cfg and not stop_cfg:
+        history = trainer.fit(epochs, seeds if stacked else seeds[0], progress=False)
+        histories = history if stacked else [history]
+        return [[r.as_dict() for r in h] for h in histories], [{} for _ in histories]
+    size = len(seeds)
+    single, member, stopping_cls = _fed_classes()
+    plateau = None
+    if plateau_cfg:
+        plateau = (member if stacked else single)(opt, **plateau_arguments(plateau_cfg))
+    stopping = stopping_cls(**stopping_arguments(stop_cfg)) if stop_cfg else None
+    rates: list[np.ndarray] = []
+
+    def learning_rates() -> np.ndarray:
+        return np.broadcast_to(np.asarray(opt.get_hyperparameter("learning_rate"), dtype=np.float64), (size,)).copy()
+
+    def on_epoch(records: list[Any]) -> None:
+        for hook, cfg in ((plateau, plateau_cfg), (stopping, stop_cfg)):
+            if hook is not None:
+                hook.feed = np.array([getattr(r, cfg["metric"]) for r in records], dtype=np.float64)
+        if plateau is not None:
+            rates.append(learning_rates())
+
+    if stacked:
+        histories = trainer.fit(epochs, seeds, progress=False, callback=lambda _, records: on_epoch(records),
+                                plateau=plateau, early_stopping=stopping)
+    else:
+        histories = [trainer.fit(epochs, seeds[0], progress=False, callback=lambda record: on_epoch([record]),
+                                 plateau=plateau, early_stopping=stopping)]
+    final = learning_rates() if plateau is not None else None
+    rows, fates = [], []
+    for i, history in enumerate(histories):
+        stop = int(stopping.stopped_epoch[i]) if stopping is not None else 0
+        member_rows = [r.as_dict() for r in (history[:stop] if stop else history)]
+        fate: dict[str, Any] = {}
+        if plateau is not None:
+            for row, rate in zip(member_rows, rates):
+                row["learning_rate"] = float(rate[i])
+            fate["final_learning_rate"] = float(final[i])
+        if stopping is not None:
+            fate["stopped_epoch"] = stop
+        rows.append(member_rows)
+        fates.append(fate)
+    return rows, fates
+
+
 def _where() -> str:
     try:
         from distributed import get_worker
@@ -291,7 +393,9 @@ def train_run(task: Mapping[str, Any]) -> dict[str, Any]:
     Runs in a Dask worker, or in-process (the benchmarks' baseline). Returns plain data:
     ``key``, ``history`` (one dict per epoch: ``epoch``, ``train_loss``, ``test_loss``,
     ``test_accuracy``, ``seconds``), ``compile_seconds`` (0 when the compiled function
-    was reused), ``train_seconds``, ``worker``, ``pid``.
+    was reused), ``train_seconds``, ``worker``, ``pid``; with the protocol's plateau also
+    ``learning_rate`` per epoch and ``final_learning_rate``, with its early stopping
+    ``stopped_epoch`` (see :func:`_fit`).
     """
     from symopt.nn import MLP
 
@@ -306,15 +410,16 @@ def train_run(task: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(value, bool):  # booleans are structure, fixed at construction
             entry.opt.set_hyperparameter(name, value)
     start = time.perf_counter()
-    history = entry.trainer.fit(int(protocol["epochs"]), seed, progress=False)
+    histories, fates = _fit(entry.trainer, entry.opt, protocol, [seed], stacked=False)
     entry.runs += 1
     return {
         "key": task["key"],
-        "history": [r.as_dict() for r in history],
+        "history": histories[0],
         "compile_seconds": 0.0 if cached else entry.compile_seconds,
         "train_seconds": time.perf_counter() - start,
         "worker": _where(),
         "pid": os.getpid(),
+        **fates[0],
     }
 
 
@@ -330,14 +435,14 @@ def _compiled_stack(task: Mapping[str, Any], data: Any, size: int) -> tuple[_Com
     key = canonical_json({"model": protocol["model"], "data": protocol["data"], "data_dir": task.get("data_dir"),
                           "batch_size": protocol["batch_size"], "optimizer": name,
                           "structure": _structure(name, hyper), "per_member": _per_member_names(name, hyper),
-                          "stack_size": size})
+                          "stack_size": size, **_stack_options(protocol)})
     if key in _COMPILED:
         _COMPILED.move_to_end(key)
         return _COMPILED[key], True
     start = time.perf_counter()
     # Placeholder seeds: each task loads its own members (SeedStack.reset).
     stack = SeedStack(lambda seed: build_model(MLP, seed, protocol["model"]), list(range(size)))
-    opt = symopt.get(name)(stack.params, **_stacked_hyperparameters(name, hyper, size))
+    opt = symopt.get(name)(stack.params, **_stacked_hyperparameters(name, hyper, size), **_stack_options(protocol))
     trainer = SeedTrainer(stack, opt, data.x_train, data.y_train, data.x_test, data.y_test,
                           batch_size=protocol["batch_size"], on_nonfinite="continue")  # as train_run
     trainer.warm_up()
@@ -384,18 +489,19 @@ def train_stack(task: Mapping[str, Any]) -> list[dict[str, Any]]:
                 raise ValueError(f"train_stack: the members differ in {key!r}, which a stack shares")
             entry.opt.set_hyperparameter(key, value)
     start = time.perf_counter()
-    histories = entry.trainer.fit(int(protocol["epochs"]), seeds, progress=False)
+    histories, fates = _fit(entry.trainer, entry.opt, protocol, seeds, stacked=True)
     train_seconds = (time.perf_counter() - start) / size
     entry.runs += size
     where, pid = _where(), os.getpid()
     return [{
         "key": m["key"],
-        "history": [r.as_dict() for r in history],
+        "history": history,
         "compile_seconds": 0.0 if cached or i else entry.compile_seconds,
         "train_seconds": train_seconds,
         "worker": where,
         "pid": pid,
-    } for i, (m, history) in enumerate(zip(members, histories))]
+        **fate,
+    } for i, (m, history, fate) in enumerate(zip(members, histories, fates))]
 
 
 # ---------------------------------------------------------------------------- client side

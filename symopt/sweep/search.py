@@ -13,6 +13,16 @@ the number of trials already stored, so a resumed search does not replay its fir
 With more than one trial in flight, which trials TPE proposes depends on the order in
 which results arrive; each trial's numbers are still a deterministic function of its
 hyperparameters.
+
+``stack_size`` > 1 (the config's, or the argument): the client asks Optuna for
+``stack_size // len(seeds)`` trials at once (at least one) and trains their runs as
+stacked tasks of up to ``stack_size`` members, each with its own sampled values
+(:func:`~symopt.sweep.engine.plan_stacks` and :func:`~symopt.sweep.engine.train_stack`,
+as ``symopt sweep`` does), then tells each trial its own value. Asking several trials
+before telling any is what several workers do anyway (Optuna's samplers support it; TPE
+then proposes from the trials finished so far), and each trial's value is that of its
+unstacked runs to float round-off. Settings that cannot share a stack (another structure,
+a rule that refuses stacks) still go one run per task.
 """
 
 from __future__ import annotations
@@ -26,11 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._checks import check_integer
+from .._checks import check_integer, is_integer
 from .._extras import require, tqdm
 from .._optuna import completed_trials, import_optuna, make_sampler, storage_url
 from .config import RunSpec, SweepConfig, canonical_json, load_config
-from .engine import check_scheduler_address, dask_client, train_run
+from .engine import check_scheduler_address, dask_client, plan_stacks, train_run, train_stack
 from .store import check_integrity, check_sqlite_file
 
 __all__ = ["SearchReport", "run_search", "search_summary", "storage_url"]
@@ -101,6 +111,7 @@ def run_search(
     lock_timeout: float = 10.0,
     timeout: float | None = None,
     dashboard: bool = False,
+    stack_size: int | None = None,
 ) -> SearchReport:
     """Run ``config``'s ``[search]`` until its study has ``n_trials`` complete trials.
 
@@ -116,6 +127,9 @@ def run_search(
         Overrides ``search.n_trials``.
     progress
         A tqdm bar over trials on stderr.
+    stack_size
+        Train up to this many runs (trials x seeds) together per task, each trial with its
+        own values (see the module notes); overrides the config's ``stack_size``.
 
     Returns
     -------
@@ -126,12 +140,19 @@ def run_search(
     spec = cfg.search
     assert spec is not None
     target = check_integer("n_trials", n_trials if n_trials is not None else spec.n_trials, 1)
+    if stack_size is None:
+        stack_size = cfg.stack_size
+    elif not is_integer(stack_size) or stack_size < 1:
+        raise ValueError(f"stack_size must be a positive integer (runs per stacked task), got {stack_size!r}; "
+                         f"nothing was run")
+    stack_size = int(stack_size)
     optuna = _optuna()
     require("distributed", "symopt search", "sweep")  # before the storage is created
     if scheduler is not None:
         check_scheduler_address(scheduler)
     path = Path(storage)
     study = _open_study(optuna, cfg, path, lock_timeout)
+
     def n_complete() -> int:
         return len(completed_trials(optuna, study))
 
@@ -144,53 +165,81 @@ def run_search(
 
         defaults = dict(symopt.get(spec.optimizer).hyperparameters)
         distributions = _distributions(optuna, spec.space)
-        workers = n_workers or min(os.cpu_count() or 1, target - before)
+        per_group = max(1, stack_size // len(cfg.seeds))  # trials asked (and stacked) together
+        workers = n_workers or min(os.cpu_count() or 1, -(-(target - before) // per_group))
         with dask_client(scheduler, workers, connect_timeout, dashboard) as client:
             parallel = max(1, len(client.scheduler_info().get("workers", {})) or workers)
             bar = tqdm(total=target, initial=before, unit="trial", desc=f"search {spec.study}",
                        disable=not progress, file=sys.stderr, dynamic_ncols=True)
-            pending: dict[int, dict[str, Any]] = {}  # trial number -> trial, results per seed, error, tasks left
+            pending: dict[int, dict[str, Any]] = {}  # trial number -> trial, results per seed, error, runs left
             queue = as_completed(loop=client.loop, timeout=timeout)  # timeout: from now, for all trials
-            owner: dict[Any, tuple[int, int]] = {}
+            owner: dict[Any, list[tuple[int, int]]] = {}  # future -> (trial number, seed) of each member
+            groups: dict[int, int] = {}  # trials asked together -> how many of them are still pending
+            refusals: set[str] = set()
 
-            def launch() -> None:
-                trial = study.ask(distributions)
-                hyper = {**defaults, **spec.fixed, **trial.params}
-                futures = []
-                for seed in cfg.seeds:
-                    run = RunSpec(spec.optimizer, hyper, seed, cfg.protocol, cfg.data_dir)
-                    future = client.submit(train_run, run.as_task(), pure=False)
-                    owner[future] = (trial.number, seed)
+            def launch(group: int) -> None:
+                room = target - before - new_complete - len(pending)
+                runs, who = [], {}
+                for _ in range(min(per_group, room)):
+                    trial = study.ask(distributions)
+                    hyper = {**defaults, **spec.fixed, **trial.params}
+                    for seed in cfg.seeds:
+                        run = RunSpec(spec.optimizer, hyper, seed, cfg.protocol, cfg.data_dir)
+                        runs.append(run)
+                        who[id(run)] = (trial.number, seed)
+                    pending[trial.number] = {"trial": trial, "results": {}, "error": None, "left": len(cfg.seeds),
+                                             "group": group}
+                    groups[group] = groups.get(group, 0) + 1
+                tasks, refused = plan_stacks(runs, stack_size)
+                for name, reason in refused.items():
+                    if name not in refusals:
+                        refusals.add(name)
+                        _log(f"{name}: trials not stacked, one run per task ({reason})")
+                for task in tasks:
+                    if len(task) == 1:
+                        future = client.submit(train_run, task[0].as_task(), pure=False)
+                    else:
+                        future = client.submit(train_stack, {"members": [r.as_task() for r in task]}, pure=False)
+                    owner[future] = [who[id(r)] for r in task]
                     queue.add(future)
-                    futures.append(future)
-                pending[trial.number] = {"trial": trial, "results": {}, "error": None, "left": len(futures)}
 
+            group = 0
             try:
                 while before + new_complete < target:
-                    while len(pending) < parallel and before + new_complete + len(pending) < target:
-                        launch()
+                    while len(groups) < parallel and before + new_complete + len(pending) < target:
+                        launch(group)
+                        group += 1
                     try:
                         future = next(queue)
                     except TimeoutError:
                         raise TimeoutError(f"the search did not finish within {timeout:g} s; finished trials are "
                                            f"stored, re-run to resume") from None
-                    number, seed = owner.pop(future)
-                    entry = pending[number]
+                    members = owner.pop(future)
                     try:
-                        entry["results"][seed] = future.result()
+                        value, error = future.result(), None
                     except Exception as exc:
-                        entry["error"] = f"{type(exc).__name__}: {exc}"
-                    entry["left"] -= 1
-                    if entry["left"]:
-                        continue
-                    del pending[number]
-                    ok = _tell(optuna, study, entry, cfg, spec.metric)
-                    new_complete += ok
-                    new_failed += not ok
-                    bar.update(int(ok))
-                    if new_failed > target:
-                        raise RuntimeError(f"{new_failed} trials of study {spec.study!r} failed "
-                                           f"(last: {entry['error'] or 'non-finite value'}); stopping")
+                        value, error = None, f"{type(exc).__name__}: {exc}"
+                    results = value if isinstance(value, list) else [value] * len(members)
+                    for (number, seed), result in zip(members, results):
+                        entry = pending[number]
+                        if error is None:
+                            entry["results"][seed] = result
+                        else:
+                            entry["error"] = error
+                        entry["left"] -= 1
+                        if entry["left"]:
+                            continue
+                        del pending[number]
+                        groups[entry["group"]] -= 1
+                        if not groups[entry["group"]]:
+                            del groups[entry["group"]]
+                        ok = _tell(optuna, study, entry, cfg, spec.metric)
+                        new_complete += ok
+                        new_failed += not ok
+                        bar.update(int(ok))
+                        if new_failed > target:
+                            raise RuntimeError(f"{new_failed} trials of study {spec.study!r} failed "
+                                               f"(last: {entry['error'] or 'non-finite value'}); stopping")
             finally:
                 bar.close()
                 for entry in pending.values():  # interrupted: record what was in flight as failed
@@ -214,12 +263,17 @@ def _tell(optuna: Any, study: Any, entry: dict[str, Any], cfg: SweepConfig, metr
         return False
     results = [entry["results"][s] for s in cfg.seeds]
     curves = [[h[metric] for h in r["history"]] for r in results]
-    for epoch in range(len(curves[0])):
-        trial.report(float(sum(c[epoch] for c in curves) / len(curves)), epoch + 1)
+    for epoch in range(max(len(c) for c in curves)):
+        # Early stopping may end seeds at different epochs: the mean over the seeds still training.
+        reached = [c[epoch] for c in curves if len(c) > epoch]
+        trial.report(float(sum(reached) / len(reached)), epoch + 1)
     trial.set_user_attr("seeds", cfg.seeds)
     trial.set_user_attr(metric, curves)
     trial.set_user_attr("train_seconds", [r["train_seconds"] for r in results])
     trial.set_user_attr("workers", [r["worker"] for r in results])
+    for fate in ("stopped_epoch", "final_learning_rate"):  # with early stopping / a plateau
+        if fate in results[0]:
+            trial.set_user_attr(fate, [r[fate] for r in results])
     value = float(sum(c[-1] for c in curves) / len(curves))
     if not math.isfinite(value):
         trial.set_user_attr("error", f"non-finite {metric}: {value}")
@@ -227,6 +281,10 @@ def _tell(optuna: Any, study: Any, entry: dict[str, Any], cfg: SweepConfig, metr
         return False
     study.tell(trial, value)
     return True
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def search_summary(storage: str | Path, study_name: str, top: int = 5) -> str:

@@ -5,8 +5,16 @@ Schema (``PRAGMA user_version`` = :data:`SCHEMA_VERSION`)::
     meta(key PRIMARY KEY, value)            -- kind, schema, protocol (JSON), created
     runs(run_id, run_key UNIQUE, optimizer, hyperparameters (JSON), seed, status 'done'|'failed',
          error, final_train_loss, final_test_loss, final_test_accuracy,
-         worker, pid, compile_seconds, train_seconds, finished)
-    epochs(run_id -> runs, epoch, train_loss, test_loss, test_accuracy, seconds)
+         worker, pid, compile_seconds, train_seconds, finished,
+         stopped_epoch, final_learning_rate)                  -- schema 2
+    epochs(run_id -> runs, epoch, train_loss, test_loss, test_accuracy, seconds,
+           learning_rate)                                     -- schema 2
+
+``stopped_epoch`` is the epoch early stopping ended the run at (0: it trained every epoch;
+NULL: the protocol has no early stopping), ``final_learning_rate`` the learning rate after
+the last epoch's plateau step and ``epochs.learning_rate`` the rate each epoch trained
+with (NULL without a plateau). A schema-1 database (before these columns) is upgraded in
+place when a sweep opens it for writing, and read as it is.
 
 ``run_key`` hashes everything that determines a run's numbers (see
 :attr:`~symopt.sweep.config.RunSpec.key`), so resuming is "skip the keys already done".
@@ -49,7 +57,9 @@ except ImportError:  # Windows: no advisory locks; one sweep per database is the
 
 __all__ = ["ResultStore", "StoreError", "SCHEMA_VERSION", "TIMING_COLUMNS", "check_integrity", "check_sqlite_file"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schemas this version reads (older ones are upgraded when opened for writing).
+_READABLE = ("1", "2")
 KIND = "symopt-sweep"
 TIMING_COLUMNS = ("run_id", "worker", "pid", "compile_seconds", "train_seconds", "finished", "seconds")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -71,7 +81,9 @@ CREATE TABLE runs (
     pid INTEGER,
     compile_seconds REAL,
     train_seconds REAL,
-    finished TEXT NOT NULL
+    finished TEXT NOT NULL,
+    stopped_epoch INTEGER,
+    final_learning_rate REAL
 );
 CREATE TABLE epochs (
     run_id INTEGER NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
@@ -80,6 +92,7 @@ CREATE TABLE epochs (
     test_loss REAL,
     test_accuracy REAL,
     seconds REAL,
+    learning_rate REAL,
     PRIMARY KEY (run_id, epoch)
 );
 CREATE INDEX runs_by_optimizer ON runs (optimizer, seed);
@@ -298,11 +311,22 @@ class ResultStore:
                         ("created", time.strftime("%Y-%m-%d %H:%M:%S")),
                     ])
                 else:
-                    stored = self._read_meta()["protocol"]
-                    if stored != json.loads(canonical_json(protocol)):
-                        raise StoreError(self._protocol_diff(stored, protocol))
+                    meta = self._read_meta()
+                    if meta["protocol"] != json.loads(canonical_json(protocol)):
+                        raise StoreError(self._protocol_diff(meta["protocol"], protocol))
+                    if meta["schema"] == "1":
+                        self._upgrade_from_1()
         except sqlite3.Error as exc:
             raise self._error(exc) from None
+
+    def _upgrade_from_1(self) -> None:
+        """Add schema 2's columns (NULL for the runs already recorded), inside the open transaction."""
+        conn = self._conn
+        conn.execute("ALTER TABLE runs ADD COLUMN stopped_epoch INTEGER")
+        conn.execute("ALTER TABLE runs ADD COLUMN final_learning_rate REAL")
+        conn.execute("ALTER TABLE epochs ADD COLUMN learning_rate REAL")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -335,9 +359,11 @@ class ResultStore:
             raise self._error(exc) from None
         if rows.get("kind") != KIND or "protocol" not in rows:
             raise StoreError(f"{self.path} is not a symopt sweep database; it was left untouched")
-        if rows.get("schema") != str(SCHEMA_VERSION):
-            raise StoreError(f"{self.path} has sweep schema {rows.get('schema')}, this symopt reads {SCHEMA_VERSION}")
-        return {"kind": rows["kind"], "protocol": json.loads(rows["protocol"]), "created": rows.get("created")}
+        if rows.get("schema") not in _READABLE:
+            raise StoreError(f"{self.path} has sweep schema {rows.get('schema')}, this symopt reads "
+                             f"{' and '.join(_READABLE)}")
+        return {"kind": rows["kind"], "protocol": json.loads(rows["protocol"]), "created": rows.get("created"),
+                "schema": rows["schema"]}
 
     def _protocol_diff(self, stored: dict[str, Any], protocol: dict[str, Any]) -> str:
         diff = [f"{k}: database has {stored.get(k)!r}, this config {protocol.get(k)!r}"
@@ -364,10 +390,15 @@ class ResultStore:
         by_id = {r["run_id"]: r for r in rows}
         for r in rows:
             r["hyperparameters"] = json.loads(r["hyperparameters"])
-            for m in ("epoch", "train_loss", "test_loss", "test_accuracy", "seconds"):
+            r.setdefault("stopped_epoch", None)  # a schema-1 database read as it is
+            r.setdefault("final_learning_rate", None)
+            for m in ("epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "learning_rate"):
                 r[m] = []
-        for run_id, epoch, tl, sl, sa, sec in conn.execute(
-                "SELECT run_id, epoch, train_loss, test_loss, test_accuracy, seconds FROM epochs ORDER BY run_id, epoch"):
+        rate = "learning_rate" if "learning_rate" in {d[1] for d in conn.execute("PRAGMA table_info(epochs)")} \
+            else "NULL"
+        for run_id, epoch, tl, sl, sa, sec, lr in conn.execute(
+                f"SELECT run_id, epoch, train_loss, test_loss, test_accuracy, seconds, {rate} FROM epochs "
+                f"ORDER BY run_id, epoch"):
             r = by_id.get(run_id)
             if r is not None:
                 r["epoch"].append(epoch)
@@ -375,6 +406,7 @@ class ResultStore:
                 r["test_loss"].append(_nan(sl))
                 r["test_accuracy"].append(_nan(sa))
                 r["seconds"].append(_nan(sec))
+                r["learning_rate"].append(lr)
         return rows
 
     # ------------------------------------------------------------------ writing
@@ -403,19 +435,21 @@ class ResultStore:
                         conn.execute("DELETE FROM runs WHERE run_key = ?", (spec.key,))
                     cur = conn.execute(
                         "INSERT INTO runs (run_key, optimizer, hyperparameters, seed, status, error, final_train_loss, "
-                        "final_test_loss, final_test_accuracy, worker, pid, compile_seconds, train_seconds, finished) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "final_test_loss, final_test_accuracy, worker, pid, compile_seconds, train_seconds, finished, "
+                        "stopped_epoch, final_learning_rate) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (spec.key, spec.optimizer, canonical_json(spec.hyperparameters), spec.seed,
                          "done" if result is not None else "failed", error,
                          last.get("train_loss"), last.get("test_loss"), last.get("test_accuracy"),
                          (result or {}).get("worker"), (result or {}).get("pid"),
-                         (result or {}).get("compile_seconds"), (result or {}).get("train_seconds"), finished),
+                         (result or {}).get("compile_seconds"), (result or {}).get("train_seconds"), finished,
+                         (result or {}).get("stopped_epoch"), (result or {}).get("final_learning_rate")),
                     )
                     conn.executemany(
-                        "INSERT INTO epochs (run_id, epoch, train_loss, test_loss, test_accuracy, seconds) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        [(cur.lastrowid, h["epoch"], h["train_loss"], h["test_loss"], h["test_accuracy"], h["seconds"])
-                         for h in history],
+                        "INSERT INTO epochs (run_id, epoch, train_loss, test_loss, test_accuracy, seconds, "
+                        "learning_rate) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(cur.lastrowid, h["epoch"], h["train_loss"], h["test_loss"], h["test_accuracy"], h["seconds"],
+                          h.get("learning_rate")) for h in history],
                     )
             except sqlite3.Error as exc:
                 raise self._error(exc) from None
@@ -449,10 +483,16 @@ class ResultStore:
             doc["hyperparameters"][label] = r["hyperparameters"]
             if r["compile_seconds"]:
                 doc["compile_seconds"][label] = max(doc["compile_seconds"].get(label, 0.0), r["compile_seconds"])
-            doc["runs"][f"{label}/{r['seed']}"] = {
+            run = doc["runs"][f"{label}/{r['seed']}"] = {
                 "optimizer": label, "seed": r["seed"], "epoch": r["epoch"], "train_loss": r["train_loss"],
                 "test_loss": r["test_loss"], "test_accuracy": r["test_accuracy"], "seconds": r["seconds"],
             }
+            # Plateau and early stopping (when the protocol has them): rates per epoch, where it stopped.
+            if r["final_learning_rate"] is not None:
+                run["learning_rate"] = r["learning_rate"]
+                run["final_learning_rate"] = r["final_learning_rate"]
+            if r["stopped_epoch"] is not None:
+                run["stopped_epoch"] = r["stopped_epoch"]
         return doc
 
     def summary(self) -> str:
@@ -460,7 +500,11 @@ class ResultStore:
         from ..mnist_runs import summarize_rows, table_document
 
         counts = self.counts()
-        text = summarize_rows(table_document(self.document()), str(self.path))
+        doc = self.document()
+        text = summarize_rows(table_document(doc), str(self.path))
+        fates = _fates_table(doc)
+        if fates:
+            text = f"{text}\n\n{fates}"
         line = f"{self.path}: {counts['done']} run(s) done, {counts['failed']} failed"
         if counts["failed"]:
             line += " (--retry-failed runs them again)"
@@ -487,3 +531,27 @@ def _labels(runs: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
             parts = [f"{k}={hyper[k]:g}" if isinstance(hyper[k], float) else f"{k}={hyper[k]}" for k in varying]
             out[(name, text)] = " ".join([name, *parts])
     return out
+
+
+def _fates_table(doc: dict[str, Any]) -> str:
+    """Per setting: how many runs early stopping ended and at which epochs, the final learning rates.
+
+    Empty when the protocol has neither a plateau nor early stopping.
+    """
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for run in doc["runs"].values():
+        if "stopped_epoch" in run or "final_learning_rate" in run:
+            by_label.setdefault(run["optimizer"], []).append(run)
+    if not by_label:
+        return ""
+    lines = ["| run | stopped early | stop epochs (0: none) | final learning rate |", "|---|---|---|---|"]
+    for label, runs in by_label.items():
+        runs = sorted(runs, key=lambda r: r["seed"])
+        stops = [r["stopped_epoch"] for r in runs if "stopped_epoch" in r]
+        rates = [r["final_learning_rate"] for r in runs if "final_learning_rate" in r]
+        stopped = f"{sum(s > 0 for s in stops)} of {len(stops)}" if stops else "-"
+        epochs = ", ".join(str(s) for s in stops) if stops else "-"
+        rate = "-" if not rates else (f"{min(rates):.3g}" if min(rates) == max(rates)
+                                      else f"{min(rates):.3g} .. {max(rates):.3g}")
+        lines.append(f"| {label} | {stopped} | {epochs} | {rate} |")
+    return "\n".join(lines)
