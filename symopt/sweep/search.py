@@ -29,6 +29,7 @@ from typing import Any
 from .._checks import check_integer
 from .._extras import require, tqdm
 from .._optuna import completed_trials, import_optuna, make_sampler, storage_url
+from ..mnist_runs import with_others
 from .config import RunSpec, SweepConfig, canonical_json, load_config
 from .engine import check_scheduler_address, dask_client, train_run
 from .store import check_integrity, check_sqlite_file
@@ -155,7 +156,7 @@ def run_search(
 
             def launch() -> None:
                 trial = study.ask(distributions)
-                hyper = {**defaults, **spec.fixed, **trial.params}
+                hyper = with_others(spec.optimizer, {**defaults, **spec.fixed, **trial.params})
                 futures = []
                 for seed in cfg.seeds:
                     run = RunSpec(spec.optimizer, hyper, seed, cfg.protocol, cfg.data_dir)
