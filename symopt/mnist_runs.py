@@ -35,10 +35,10 @@ import numpy as np
 from . import report
 from .registry import display_name
 
-__all__ = ["MODEL", "SEED_OPTIMIZERS", "OTHERS_RULE", "OTHERS_HYPERPARAMETERS", "build_model", "reset_run",
-           "with_others", "make_optimizer", "set_rule_hyperparameter", "evaluate_at_eval_params", "run_entry",
-           "RUN_METRICS", "table_document", "summarize_rows", "plot_document", "welch_t", "paired_t", "compare_document", "adjacent_pairs",
-           "summarize_pairs"]
+__all__ = ["MODEL", "SEED_OPTIMIZERS", "OTHERS_RULE", "OTHERS_HYPERPARAMETERS", "RUN_METRICS", "build_model",
+           "reset_run", "with_others", "make_optimizer", "set_rule_hyperparameter", "evaluate_at_eval_params",
+           "run_entry", "table_document", "summarize_rows", "plot_document", "welch_t", "paired_t",
+           "compare_document", "adjacent_pairs", "summarize_pairs"]
 
 #: The rules the Theano seed compares, in its order; tables and figures list them first.
 SEED_OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam"]

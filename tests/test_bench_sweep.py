@@ -110,7 +110,20 @@ def test_sweep_records_the_bench_numbers(bench_doc, sweep_doc) -> None:
         _assert_same(sweep_doc["runs"][key], run, key)
 
 
-def test_bench_resumes_where_the_sweep_config_left(bench_doc, tmp_path, monkeypatch) -> None:
+def test_bench_on_dask_workers_records_the_same_runs(bench_doc, real_mnist_dir, tmp_path, monkeypatch) -> None:
+    """``workers=1``: the same tasks on a local Dask worker, the same runs in the results file."""
+    monkeypatch.setenv("SYMOPT_DATA", str(real_mnist_dir))
+    path = mo.bench(["schedule_free_adamw"], SEEDS, EPOCHS, BATCH, tmp_path / "r.json", None, False,
+                    n_train=N_TRAIN, n_test=N_TEST, workers=1)
+    doc = json.loads(path.read_text())
+    assert doc["protocol"] == bench_doc["protocol"]
+    assert set(doc["runs"]) == {f"schedule_free_adamw/{s}" for s in range(SEEDS)}
+    for key, run in doc["runs"].items():
+        assert run["stacked_seeds"] == SEEDS
+        _assert_same(run, bench_doc["runs"][key], key)
+
+
+def test_a_complete_results_file_trains_nothing(bench_doc, tmp_path, monkeypatch) -> None:
     """A results file holding the runs is complete: nothing is trained, nothing written."""
     path = tmp_path / "r.json"
     path.write_text(json.dumps(bench_doc))
