@@ -15,7 +15,7 @@ import symopt
 from symopt._io import file_lock
 from symopt.experiments import mnist_optimizers as mo
 from symopt.experiments import run_experiment
-from symopt.mnist_runs import evaluate_at_eval_params, with_others
+from symopt.mnist_runs import evaluate_at_eval_params, set_rule_hyperparameter, with_others
 from symopt.seeds import SeedTrainer
 from symopt.train import Trainer
 
@@ -270,6 +270,10 @@ def test_muon_gets_the_matrices_and_adamw_the_rest(stacked):
     adamw = opt.members["adamw"]
     for name, value in TORCH_ADAMW.items():
         assert adamw.get_hyperparameter(name) == pytest.approx(value, rel=1e-12), name
+    # what the sweep engine sets before a run reaches Muon only (AdamW also has a weight_decay)
+    set_rule_hyperparameter(opt, "muon", "weight_decay", 0.2)
+    assert opt.members["muon"].get_hyperparameter("weight_decay") == pytest.approx(0.2, rel=1e-12)
+    assert adamw.get_hyperparameter("weight_decay") == pytest.approx(0.01, rel=1e-12)
     # a rule that accepts every parameter is built alone
     lamb = with_others("lamb", symopt.get("lamb").hyperparameters)
     assert "others" not in lamb and type(mo.make_optimizer("lamb", lamb, params)) is symopt.get("lamb")
