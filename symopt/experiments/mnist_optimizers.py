@@ -119,12 +119,12 @@ def sweep_config(
     ``experiments/sweeps/mnist-optimizers.toml`` is the full protocol written out.
     """
     config: dict[str, Any] = {
-        "epochs": int(epochs), "seeds": int(seeds), "first_seed": int(first_seed), "batch_size": int(batch_size),
-        "stack_size": int(seeds) if stack_size is None else int(stack_size),
+        "epochs": epochs, "seeds": seeds, "first_seed": first_seed, "batch_size": batch_size,
+        "stack_size": seeds if stack_size is None else stack_size,
         "optimizers": {name: dict(SEED_HYPERPARAMETERS.get(name, {})) for name in optimizers},
     }
-    if n_train is not None:
-        config["data"] = {"n_train": int(n_train), "n_test": None if n_test is None else int(n_test)}
+    if n_train is not None:  # (load_config validates every value, naming the field)
+        config["data"] = {"n_train": n_train, **({"n_test": n_test} if n_test is not None else {})}
     return config
 
 
