@@ -141,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
                             "default: on, measured faster)")
     bench.add_argument("--stack-size", type=_positive_int, default=None,
                        help="with --vectorize: seeds per compiled step (default: all of an optimiser's)")
+    bench.add_argument("--workers", type=_positive_int, default=None,
+                       help="train on this many local Dask worker processes, as `symopt sweep` does (needs the "
+                            "sweep extra; default: in this process)")
     _add_sweep_parsers(sub)
     return parser
 
@@ -536,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 optimizers=[name.strip() for name in args.optimizers.split(",") if name.strip()],
                 seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, results=args.results,
                 figures_dir=args.figures_dir, progress=not args.no_progress, vectorize=args.vectorize,
-                stack_size=args.stack_size,
+                stack_size=args.stack_size, workers=args.workers,
             )
         elif args.command == "sweep":
             return _sweep(args)

@@ -6,8 +6,12 @@ and ``symopt sweep`` share.
 * :func:`build_model` and :func:`reset_run`: a network from a description, and a compiled
   (model, optimiser) pair put back in the state a fresh seed starts from, so that one
   compiled function serves every seed (and every sweep run on a worker);
+* how a rule is set up for these runs (:func:`make_optimizer`): a rule that updates only
+  some parameters (Muon) joined to AdamW over the rest (:func:`with_others` records that
+  in its hyperparameters), a Schedule-Free rule evaluated at its evaluation point
+  (:func:`evaluate_at_eval_params`);
 * a results *document* (``protocol``, ``hyperparameters``, ``compile_seconds`` and
-  ``runs`` keyed ``"<optimizer>/<seed>"`` with per-epoch lists): its table
+  ``runs`` keyed ``"<optimizer>/<seed>"`` with per-epoch lists, :func:`run_entry`): its table
   (:func:`table_document`, :func:`summarize_rows`) and figure (:func:`plot_document`,
   mean +- std over seeds per epoch). The experiment writes such documents as JSON, the
   sweep builds them from its SQLite store;
@@ -22,6 +26,7 @@ An application module: the library (core and training layer) never imports it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +35,10 @@ import numpy as np
 from . import report
 from .registry import display_name
 
-__all__ = ["MODEL", "SEED_OPTIMIZERS", "build_model", "reset_run", "table_document", "summarize_rows",
-           "plot_document", "welch_t", "paired_t", "compare_document", "adjacent_pairs",
-           "summarize_pairs"]
+__all__ = ["MODEL", "SEED_OPTIMIZERS", "OTHERS_RULE", "OTHERS_HYPERPARAMETERS", "RUN_METRICS", "build_model",
+           "reset_run", "with_others", "make_optimizer", "set_rule_hyperparameter", "evaluate_at_eval_params",
+           "run_entry", "table_document", "summarize_rows", "plot_document", "welch_t", "paired_t",
+           "compare_document", "adjacent_pairs", "summarize_pairs"]
 
 #: The rules the Theano seed compares, in its order; tables and figures list them first.
 SEED_OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adadelta", "adam"]
@@ -46,6 +52,17 @@ MODEL: dict[str, Any] = {
     "batchnorm": False,
     "dtype": "float32",
 }
+
+
+#: The rule for the parameters a rule does not accept (``Optimizer.accepted_ndims``; Muon
+#: updates the weight matrices only): AdamW with torch.optim.AdamW's defaults, joined to the
+#: rule by ``symopt.combine``. Stored with the rule's hyperparameters under ``"others"``.
+OTHERS_RULE = "adamw"
+OTHERS_HYPERPARAMETERS: dict[str, Any] = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8,
+                                          "weight_decay": 0.01}
+
+#: The per-epoch fields of a results document's run (and of a sweep's ``epochs`` rows).
+RUN_METRICS = ("epoch", "train_loss", "test_loss", "test_accuracy", "seconds")
 
 
 def build_model(mlp_cls: type, seed: int, model: dict[str, Any] | None = None) -> Any:
@@ -78,7 +95,90 @@ def reset_run(
     opt.load_state_dict(initial_state)
 
 
+def with_others(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``hyperparameters`` of rule ``name``, plus ``"others"`` if the rule accepts only some parameters.
+
+    ``"others"`` names the rule training the rest (:data:`OTHERS_RULE` at
+    :data:`OTHERS_HYPERPARAMETERS`), so that it is part of what a run records (and of a
+    sweep run's key). A rule that accepts every parameter gets nothing added.
+    """
+    from .registry import get
+
+    out = dict(hyperparameters)
+    accepted = get(name).accepted_ndims
+    if accepted is not None and "others" not in out:
+        out["others"] = {"rule": OTHERS_RULE, "parameters": f"those with ndim not in {list(accepted)}",
+                         "hyperparameters": dict(OTHERS_HYPERPARAMETERS)}
+    return out
+
+
+def make_optimizer(name: str, hyper: Mapping[str, Any], params: list[Any], **options: Any) -> Any:
+    """Rule ``name`` over ``params``, or over those it accepts ``combine``-d with the ``"others"`` rule over the rest.
+
+    ``hyper`` as :func:`with_others` gives it (values may be per-member vectors for a seed
+    stack). The split follows the rule's declared ``accepted_ndims`` (a seed axis,
+    ``tag.seed_axis``, not counted); parameters all of one kind need no combination.
+    ``options`` (e.g. ``stoppable=True``) go to every rule's constructor.
+    """
+    from .combine import combine
+    from .registry import get
+    from .seeds import seed_axis_ndim
+
+    cls = get(name)
+    own = {k: v for k, v in hyper.items() if k != "others"}
+    if cls.accepted_ndims is None:
+        return cls(params, **own, **options)
+    accepted = [p for p in params if seed_axis_ndim(p) in cls.accepted_ndims]
+    rest = [p for p in params if seed_axis_ndim(p) not in cls.accepted_ndims]
+    if not accepted:
+        raise ValueError(f"{name} updates parameters with ndim in {list(cls.accepted_ndims)} only; the model has none")
+    if not rest:
+        return cls(params, **own, **options)
+    others = with_others(name, hyper)["others"]
+    return combine(**{name: cls(accepted, **own, **options),
+                      others["rule"]: get(others["rule"])(rest, **others["hyperparameters"], **options)})
+
+
+def set_rule_hyperparameter(opt: Any, name: str, key: str, value: Any) -> None:
+    """Set rule ``name``'s hyperparameter ``key`` in ``opt`` (:func:`make_optimizer`'s result).
+
+    In a combination only the rule's own member is changed: ``Combined.set_hyperparameter``
+    without a member would also set the ``"others"`` rule's value of the same name.
+    """
+    from .combine import Combined
+
+    if isinstance(opt, Combined):
+        opt.set_hyperparameter(key, value, member=name)
+    else:
+        opt.set_hyperparameter(key, value)
+
+
+def evaluate_at_eval_params(trainer: Any, opt: Any) -> None:
+    """Have ``trainer`` evaluate a Schedule-Free rule at its evaluation point x (``opt.eval_params()``).
+
+    Not at the point y where the gradients are taken: optax and the paper evaluate there.
+    Other rules are left as they are.
+    """
+    if not hasattr(opt, "eval_params"):
+        return
+    evaluate = trainer._evaluate
+
+    def at_eval_params() -> Any:
+        with opt.eval_params():
+            return evaluate()
+
+    trainer._evaluate = at_eval_params
+
+
 # ---------------------------------------------------------------------------- results documents
+def run_entry(optimizer: str, seed: int, history: Sequence[Mapping[str, Any]], **extra: Any) -> dict[str, Any]:
+    """A results document's run from its per-epoch rows (``EpochRecord.as_dict()``, as the sweep
+    engine returns them, or a sweep database's ``epochs`` rows): one list per :data:`RUN_METRICS`
+    field, then ``extra`` (e.g. ``finished``, ``stacked_seeds``)."""
+    return {"optimizer": optimizer, "seed": int(seed), **{m: [row[m] for row in history] for m in RUN_METRICS},
+            **extra}
+
+
 def _grouped(doc: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     """optimizer -> metric -> array (seeds, epochs), the seed's rules first, in its order.
 

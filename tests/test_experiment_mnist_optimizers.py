@@ -15,6 +15,7 @@ import symopt
 from symopt._io import file_lock
 from symopt.experiments import mnist_optimizers as mo
 from symopt.experiments import run_experiment
+from symopt.mnist_runs import evaluate_at_eval_params, set_rule_hyperparameter, with_others
 from symopt.seeds import SeedTrainer
 from symopt.train import Trainer
 
@@ -260,7 +261,7 @@ def test_muon_gets_the_matrices_and_adamw_the_rest(stacked):
     model = MLP([6, 5, 3], seed=0)
     params = SeedStack(lambda s: MLP([6, 5, 3], seed=s), [0, 1]).params if stacked else model.params
     shapes = [p.get_value().shape[1 if stacked else 0:] for p in params]
-    hyper = mo._hyperparameters(symopt.get("muon"), "muon")
+    hyper = with_others("muon", symopt.get("muon").hyperparameters)
     opt = mo.make_optimizer("muon", hyper, params)
     assert list(opt.members) == ["muon", "adamw"]
     assert [p.get_value().shape[1 if stacked else 0:] for p in opt.members["muon"].params] == [
@@ -269,8 +270,13 @@ def test_muon_gets_the_matrices_and_adamw_the_rest(stacked):
     adamw = opt.members["adamw"]
     for name, value in TORCH_ADAMW.items():
         assert adamw.get_hyperparameter(name) == pytest.approx(value, rel=1e-12), name
+    # what the sweep engine sets before a run reaches Muon only (AdamW also has a weight_decay)
+    set_rule_hyperparameter(opt, "muon", "weight_decay", 0.2)
+    assert opt.members["muon"].get_hyperparameter("weight_decay") == pytest.approx(0.2, rel=1e-12)
+    assert adamw.get_hyperparameter("weight_decay") == pytest.approx(0.01, rel=1e-12)
     # a rule that accepts every parameter is built alone
-    assert type(mo.make_optimizer("lamb", mo._hyperparameters(symopt.get("lamb"), "lamb"), params)) is symopt.get("lamb")
+    lamb = with_others("lamb", symopt.get("lamb").hyperparameters)
+    assert "others" not in lamb and type(mo.make_optimizer("lamb", lamb, params)) is symopt.get("lamb")
 
 
 def test_schedule_free_is_evaluated_at_x():
@@ -282,10 +288,10 @@ def test_schedule_free_is_evaluated_at_x():
     x_train, y_train = rng.normal(size=(256, 6)).astype("float32"), rng.integers(0, 3, 256)
     x_test, y_test = rng.normal(size=(100, 6)).astype("float32"), rng.integers(0, 3, 100)
     model = MLP([6, 5, 3], seed=0, dropout=0.0)
-    hyper = mo._hyperparameters(symopt.get("schedule_free_adamw"), "schedule_free_adamw")
+    hyper = with_others("schedule_free_adamw", symopt.get("schedule_free_adamw").hyperparameters)
     opt = mo.make_optimizer("schedule_free_adamw", hyper, model.params)
     trainer = Trainer(model, opt, x_train, y_train, x_test, y_test, batch_size=32)
-    mo._evaluate_at_eval_params(trainer, opt)
+    evaluate_at_eval_params(trainer, opt)
     trainer.run_epoch(np.random.default_rng(1))
     loss, acc = trainer._evaluate()
     beta1 = hyper["beta1"]

@@ -6,22 +6,28 @@ seeds; per-epoch train loss, test loss and test accuracy are stored per
 network, so the model here is stated in :data:`MODEL`: 784-100-100-100-100-10, ReLU,
 He initialisation, dropout 0.2 after every hidden layer.
 
+Training is ``symopt sweep``'s: :func:`bench` builds the equivalent sweep configuration
+(:func:`sweep_config`; the full protocol is ``experiments/sweeps/mnist-optimizers.toml``) and
+trains its runs with the sweep engine's tasks (:mod:`symopt.sweep.engine`), in this process
+or on local Dask workers (``--workers``). A rule's seeds train together as one seed stack
+(``stack_size`` at a time); a compiled function serves every seed, reset before each to a
+fresh ``MLP(seed=seed)`` and the optimiser state captured right after construction
+(:func:`symopt.mnist_runs.reset_run`). Only the results file is bench-mnist's own.
+
 Resumable: the results file is a JSON document whose ``runs`` are keyed
 ``"<optimizer>/<seed>"``; every finished run is written (atomically) right after it
-finishes and re-running skips finished runs. Several processes may fill one file side
-by side (different optimisers): each write re-reads it under a lock and keeps the
-others' runs. One train and one eval function is compiled per optimiser and reused for
-all its seeds: before each seed the parameters and dropout streams are set to those of
-a fresh ``MLP(seed=seed)`` and the optimiser state (slots, step counter) to the state
-captured right after construction.
+finishes (a stack's runs when the stack finishes) and re-running skips finished runs.
+Several processes may fill one file side by side (different optimisers): each write
+re-reads it under a lock and keeps the others' runs.
 
 Every registered rule runs (``bench-mnist --optimizers muon,adafactor,lamb``), with its
-defaults. A rule that updates only some parameters (``Optimizer.accepted_ndims``: Muon
+defaults (the seed's settings for the seed's rules, :data:`SEED_HYPERPARAMETERS`). As in
+every sweep, a rule that updates only some parameters (``Optimizer.accepted_ndims``: Muon
 takes the 2-D weight matrices) is joined by :func:`symopt.combine` to AdamW
-(:data:`OTHERS_HYPERPARAMETERS`) over the rest; the results file records that under the
-rule's ``hyperparameters["others"]``. A rule whose constructor refuses seed-stacked
-parameters (Prodigy) trains its seeds one after another; a Schedule-Free rule is
-evaluated at its evaluation point ``x`` (``opt.eval_params()``).
+(:data:`OTHERS_HYPERPARAMETERS`) over the rest, recorded under the rule's
+``hyperparameters["others"]``; a rule that refuses seed-stacked parameters (Prodigy)
+trains its seeds one after another; a Schedule-Free rule is evaluated at its evaluation
+point ``x`` (``opt.eval_params()``).
 """
 
 from __future__ import annotations
@@ -35,14 +41,18 @@ import numpy as np
 
 from .._checks import check_integer
 from .._io import file_lock
-from ..mnist_runs import (  # noqa: F401  (MODEL, build_model, reset_run: this experiment's names for them)
+from ..mnist_runs import (  # noqa: F401  (MODEL, build_model, reset_run, make_optimizer, OTHERS_*: this experiment's)
     MODEL,
+    OTHERS_HYPERPARAMETERS,
+    OTHERS_RULE,
     SEED_OPTIMIZERS,
     adjacent_pairs,
     build_model,
     compare_document,
+    make_optimizer,
     plot_document,
     reset_run,
+    run_entry,
     summarize_pairs,
     summarize_rows,
     table_document,
@@ -68,13 +78,6 @@ SEED_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
     "adadelta": {"learning_rate": 1.0, "rho": 0.95, "epsilon": 1e-6},
     "adam": {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "beta1_decay": 1 - 1e-8},
 }
-
-#: The rule for the parameters a rule does not accept (``Optimizer.accepted_ndims``; Muon
-#: updates the weight matrices only): AdamW with torch.optim.AdamW's defaults, joined to the
-#: rule by ``symopt.combine``. Stored with the rule's hyperparameters under ``"others"``.
-OTHERS_RULE = "adamw"
-OTHERS_HYPERPARAMETERS: dict[str, Any] = {"learning_rate": 1e-3, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8,
-                                          "weight_decay": 0.01}
 
 #: Whether bench-mnist stacks an optimiser's seeds into one compiled step by default
 #: (benchmarks/seeds_step.py measures both ways; see experiments/README.md).
@@ -102,59 +105,27 @@ def run(results_dir: Path, quick: bool = False, seed: int = 0) -> Path:
 
 
 # ---------------------------------------------------------------------------- running
-def _hyperparameters(cls: type, name: str) -> dict[str, Any]:
-    """Explicit hyperparameters for rule ``name``: the seed's where it gives them, else the defaults.
+def sweep_config(
+    optimizers: list[str], seeds: int, epochs: int, batch_size: int, *, first_seed: int = 0,
+    n_train: int | None = None, n_test: int | None = None, stack_size: int | None = None,
+) -> dict[str, Any]:
+    """The sweep configuration (``symopt sweep``'s TOML, as a dict) that trains what :func:`bench` trains.
 
-    A rule that accepts only some parameters (``cls.accepted_ndims``) also records, under
-    ``"others"``, the rule training the rest (:data:`OTHERS_RULE`) and its settings.
+    The seed's hyperparameters where it gives them (:data:`SEED_HYPERPARAMETERS`), else
+    the rule's defaults; the mnist-optimizers model (the sweep's default); all of MNIST,
+    or the seeded subset of ``n_train`` training and ``n_test`` test images (``n_test``
+    alone keeps the full data, as the results file's protocol has always meant).
+    ``stack_size`` seeds of a rule train as one seed stack (default: all of them).
+    ``experiments/sweeps/mnist-optimizers.toml`` is the full protocol written out.
     """
-    values = {k: v for k, v in cls.hyperparameters.items()}
-    values.update(SEED_HYPERPARAMETERS.get(name, {}))
-    if cls.accepted_ndims is not None:
-        values["others"] = {
-            "rule": OTHERS_RULE,
-            "parameters": f"those with ndim not in {list(cls.accepted_ndims)}",
-            "hyperparameters": dict(OTHERS_HYPERPARAMETERS),
-        }
-    return values
-
-
-def make_optimizer(name: str, hyper: dict[str, Any], params: list[Any]) -> Any:
-    """Rule ``name`` over ``params``, or over those it accepts ``combine``-d with AdamW over the rest.
-
-    ``hyper`` as :func:`_hyperparameters` gives it. The split follows the rule's declared
-    ``accepted_ndims`` (a seed axis, ``tag.seed_axis``, not counted).
-    """
-    import symopt
-    from symopt.seeds import seed_axis_ndim
-
-    cls = symopt.get(name)
-    own = {k: v for k, v in hyper.items() if k != "others"}
-    if cls.accepted_ndims is None:
-        return cls(params, **own)
-    accepted = [p for p in params if seed_axis_ndim(p) in cls.accepted_ndims]
-    rest = [p for p in params if seed_axis_ndim(p) not in cls.accepted_ndims]
-    if not accepted:
-        raise ValueError(f"{name} updates parameters with ndim in {list(cls.accepted_ndims)} only; the model has none")
-    if not rest:
-        return cls(params, **own)
-    others = hyper["others"]
-    return symopt.combine(**{name: cls(accepted, **own),
-                             others["rule"]: symopt.get(others["rule"])(rest, **others["hyperparameters"])})
-
-
-def _evaluate_at_eval_params(trainer: Any, opt: Any) -> None:
-    """Schedule-Free rules are evaluated at their evaluation point x (``opt.eval_params()``),
-    not at the point y where the gradients are taken, as optax and the paper evaluate them."""
-    if not hasattr(opt, "eval_params"):
-        return
-    evaluate = trainer._evaluate
-
-    def at_eval_params() -> Any:
-        with opt.eval_params():
-            return evaluate()
-
-    trainer._evaluate = at_eval_params
+    config: dict[str, Any] = {
+        "epochs": epochs, "seeds": seeds, "first_seed": first_seed, "batch_size": batch_size,
+        "stack_size": seeds if stack_size is None else stack_size,
+        "optimizers": {name: dict(SEED_HYPERPARAMETERS.get(name, {})) for name in optimizers},
+    }
+    if n_train is not None:  # (load_config validates every value, naming the field)
+        config["data"] = {"n_train": n_train, **({"n_test": n_test} if n_test is not None else {})}
+    return config
 
 
 def _protocol(epochs: int, batch_size: int, n_train: int | None, n_test: int | None) -> dict[str, Any]:
@@ -196,7 +167,7 @@ def _key(name: str, seed: int) -> str:
 
 
 def _log(progress: bool, text: str) -> None:
-    """One line per compiled optimiser and finished run (``progress`` only adds the tqdm bars)."""
+    """One line per compiled optimiser and finished run (``progress`` only adds the bar over runs)."""
     print(text, file=sys.stderr, flush=True)
 
 
@@ -214,20 +185,26 @@ def bench(
     n_test: int | None = None,
     vectorize: bool | None = None,
     stack_size: int | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Train every ``optimizer`` from seeds ``first_seed .. first_seed + seeds - 1``; resumable.
 
-    Runs already in ``results`` are skipped; each finished run is written to it at once
-    (atomically). ``n_train``/``n_test`` restrict MNIST to a seeded subset (for quick
+    The runs of :func:`sweep_config`, trained by the sweep engine's own tasks
+    (:func:`symopt.sweep.engine.train_run`, :func:`~symopt.sweep.engine.train_stack`):
+    in this process, or with ``workers`` on that many local Dask workers (the ``sweep``
+    extra). Runs already in ``results`` are skipped; each finished run is written to it at
+    once (atomically). ``n_train``/``n_test`` restrict MNIST to a seeded subset (for quick
     runs). With ``figures_dir`` the figures are drawn afterwards. Returns ``results``.
 
     ``vectorize`` trains an optimiser's seeds together in one compiled step
     (:mod:`symopt.seeds`; the same results up to float round-off), ``stack_size`` seeds
-    at a time (default: all of them); ``None`` means :data:`VECTORIZE_DEFAULT`. Runs of
-    a stack are written when the stack finishes.
+    at a time (default: all of them); ``None`` means :data:`VECTORIZE_DEFAULT`. A rule
+    that refuses seed stacks (Prodigy) trains seed by seed. Runs of a stack are written
+    when the stack finishes.
     """
     import symopt
-    from symopt.nn import MLP
+    from symopt.sweep.config import load_config
+    from symopt.sweep.engine import plan_stacks, run_tasks
 
     if not optimizers:
         raise ValueError("no optimizers given")
@@ -243,12 +220,16 @@ def bench(
     checks = [("seeds", seeds), ("epochs", epochs), ("batch_size", batch_size)]
     if stack_size is not None:
         checks.append(("stack_size", stack_size))
+    if workers is not None:
+        checks.append(("workers", workers))
     for label, value in checks:
         check_integer(label, value, 1)
+    cfg = load_config(sweep_config(names, seeds, epochs, batch_size, first_seed=first_seed, n_train=n_train,
+                                   n_test=n_test, stack_size=stack_size if vectorize else 1))
     results = Path(results)
     protocol = _protocol(epochs, batch_size, n_train, n_test)
     doc = _load_document(results, protocol)
-    wanted = {name: _hyperparameters(symopt.get(name), name) for name in names}
+    wanted = {name: cfg.grid[name][0] for name in names}
     for name, hyper in wanted.items():
         stored = doc["hyperparameters"].get(name)
         if stored is not None and stored != hyper:
@@ -256,31 +237,16 @@ def bench(
                 f"{results} holds {name} runs with hyperparameters {stored}, this run would use {hyper}; "
                 f"use another --results path"
             )
-    seed_list = list(range(int(first_seed), int(first_seed) + int(seeds)))
-    todo = {name: [s for s in seed_list if _key(name, s) not in doc["runs"]] for name in names}
-    skipped = sum(len(seed_list) - len(v) for v in todo.values())
-    if skipped:
-        _log(progress, f"{results}: {skipped} finished run(s) found, skipping them")
-    if any(todo.values()):
-        data = _data(n_train, n_test)
-        for name in names:
-            if not todo[name]:
-                continue
-            if vectorize and not symopt.get(name).stackable:
-                _log(progress, f"{name}: the rule refuses seed stacks (stackable=False); training seed by seed")
-                doc = _bench_optimizer(name, wanted[name], todo[name], data, protocol, doc, results, progress, MLP)
-            elif vectorize:
-                size = len(todo[name]) if stack_size is None else int(stack_size)
-                for at in range(0, len(todo[name]), size):
-                    chunk = todo[name][at:at + size]
-                    stacked = _bench_stacked(name, wanted[name], chunk, data, protocol, results, progress, MLP)
-                    if stacked is None:  # the rule's constructor refused the stack: seed by seed
-                        doc = _bench_optimizer(name, wanted[name], todo[name][at:], data, protocol, doc, results,
-                                               progress, MLP)
-                        break
-                    doc = stacked
-            else:
-                doc = _bench_optimizer(name, wanted[name], todo[name], data, protocol, doc, results, progress, MLP)
+    specs = cfg.runs()
+    todo = [spec for spec in specs if _key(spec.optimizer, spec.seed) not in doc["runs"]]
+    if len(todo) < len(specs):
+        _log(progress, f"{results}: {len(specs) - len(todo)} finished run(s) found, skipping them")
+    if todo:
+        tasks, refused = plan_stacks(todo, cfg.stack_size)
+        for name, reason in refused.items():
+            _log(progress, f"{name}: training seed by seed ({reason})")
+        run_tasks(tasks, _ResultsFile(results, protocol, progress), workers=workers, total=len(specs),
+                  skipped=len(specs) - len(todo), progress=progress)
     elif not results.exists():
         _common.write_json(results, doc)
     if figures_dir is not None:
@@ -290,103 +256,52 @@ def bench(
     return results
 
 
-def _data(n_train: int | None, n_test: int | None) -> Any:
-    if n_train is None:
-        from symopt.data import load_mnist
+class _ResultsFile:
+    """The results file as the sweep engine's store: each finished run written at once, atomically.
 
-        return load_mnist()
-    return _common.mnist_subset(n_train, n_test, seed=0)
+    Several processes may fill one file side by side: each write re-reads it under a lock
+    and keeps the others' runs. A failed run is raised, not recorded.
+    """
 
+    def __init__(self, path: Path, protocol: dict[str, Any], progress: bool):
+        self.path, self.protocol, self.progress = path, protocol, progress
 
-def _bench_optimizer(
-    name: str, hyper: dict[str, Any], seeds: list[int], data: Any, protocol: dict[str, Any],
-    doc: dict[str, Any], results: Path, progress: bool, mlp_cls: type,
-) -> dict[str, Any]:
-    import symopt
-    from symopt.train import Trainer
-
-    model = build_model(mlp_cls, seeds[0])
-    opt = make_optimizer(name, hyper, model.params)
-    initial_state = opt.state_dict()
-    start = time.perf_counter()
-    trainer = Trainer(model, opt, data.x_train, data.y_train, data.x_test, data.y_test,
-                      batch_size=protocol["batch_size"], on_nonfinite="continue")  # as the stacked seeds
-    _evaluate_at_eval_params(trainer, opt)
-    trainer.warm_up()
-    compile_seconds = time.perf_counter() - start
-    _log(progress, f"{name}: compiled in {compile_seconds:.1f} s; seeds {seeds[0]}..{seeds[-1]}")
-    for seed in seeds:
-        reset_run(model, opt, initial_state, seed, mlp_cls)
-        history = trainer.fit(protocol["epochs"], seed, progress=progress)
-        record = _run_record(name, seed, history)
-        doc = _record(results, protocol, name, hyper, compile_seconds, [record], progress)
-    return doc
-
-
-def _run_record(name: str, seed: int, history: list[Any], **extra: Any) -> dict[str, Any]:
-    return {
-        "optimizer": name,
-        "seed": seed,
-        "epoch": [r.epoch for r in history],
-        "train_loss": [r.train_loss for r in history],
-        "test_loss": [r.test_loss for r in history],
-        "test_accuracy": [r.test_accuracy for r in history],
-        "seconds": [r.seconds for r in history],
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        **extra,
-    }
+    def record(self, spec: Any, result: dict[str, Any] | None = None, error: str | None = None) -> bool:
+        if result is None:
+            raise RuntimeError(f"{spec.optimizer} seed {spec.seed} failed: {error}")
+        extra = {"stacked_seeds": result["stack_size"]} if result.get("stack_size") else {}
+        run = run_entry(spec.optimizer, spec.seed, result["history"], finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+                        **extra)
+        _record(self.path, self.protocol, spec.optimizer, spec.hyperparameters, result["compile_seconds"], [run],
+                self.progress)
+        return True
 
 
 def _record(
     results: Path, protocol: dict[str, Any], name: str, hyper: dict[str, Any], compile_seconds: float,
     records: list[dict[str, Any]], progress: bool,
 ) -> dict[str, Any]:
-    """Add finished runs to the results file (one atomic write) and log them."""
+    """Add finished runs to the results file (one atomic write) and log them.
+
+    ``compile_seconds`` (0: the compiled function was reused) is kept for the rule's first
+    compilation recorded in the file.
+    """
     # Re-read under the lock so runs another process (bench-mnist side by side) wrote are kept.
     with file_lock(results):
         doc = _load_document(results, protocol) if results.exists() else _new_document(protocol)
         doc["hyperparameters"][name] = hyper
-        doc["compile_seconds"].setdefault(name, compile_seconds)
+        if compile_seconds:
+            doc["compile_seconds"].setdefault(name, compile_seconds)
         for record in records:
             doc["runs"][_key(name, record["seed"])] = record
         _common.write_json(results, doc)
+    if compile_seconds:
+        _log(progress, f"{name}: compiled in {compile_seconds:.1f} s")
     for record in records:
+        stacked = f" (stack of {record['stacked_seeds']})" if "stacked_seeds" in record else ""
         _log(progress, f"{name} seed {record['seed']}: test accuracy {record['test_accuracy'][-1]:.4f}, "
-                       f"train loss {record['train_loss'][-1]:.4f}, {np.mean(record['seconds']):.2f} s/epoch")
+                       f"train loss {record['train_loss'][-1]:.4f}, {np.mean(record['seconds']):.2f} s/epoch{stacked}")
     return doc
-
-
-def _bench_stacked(
-    name: str, hyper: dict[str, Any], seeds: list[int], data: Any, protocol: dict[str, Any],
-    results: Path, progress: bool, mlp_cls: type,
-) -> dict[str, Any] | None:
-    """All ``seeds`` of one optimiser in one compiled step (``symopt.seeds``).
-
-    ``None`` when the rule refuses seed-stacked parameters (its reductions would mix the
-    seeds, e.g. Prodigy's distance estimate): the caller then trains them seed by seed.
-    """
-    from symopt.seeds import SeedStack, SeedTrainer
-
-    start = time.perf_counter()
-    stack = SeedStack(lambda seed: build_model(mlp_cls, seed), seeds)
-    try:
-        opt = make_optimizer(name, hyper, stack.params)
-    except ValueError as exc:
-        if "seed stack" not in str(exc):
-            raise
-        _log(progress, f"{name}: refuses seed stacks ({exc}); training seed by seed")
-        return None
-    trainer = SeedTrainer(stack, opt, data.x_train, data.y_train, data.x_test,
-                          data.y_test, batch_size=protocol["batch_size"])
-    _evaluate_at_eval_params(trainer, opt)
-    trainer.warm_up()
-    compile_seconds = time.perf_counter() - start
-    _log(progress, f"{name}: {len(seeds)} seeds stacked, compiled in {compile_seconds:.1f} s; "
-                   f"seeds {seeds[0]}..{seeds[-1]}")
-    histories = trainer.fit(protocol["epochs"], seeds, progress=progress)
-    # seconds: the stacked epoch's wall time divided by the number of seeds.
-    records = [_run_record(name, seed, history, stacked_seeds=len(seeds)) for seed, history in zip(seeds, histories)]
-    return _record(results, protocol, name, hyper, compile_seconds, records, progress)
 
 
 # ---------------------------------------------------------------------------- reading

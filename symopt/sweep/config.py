@@ -59,6 +59,7 @@ from typing import Any
 from .._checks import is_integer, is_real
 from .._optuna import SAMPLERS as _SAMPLERS
 from ..mnist_runs import MODEL as _MNIST_MLP
+from ..mnist_runs import with_others
 
 __all__ = [
     "ConfigError",
@@ -363,11 +364,11 @@ def _check_hyperparameters(where: str, prefix: str, name: str, hyper: dict[str, 
     import numpy as np
     import pytensor
 
-    import symopt
+    from ..mnist_runs import make_optimizer
 
     dummy = pytensor.shared(np.zeros((2, 2), dtype="float32"), name="dummy")
     try:
-        symopt.get(name)([dummy], **hyper)
+        make_optimizer(name, hyper, [dummy])
     except (TypeError, ValueError) as exc:
         raise _fail(where, prefix.rstrip("."), str(exc)) from None
 
@@ -421,7 +422,8 @@ def _grid(where: str, value: Any) -> dict[str, list[dict[str, Any]]]:
             axes.append((key, [v if isinstance(v, bool) else float(v) for v in values]))
         settings = []
         for combo in itertools.product(*(vals for _, vals in axes)):
-            setting = {**defaults, **{k: v for (k, _), v in zip(axes, combo)}}
+            # a rule that updates only some parameters (Muon) names the rule for the rest: see with_others
+            setting = with_others(name, {**defaults, **{k: v for (k, _), v in zip(axes, combo)}})
             _check_hyperparameters(where, f"optimizers.{raw_name}.", name, setting)
             settings.append(setting)
         grid[name] = settings

@@ -5,10 +5,12 @@ its compiled (model, optimiser) functions between tasks: the cache key is the mo
 data, the batch size, the optimiser and its *structure* (boolean options, enabled gradient
 transforms, the slots it keeps); numeric hyperparameters are shared scalars set with
 ``opt.set_hyperparameter``, so one compiled function serves every value of a grid axis.
-Before a run the parameters, dropout streams and optimiser state are reset exactly as
-the mnist-optimizers experiment does between seeds (:func:`symopt.mnist_runs.reset_run`),
-so a run's numbers do not depend on which worker trains it or what that worker trained
-before.
+Before a run the parameters, dropout streams and optimiser state are reset to those of a
+fresh seed (:func:`symopt.mnist_runs.reset_run`), so a run's numbers do not depend on which
+worker trains it or what that worker trained before. Rules are set up as
+:func:`symopt.mnist_runs.make_optimizer` does: a rule that updates only some parameters
+(Muon) is combined with the AdamW its hyperparameters name under ``"others"``; a
+Schedule-Free rule is evaluated at its evaluation point x.
 
 Stacked tasks (``stack_size`` > 1): the client groups the pending runs of one compiled
 structure (rule and structure as above, model, data, batch size, epochs; equal transform
@@ -33,6 +35,9 @@ with its configured metric after every epoch; a stacked task a
 :class:`~symopt.plateau.MemberReduceLROnPlateau` and an EarlyStopping that freezes each
 stopped member (the stack's optimiser is built ``stoppable``), so each member records its
 unstacked run: the same learning rates, the same stop epoch, its history cut there.
+
+``symopt bench-mnist`` trains its runs with the same tasks (:func:`run_tasks`: in its own
+process, or on local Dask workers), recording them in its JSON results file instead.
 
 Client side: :func:`run_sweep` opens the store (refusing a locked, corrupt, in-use or
 other-protocol database before any work), skips runs already done, submits the rest,
@@ -68,7 +73,7 @@ from .config import RunSpec, SweepConfig, canonical_json, load_config
 from .store import ResultStore
 
 __all__ = ["SweepReport", "SchedulerUnreachableError", "check_scheduler_address", "dask_client", "load_data",
-           "plan_stacks", "run_sweep", "train_run", "train_stack", "WORKER_ENV"]
+           "plan_stacks", "run_sweep", "run_tasks", "train_run", "train_stack", "WORKER_ENV"]
 
 #: Set in worker processes before they start: one BLAS thread (measured fastest here for
 #: batch-128 matmuls; several threads per worker would also oversubscribe the cores).
@@ -77,6 +82,7 @@ WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THRE
 CACHE_SIZE = 8
 
 _DATA: dict[str, Any] = {}
+_cache_limit = CACHE_SIZE
 _COMPILED: OrderedDict[str, _Compiled] = OrderedDict()
 
 
@@ -148,9 +154,10 @@ def load_data(data: Mapping[str, Any], data_dir: str | None = None) -> Any:
 
 
 def _remember(key: str, entry: _Compiled) -> _Compiled:
-    """Keep ``entry`` in the worker's cache, dropping the least recently used beyond CACHE_SIZE."""
+    """Keep ``entry`` in the worker's cache, dropping the least recently used beyond :data:`CACHE_SIZE`
+    (one in an in-process run, :func:`run_tasks`)."""
     _COMPILED[key] = entry
-    while len(_COMPILED) > CACHE_SIZE:
+    while len(_COMPILED) > _cache_limit:
         _COMPILED.popitem(last=False)
     return entry
 
@@ -160,15 +167,17 @@ def _structure(name: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
     import numpy as np
     import pytensor
 
-    import symopt
     from symopt.optimizer import TRANSFORM_SETTINGS
 
+    from ..mnist_runs import make_optimizer
+
     dummy = pytensor.shared(np.zeros((2, 2), dtype="float32"))
-    opt = symopt.get(name)([dummy], **hyperparameters)  # builds shared scalars only, compiles nothing
+    opt = make_optimizer(name, hyperparameters, [dummy])  # builds shared scalars only, compiles nothing
     return {
         "options": {k: v for k, v in hyperparameters.items() if isinstance(v, bool)},
         "transforms": sorted(k for k in hyperparameters if k in TRANSFORM_SETTINGS),
         "slots": sorted(opt.active_slots()),
+        "others": hyperparameters.get("others"),  # the rule combined with a partial one (Muon), fixed at construction
     }
 
 
@@ -207,6 +216,15 @@ def _stacked_hyperparameters(name: str, hyperparameters: Mapping[str, Any], size
     return {k: np.full(size, float(v)) if k in vary else v for k, v in hyperparameters.items()}
 
 
+def _numeric(hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The values a compiled function takes as shared scalars, set before each run.
+
+    Not the booleans (structure, fixed at construction) nor ``"others"`` (the rule combined
+    with a partial one, part of the structure: see :func:`_structure`).
+    """
+    return {k: v for k, v in hyperparameters.items() if k != "others" and not isinstance(v, bool)}
+
+
 def _stack_refusal(name: str, hyperparameters: Mapping[str, Any],
                    protocol: Mapping[str, Any] | None = None) -> str | None:
     """Why runs of this rule and setting cannot share a seed stack (``None``: they can).
@@ -218,14 +236,15 @@ def _stack_refusal(name: str, hyperparameters: Mapping[str, Any],
     import numpy as np
     import pytensor
 
-    import symopt
     from symopt.transforms import seed_coupling_transforms
+
+    from ..mnist_runs import make_optimizer
 
     dummy = pytensor.shared(np.zeros((2, 2, 2), dtype="float32"), name="dummy[seeds]")
     dummy.tag.seed_axis = True
     try:
-        opt = symopt.get(name)([dummy], **_stacked_hyperparameters(name, hyperparameters, 2),
-                               **_stack_options(protocol or {}))
+        opt = make_optimizer(name, _stacked_hyperparameters(name, hyperparameters, 2), [dummy],
+                             **_stack_options(protocol or {}))
     except (TypeError, ValueError) as exc:
         return str(exc)
     coupled = seed_coupling_transforms(opt)
@@ -268,11 +287,10 @@ def plan_stacks(todo: list[RunSpec], stack_size: int) -> tuple[list[list[RunSpec
 
 def _compiled(task: Mapping[str, Any], data: Any) -> tuple[_Compiled, bool]:
     """The worker's compiled function for this run's structure; (entry, was it cached)."""
-    import symopt
     from symopt.nn import MLP
     from symopt.train import Trainer
 
-    from ..mnist_runs import build_model
+    from ..mnist_runs import build_model, evaluate_at_eval_params, make_optimizer
 
     protocol, name, hyper = task["protocol"], task["optimizer"], task["hyperparameters"]
     key = canonical_json({"model": protocol["model"], "data": protocol["data"], "data_dir": task.get("data_dir"),
@@ -283,9 +301,10 @@ def _compiled(task: Mapping[str, Any], data: Any) -> tuple[_Compiled, bool]:
         return _COMPILED[key], True
     start = time.perf_counter()
     model = build_model(MLP, int(task["seed"]), protocol["model"])
-    opt = symopt.get(name)(model.params, **hyper)
+    opt = make_optimizer(name, hyper, model.params)
     trainer = Trainer(model, opt, data.x_train, data.y_train, data.x_test, data.y_test,
                       batch_size=protocol["batch_size"], on_nonfinite="continue")  # diverged runs are results
+    evaluate_at_eval_params(trainer, opt)
     trainer.warm_up()
     return _remember(key, _Compiled(model, opt, trainer, opt.state_dict(), time.perf_counter() - start)), False
 
@@ -399,16 +418,15 @@ def train_run(task: Mapping[str, Any]) -> dict[str, Any]:
     """
     from symopt.nn import MLP
 
-    from ..mnist_runs import reset_run
+    from ..mnist_runs import reset_run, set_rule_hyperparameter
 
     protocol = task["protocol"]
     data = load_data(protocol["data"], task.get("data_dir"))
     entry, cached = _compiled(task, data)
     seed = int(task["seed"])
     reset_run(entry.model, entry.opt, entry.initial_state, seed, MLP, protocol["model"])
-    for name, value in task["hyperparameters"].items():
-        if not isinstance(value, bool):  # booleans are structure, fixed at construction
-            entry.opt.set_hyperparameter(name, value)
+    for name, value in _numeric(task["hyperparameters"]).items():
+        set_rule_hyperparameter(entry.opt, task["optimizer"], name, value)
     start = time.perf_counter()
     histories, fates = _fit(entry.trainer, entry.opt, protocol, [seed], stacked=False)
     entry.runs += 1
@@ -425,11 +443,10 @@ def train_run(task: Mapping[str, Any]) -> dict[str, Any]:
 
 def _compiled_stack(task: Mapping[str, Any], data: Any, size: int) -> tuple[_Compiled, bool]:
     """The worker's compiled stacked step for ``size`` members of this structure; (entry, was it cached)."""
-    import symopt
     from symopt.nn import MLP
     from symopt.seeds import SeedStack, SeedTrainer
 
-    from ..mnist_runs import build_model
+    from ..mnist_runs import build_model, evaluate_at_eval_params, make_optimizer
 
     protocol, name, hyper = task["protocol"], task["optimizer"], task["hyperparameters"]
     key = canonical_json({"model": protocol["model"], "data": protocol["data"], "data_dir": task.get("data_dir"),
@@ -442,9 +459,10 @@ def _compiled_stack(task: Mapping[str, Any], data: Any, size: int) -> tuple[_Com
     start = time.perf_counter()
     # Placeholder seeds: each task loads its own members (SeedStack.reset).
     stack = SeedStack(lambda seed: build_model(MLP, seed, protocol["model"]), list(range(size)))
-    opt = symopt.get(name)(stack.params, **_stacked_hyperparameters(name, hyper, size), **_stack_options(protocol))
+    opt = make_optimizer(name, _stacked_hyperparameters(name, hyper, size), stack.params, **_stack_options(protocol))
     trainer = SeedTrainer(stack, opt, data.x_train, data.y_train, data.x_test, data.y_test,
                           batch_size=protocol["batch_size"], on_nonfinite="continue")  # as train_run
+    evaluate_at_eval_params(trainer, opt)
     trainer.warm_up()
     return _remember(key, _Compiled(stack, opt, trainer, opt.state_dict(), time.perf_counter() - start)), False
 
@@ -458,11 +476,11 @@ def train_stack(task: Mapping[str, Any]) -> list[dict[str, Any]]:
     and follows its seed's data order and dropout stream, as its unstacked run does.
     ``seconds`` of an epoch is the stacked epoch's wall time divided by the members;
     ``train_seconds`` likewise; ``compile_seconds`` is given to the first member only (the
-    column then still sums to the time spent compiling).
+    column then still sums to the time spent compiling); ``stack_size`` is the number of members.
     """
     from symopt.nn import MLP
 
-    from ..mnist_runs import build_model
+    from ..mnist_runs import build_model, set_rule_hyperparameter
 
     members = list(task["members"])
     if not members:
@@ -479,15 +497,13 @@ def train_stack(task: Mapping[str, Any]) -> list[dict[str, Any]]:
     entry.model.reset(lambda seed: build_model(MLP, seed, protocol["model"]), seeds)
     entry.opt.load_state_dict(entry.initial_state)
     vary = set(_per_member_names(name, first["hyperparameters"]))
-    for key, value in first["hyperparameters"].items():
-        if isinstance(value, bool):  # structure, fixed at construction
-            continue
+    for key, value in _numeric(first["hyperparameters"]).items():
         if key in vary:
-            entry.opt.set_hyperparameter(key, [float(m["hyperparameters"][key]) for m in members])
+            set_rule_hyperparameter(entry.opt, name, key, [float(m["hyperparameters"][key]) for m in members])
         else:
             if any(m["hyperparameters"].get(key) != value for m in members[1:]):
                 raise ValueError(f"train_stack: the members differ in {key!r}, which a stack shares")
-            entry.opt.set_hyperparameter(key, value)
+            set_rule_hyperparameter(entry.opt, name, key, value)
     start = time.perf_counter()
     histories, fates = _fit(entry.trainer, entry.opt, protocol, seeds, stacked=True)
     train_seconds = (time.perf_counter() - start) / size
@@ -500,6 +516,7 @@ def train_stack(task: Mapping[str, Any]) -> list[dict[str, Any]]:
         "train_seconds": train_seconds,
         "worker": where,
         "pid": pid,
+        "stack_size": size,
         **fate,
     } for i, (m, history, fate) in enumerate(zip(members, histories, fates))]
 
@@ -786,23 +803,81 @@ def _placement(todo: list[RunSpec] | list[list[RunSpec]], workers: list[str]) ->
     return {tasks[i][0].key: workers[rank // chunk] for rank, i in enumerate(order)}
 
 
-def _collect(client: Any, tasks: list[list[RunSpec]], store: ResultStore, total: int, skipped: int,
+def _submission(task: list[RunSpec]) -> tuple[Any, dict[str, Any], str]:
+    """(worker function, its payload, a Dask key) of a task of one run or of a stack of runs."""
+    if len(task) == 1:
+        return train_run, task[0].as_task(), f"symopt-run-{task[0].key}"
+    name = hashlib.sha256(" ".join(s.key for s in task).encode()).hexdigest()[:32]
+    return train_stack, {"members": [s.as_task() for s in task]}, f"symopt-stack-{name}"
+
+
+def _record_task(task: list[RunSpec], value: Any, error: str | None, store: Any, bar: Any) -> tuple[int, int]:
+    """Record a finished (``value``) or failed (``error``) task's runs, each on its own; (done, failed).
+
+    ``store`` is anything with :meth:`ResultStore.record`'s signature (``symopt bench-mnist``
+    gives its JSON results file).
+    """
+    done = failed = 0
+    # A stacked task returns one result per member; if it fails, each member failed.
+    results = value if isinstance(value, list) else [value] * len(task)
+    for spec, result in zip(task, results):
+        if result is not None and result["key"] != spec.key:
+            raise RuntimeError(f"a worker returned run {result['key']} for run {spec.key}")
+        if store.record(spec, result=result, error=error):
+            if error is None:
+                done += 1
+            else:
+                failed += 1
+                _log(f"run {spec.optimizer} seed {spec.seed} failed: {error.splitlines()[-1]}")
+        bar.update()
+    return done, failed
+
+
+def run_tasks(tasks: list[list[RunSpec]], store: Any, *, workers: int | None = None, total: int | None = None,
+              skipped: int = 0, progress: bool = False) -> int:
+    """Train ``tasks`` (:func:`plan_stacks`), recording each run in ``store`` as soon as its task finishes.
+
+    The tasks are the ones a sweep's Dask workers run (:func:`train_run`,
+    :func:`train_stack`); ``store`` is anything with :meth:`ResultStore.record`'s signature.
+    With ``workers`` they run on a local Dask cluster of that many workers (the ``sweep``
+    extra), as ``symopt sweep`` runs them; without, one after another in this process. In
+    this process an exception (a run's error, Ctrl-C) ends the loop, what was recorded
+    stays; and since it is not a worker, it keeps one compiled function at a time and drops
+    it, and the data set, at the end. ``total`` and ``skipped`` size the progress bar.
+    Returns the number of runs recorded.
+    """
+    global _cache_limit
+
+    total = sum(map(len, tasks)) + skipped if total is None else total
+    if workers is not None:
+        with dask_client(None, workers) as client:
+            return _collect(client, tasks, store, total, skipped, progress, None)[0]
+    bar = tqdm(total=total, initial=skipped, unit="run", desc="runs", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    done, _cache_limit = 0, 1
+    try:
+        for task in tasks:
+            fn, payload, _ = _submission(task)
+            done += _record_task(task, fn(payload), None, store, bar)[0]
+    finally:
+        bar.close()
+        _cache_limit = CACHE_SIZE
+        _COMPILED.clear()
+        _DATA.clear()
+    return done
+
+
+def _collect(client: Any, tasks: list[list[RunSpec]], store: Any, total: int, skipped: int,
              progress: bool, timeout: float | None) -> tuple[int, int]:
     as_completed = require("distributed", "symopt sweep", "sweep").as_completed
     placement = _placement(tasks, sorted(client.scheduler_info().get("workers", {})))
     futures = {}
     for task in tasks:
-        spec = task[0]
-        where = placement.get(spec.key)
+        where = placement.get(task[0].key)
         # A preference, not a pin: the run goes elsewhere if its worker dies, and idle workers steal.
-        options = {"pure": False, "workers": [where] if where else None, "allow_other_workers": bool(where)}
-        if len(task) == 1:
-            future = client.submit(train_run, spec.as_task(), key=f"symopt-run-{spec.key}", **options)
-        else:
-            name = hashlib.sha256(" ".join(s.key for s in task).encode()).hexdigest()[:32]
-            future = client.submit(train_stack, {"members": [s.as_task() for s in task]},
-                                   key=f"symopt-stack-{name}", **options)
-        futures[future] = task
+        fn, payload, key = _submission(task)
+        futures[client.submit(fn, payload, key=key, pure=False, workers=[where] if where else None,
+                              allow_other_workers=bool(where))] = task
     done = failed = 0
     bar = tqdm(total=total, initial=skipped, unit="run", desc="sweep", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
@@ -814,18 +889,8 @@ def _collect(client: Any, tasks: list[list[RunSpec]], store: ResultStore, total:
                     value, error = future.result(), None
                 except Exception as exc:  # the run's own error, or KilledWorker after repeated worker deaths
                     value, error = None, _error_text(exc)
-                # A stacked task returns one result per member; if it fails, each member failed.
-                results = value if isinstance(value, list) else [value] * len(task)
-                for spec, result in zip(task, results):
-                    if result is not None and result["key"] != spec.key:
-                        raise RuntimeError(f"a worker returned run {result['key']} for run {spec.key}")
-                    if store.record(spec, result=result, error=error):
-                        if error is None:
-                            done += 1
-                        else:
-                            failed += 1
-                            _log(f"run {spec.optimizer} seed {spec.seed} failed: {error.splitlines()[-1]}")
-                    bar.update()
+                d, f = _record_task(task, value, error, store, bar)
+                done, failed = done + d, failed + f
         except TimeoutError:
             raise TimeoutError(f"the sweep did not finish within {timeout:g} s; {done} run(s) recorded, "
                                f"re-run to resume") from None

@@ -39,6 +39,7 @@ from typing import Any
 from .._checks import check_integer, is_integer
 from .._extras import require, tqdm
 from .._optuna import completed_trials, import_optuna, make_sampler, storage_url
+from ..mnist_runs import with_others
 from .config import RunSpec, SweepConfig, canonical_json, load_config
 from .engine import check_scheduler_address, dask_client, plan_stacks, train_run, train_stack
 from .store import check_integrity, check_sqlite_file
@@ -182,7 +183,7 @@ def run_search(
                 runs, who = [], {}
                 for _ in range(min(per_group, room)):
                     trial = study.ask(distributions)
-                    hyper = {**defaults, **spec.fixed, **trial.params}
+                    hyper = with_others(spec.optimizer, {**defaults, **spec.fixed, **trial.params})
                     for seed in cfg.seeds:
                         run = RunSpec(spec.optimizer, hyper, seed, cfg.protocol, cfg.data_dir)
                         runs.append(run)

@@ -474,6 +474,8 @@ class ResultStore:
         An optimiser swept over several hyperparameter settings appears once per setting,
         labelled with the values that differ (``"adam learning_rate=0.003"``).
         """
+        from ..mnist_runs import RUN_METRICS, run_entry
+
         runs = self.runs("done")
         labels = _labels(runs)
         doc: dict[str, Any] = {"experiment": "sweep", "protocol": self.protocol, "hyperparameters": {},
@@ -483,10 +485,8 @@ class ResultStore:
             doc["hyperparameters"][label] = r["hyperparameters"]
             if r["compile_seconds"]:
                 doc["compile_seconds"][label] = max(doc["compile_seconds"].get(label, 0.0), r["compile_seconds"])
-            run = doc["runs"][f"{label}/{r['seed']}"] = {
-                "optimizer": label, "seed": r["seed"], "epoch": r["epoch"], "train_loss": r["train_loss"],
-                "test_loss": r["test_loss"], "test_accuracy": r["test_accuracy"], "seconds": r["seconds"],
-            }
+            history = [dict(zip(RUN_METRICS, row)) for row in zip(*(r[m] for m in RUN_METRICS))]
+            run = doc["runs"][f"{label}/{r['seed']}"] = run_entry(label, r["seed"], history)
             # Plateau and early stopping (when the protocol has them): rates per epoch, where it stopped.
             if r["final_learning_rate"] is not None:
                 run["learning_rate"] = r["learning_rate"]
