@@ -29,8 +29,11 @@ How to run
 ----------
 ::
 
-    python benchmarks/sweep_stack.py [--stack-sizes 1,15,5] [--no-warm]
+    python benchmarks/sweep_stack.py [--stack-sizes 1,15,5] [--no-warm] [--epochs 1]
                                      [--out benchmarks/results/sweep_stack.json]
+
+The issue's 20-epoch grid, end to end only:
+``--epochs 20 --stack-sizes 1,15 --no-warm --out benchmarks/results/sweep_stack_20ep.json``.
 
 The machine is shared: the load average before and after each measurement is recorded
 with the numbers.
@@ -83,13 +86,13 @@ def _agreement(db: Path, reference: Path) -> dict[str, Any]:
             "max_abs_diff_test_accuracy": float(np.nanmax(np.abs(a[:, 2] - b[:, 2])))}
 
 
-def measure(tmp: Path, size: int, warm: bool) -> dict[str, Any]:
+def measure(tmp: Path, size: int, warm: bool, grid: dict[str, Any]) -> dict[str, Any]:
     from symopt.sweep import run_sweep
 
     out: dict[str, Any] = {"stack_size": size, "load_before": _load()}
     db = tmp / f"cold{size}.db"
     start = time.perf_counter()
-    report = run_sweep(GRID, db, n_workers=WORKERS, stack_size=size, progress=False)
+    report = run_sweep(grid, db, n_workers=WORKERS, stack_size=size, progress=False)
     out["cold_seconds"] = round(time.perf_counter() - start, 2)
     assert (report.done, report.failed) == (30, 0), report
     out["cold_db"] = _db_stats(db)
@@ -100,11 +103,11 @@ def measure(tmp: Path, size: int, warm: bool) -> dict[str, Any]:
         cluster = _cluster(WORKERS)
         try:
             address = cluster.scheduler_address
-            run_sweep({**GRID, "seeds": [100, 101, 102, 103, 104]}, tmp / f"warmup{size}.db", scheduler=address,
+            run_sweep({**grid, "seeds": [100, 101, 102, 103, 104]}, tmp / f"warmup{size}.db", scheduler=address,
                       stack_size=size, progress=False)
             db_warm = tmp / f"warm{size}.db"
             start = time.perf_counter()
-            run_sweep(GRID, db_warm, scheduler=address, stack_size=size, progress=False)
+            run_sweep(grid, db_warm, scheduler=address, stack_size=size, progress=False)
             out["warm_seconds"] = round(time.perf_counter() - start, 2)
         finally:
             cluster.close()
@@ -121,7 +124,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sweep_stack.json"))
     parser.add_argument("--stack-sizes", default="1,15,5", help="comma-separated; 1 (the baseline) is always run")
     parser.add_argument("--no-warm", action="store_true", help="only the end-to-end (cold) sweeps")
+    parser.add_argument("--epochs", type=int, default=GRID["epochs"], help="epochs per run (issue 17's grid: 20)")
     args = parser.parse_args()
+    grid = {**GRID, "epochs": args.epochs}
     sizes = [int(s) for s in args.stack_sizes.split(",") if s.strip()]
     sizes = [1] + [s for s in sizes if s != 1]
 
@@ -131,7 +136,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
-            results.append(measure(Path(tmp), size, not args.no_warm))
+            results.append(measure(Path(tmp), size, not args.no_warm, grid))
         reference = results[0]["db"]
         for r in results:
             db = r.pop("db")
@@ -142,7 +147,7 @@ def main() -> None:
                     r["speedup_warm"] = round(results[0]["warm_seconds"] / r["warm_seconds"], 3)
     doc = {
         "benchmark": "sweep_stack",
-        "setting": {"grid": GRID, "model": "symopt.mnist_runs.MODEL (784-100x4-10, ReLU, He, dropout 0.2)",
+        "setting": {"grid": grid, "model": "symopt.mnist_runs.MODEL (784-100x4-10, ReLU, He, dropout 0.2)",
                     "data": "all of MNIST", "workers": WORKERS,
                     "notes": "cold: run_sweep with its own LocalCluster (start, data, compile included); "
                              "warm: same grid on an existing cluster after the same grid with other seeds"},
