@@ -90,8 +90,8 @@ for _where in (HERE, HERE.parent / "tests"):  # seeds_step, sweep_stack; referen
         sys.path.append(str(_where))
 
 from reference import Adam as ReferenceAdam  # noqa: E402
-from seeds_step import (BATCH, DROPOUT, N_BATCHES, SIZES, Contender, _available, _data, cpu_info,  # noqa: E402
-                        sgemm_peak_gflops, step_flops, time_rounds)
+from seeds_step import (BATCH, DROPOUT, N_BATCHES, SIZES, Contender, _available, _data, cpu_info, jax_mlp_loss,  # noqa: E402
+                        step_flops, time_rounds)
 from sweep_stack import GRID  # noqa: E402
 
 LEARNING_RATES: list[float] = list(GRID["optimizers"]["adam"]["learning_rate"])
@@ -233,19 +233,9 @@ def jax_contender(grid: Grid, dropout: float, per_member: bool, init: list[np.nd
         return optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=BETA1, b2=BETA2, eps=EPSILON)
 
     tx = adam_with(1e-3) if per_member else optax.adam(1e-3, b1=BETA1, b2=BETA2, eps=EPSILON)
-    last = len(SIZES) - 2
 
     def loss_fn(params: list[Any], xb: Any, yb: Any, key: Any) -> Any:
-        a = xb
-        for k in range(last + 1):
-            a = a @ params[2 * k] + params[2 * k + 1]
-            if k < last:
-                a = jax.nn.relu(a)
-                if dropout:
-                    keep = jax.random.bernoulli(jax.random.fold_in(key, k), 1.0 - dropout, a.shape)
-                    a = jnp.where(keep, a / (1.0 - dropout), 0.0)
-        logp = jax.nn.log_softmax(a, axis=-1)
-        return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
+        return jax_mlp_loss(params, xb, yb, key, dropout)
 
     def step(params: list[Any], state: Any, rows: Any, key: Any, x: Any, y: Any, t: Any) -> Any:
         loss, grads = jax.value_and_grad(loss_fn)(params, x[rows], y[rows], jax.random.fold_in(key, t))

@@ -138,6 +138,25 @@ def _he_params(seed: int) -> list[np.ndarray]:
     return params
 
 
+def jax_mlp_loss(params: list[Any], x: Any, y: Any, key: Any, dropout: float) -> Any:
+    """The MLP's mean cross-entropy in JAX: ReLU hidden layers, each with its own
+    ``bernoulli(fold_in(key, layer), 1 - dropout)`` mask (inverted dropout)."""
+    import jax
+    import jax.numpy as jnp
+
+    last = len(SIZES) - 2
+    a = x
+    for k in range(last + 1):
+        a = a @ params[2 * k] + params[2 * k + 1]
+        if k < last:
+            a = jax.nn.relu(a)
+            if dropout:
+                keep = jax.random.bernoulli(jax.random.fold_in(key, k), 1.0 - dropout, a.shape)
+                a = jnp.where(keep, a / (1.0 - dropout), 0.0)
+    logp = jax.nn.log_softmax(a, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+
 def jax_contender(seeds: int, dropout: float) -> Contender:
     """``jit(vmap(step))`` over seeds, Adam from optax, params and state donated; with
     dropout each seed draws ``bernoulli(fold_in(fold_in(key_s, t), layer), 1 - p)``."""
@@ -146,19 +165,9 @@ def jax_contender(seeds: int, dropout: float) -> Contender:
     import optax
 
     tx = optax.adam(1e-3, b1=0.9, b2=0.999, eps=1e-8)
-    last = len(SIZES) - 2
 
     def loss_fn(params, x, y, key):
-        a = x
-        for k in range(last + 1):
-            a = a @ params[2 * k] + params[2 * k + 1]
-            if k < last:
-                a = jax.nn.relu(a)
-                if dropout:
-                    keep = jax.random.bernoulli(jax.random.fold_in(key, k), 1.0 - dropout, a.shape)
-                    a = jnp.where(keep, a / (1.0 - dropout), 0.0)
-        logp = jax.nn.log_softmax(a, axis=-1)
-        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+        return jax_mlp_loss(params, x, y, key, dropout)
 
     def step(params, state, x, y, key, t):
         loss, grads = jax.value_and_grad(loss_fn)(params, x, y, jax.random.fold_in(key, t))
