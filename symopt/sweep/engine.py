@@ -336,6 +336,11 @@ def _fed_classes() -> tuple[type, type, type]:
             type("SweepEarlyStopping", (Fed, EarlyStopping), {}))
 
 
+#: Per-epoch progress bars: only for tasks run in the caller's process (bench-mnist without
+#: workers), where a stacked task of many epochs would otherwise show nothing for a long time.
+_epoch_bars = False
+
+
 def _fit(trainer: Any, opt: Any, protocol: Mapping[str, Any], seeds: list[int],
          stacked: bool) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
     """Train ``protocol["epochs"]`` epochs with the protocol's plateau and early stopping, if any.
@@ -353,7 +358,7 @@ def _fit(trainer: Any, opt: Any, protocol: Mapping[str, Any], seeds: list[int],
     epochs = int(protocol["epochs"])
     plateau_cfg, stop_cfg = protocol.get("plateau"), protocol.get("early_stopping")
     if not plateau_cfg and not stop_cfg:
-        history = trainer.fit(epochs, seeds if stacked else seeds[0], progress=False)
+        history = trainer.fit(epochs, seeds if stacked else seeds[0], progress=_epoch_bars)
         histories = history if stacked else [history]
         return [[r.as_dict() for r in h] for h in histories], [{} for _ in histories]
     size = len(seeds)
@@ -375,10 +380,10 @@ def _fit(trainer: Any, opt: Any, protocol: Mapping[str, Any], seeds: list[int],
             rates.append(learning_rates())
 
     if stacked:
-        histories = trainer.fit(epochs, seeds, progress=False, callback=lambda _, records: on_epoch(records),
+        histories = trainer.fit(epochs, seeds, progress=_epoch_bars, callback=lambda _, records: on_epoch(records),
                                 plateau=plateau, early_stopping=stopping)
     else:
-        histories = [trainer.fit(epochs, seeds[0], progress=False, callback=lambda record: on_epoch([record]),
+        histories = [trainer.fit(epochs, seeds[0], progress=_epoch_bars, callback=lambda record: on_epoch([record]),
                                  plateau=plateau, early_stopping=stopping)]
     final = learning_rates() if plateau is not None else None
     rows, fates = [], []
@@ -846,7 +851,7 @@ def run_tasks(tasks: list[list[RunSpec]], store: Any, *, workers: int | None = N
     it, and the data set, at the end. ``total`` and ``skipped`` size the progress bar.
     Returns the number of runs recorded.
     """
-    global _cache_limit
+    global _cache_limit, _epoch_bars
 
     total = sum(map(len, tasks)) + skipped if total is None else total
     if workers is not None:
@@ -854,14 +859,14 @@ def run_tasks(tasks: list[list[RunSpec]], store: Any, *, workers: int | None = N
             return _collect(client, tasks, store, total, skipped, progress, None)[0]
     bar = tqdm(total=total, initial=skipped, unit="run", desc="runs", disable=not progress, file=sys.stderr,
                dynamic_ncols=True)
-    done, _cache_limit = 0, 1
+    done, _cache_limit, _epoch_bars = 0, 1, bool(progress)
     try:
         for task in tasks:
             fn, payload, _ = _submission(task)
             done += _record_task(task, fn(payload), None, store, bar)[0]
     finally:
         bar.close()
-        _cache_limit = CACHE_SIZE
+        _cache_limit, _epoch_bars = CACHE_SIZE, False
         _COMPILED.clear()
         _DATA.clear()
     return done
