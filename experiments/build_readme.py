@@ -19,8 +19,9 @@ figures from those files alone in a separate step:
 .venv/bin/symopt bench-mnist --optimizers sgd,adam --seeds 30 --epochs 20   # resumable optimiser benchmark
 ```
 
-Measured on a 2-core AMD EPYC with OpenBLAS on one thread; wall times were taken while other jobs shared the
-two cores, so treat them as upper bounds. Each section states whether the seed's claim holds.
+Measured on 2-core machines (an AMD EPYC, or an Intel Xeon where a section says so) with OpenBLAS on one
+thread; wall times were taken while other jobs shared the two cores, so treat them as upper bounds. Each
+section states whether the seed's claim holds.
 
 """
 
