@@ -9,29 +9,13 @@ member's learning rate, a wrong gradient and a step the rate does not allow.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 import pytest
 
+from ._scripts import load_benchmark
 from .reference import Adam
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("grid_step", ROOT / "benchmarks" / "grid_step.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["grid_step"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gs = _load()
+gs = load_benchmark("grid_step")
 
 
 def test_numpy_gradients_match_finite_differences() -> None:

@@ -10,11 +10,8 @@ markdown report. torch and JAX parts run only when the ``bench`` extra is instal
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytensor.tensor as pt
@@ -22,6 +19,7 @@ import pytest
 
 import symopt
 
+from ._scripts import load_benchmark
 from .reference import REFERENCES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,16 +27,7 @@ TINY_SIZES = [12, 8, 8, 8, 8, 10]  # five dense layers and 10 classes: the bench
 TINY_BATCH = 8
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("step_time", ROOT / "benchmarks" / "step_time.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["step_time"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-st = _load()
+st = load_benchmark("step_time")
 HAS_TORCH = st.available("torch")
 HAS_JAX = st.available("jax") and st.available("optax")
 

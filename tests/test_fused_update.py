@@ -13,10 +13,6 @@ subgraphs of one compiled function (one compilation per module). No timing here.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytensor
@@ -27,26 +23,14 @@ from pytensor.tensor.shape import Shape, Shape_i
 import symopt
 from symopt.function import function
 
+from ._scripts import load_benchmark
+
 try:  # PyTensor >= 3.3
     from pytensor.graph.traversal import io_toposort
 except ImportError:  # PyTensor 3.0
     from pytensor.graph.basic import io_toposort
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _step_time() -> ModuleType:
-    if "step_time" in sys.modules:  # tests/test_benchmarks.py loaded it already
-        return sys.modules["step_time"]
-    spec = importlib.util.spec_from_file_location("step_time", ROOT / "benchmarks" / "step_time.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["step_time"] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-STEP_FLOOR_RULES = _step_time().STEP_FLOOR_RULES
+STEP_FLOOR_RULES = load_benchmark("step_time").STEP_FLOOR_RULES
 RULES = sorted(STEP_FLOOR_RULES)
 SHAPES = [(5, 3), (3,)]  # a weight and a bias: 2-D and 1-D loops
 
