@@ -4,8 +4,8 @@ The references: each member of a stacked task against its own unstacked run (a
 single-model ``Trainer`` with :class:`symopt.ReduceLROnPlateau` and
 :class:`symopt.EarlyStopping`), to float32 round-off of the batched matmuls; and both
 against the plateau algorithm of ``torch.optim.lr_scheduler.ReduceLROnPlateau`` and the
-Keras early-stopping count, written out below and run on the metric sequence the run
-recorded. The grid (Adam at two learning rates x two seeds, ten short epochs) is chosen so
+Keras early-stopping count (written out in test_plateau.py and test_member_plateau.py),
+run on the metric sequence the run recorded. The grid (Adam at two learning rates x two seeds, ten short epochs) is chosen so
 that one member's rate is reduced down to ``min_lr`` and another member stops early while
 its stack-mates train on.
 
@@ -17,7 +17,6 @@ process.
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 from pathlib import Path
 
@@ -28,6 +27,9 @@ import symopt
 from symopt.sweep import ConfigError, ResultStore, StoreError, load_config, run_sweep
 from symopt.sweep.config import RunSpec
 from symopt.sweep.engine import plan_stacks, train_run, train_stack
+
+from .test_member_plateau import stop_epoch  # Keras's counting, written out there
+from .test_plateau import torch_plateau_lrs  # torch's documented algorithm, written out there
 
 EPOCHS, N_TRAIN, N_TEST, BATCH = 10, 256, 200, 64
 MODEL = {"sizes": [784, 16, 10], "dropout": 0.1}
@@ -55,49 +57,6 @@ def trained(real_mnist_dir):
     stacked = train_stack({"members": [s.as_task() for s in tasks[0]]})
     single = [train_run(s.as_task()) for s in tasks[0]]
     return tasks[0], stacked, single
-
-
-# ---------------------------------------------------------------------------- references
-def torch_plateau_rates(metrics: list[float], lr: float, factor: float, patience: int, threshold: float,
-                        threshold_mode: str, mode: str, cooldown: int, min_lr: float,
-                        eps: float = 1e-8) -> tuple[list[float], float]:
-    """The rate each epoch trains with, and the rate after the last step, per torch's ReduceLROnPlateau."""
-    best = math.inf if mode == "min" else -math.inf
-    bad = cool = 0
-    used = []
-    for m in metrics:
-        used.append(lr)
-        if mode == "min":
-            better = m < (best * (1 - threshold) if threshold_mode == "rel" else best - threshold)
-        else:
-            better = m > (best * (1 + threshold) if threshold_mode == "rel" else best + threshold)
-        if better:
-            best, bad = m, 0
-        else:
-            bad += 1
-        if cool > 0:
-            cool -= 1
-            bad = 0
-        if bad > patience:
-            new = max(lr * factor, min_lr)
-            if lr - new > eps:
-                lr = new
-            cool, bad = cooldown, 0
-    return used, lr
-
-
-def keras_stop_epoch(metrics: list[float], patience: int, min_delta: float, mode: str) -> int:
-    """The 1-based epoch at which the Keras rule stops (0: never)."""
-    best = math.inf if mode == "min" else -math.inf
-    wait = 0
-    for epoch, m in enumerate(metrics, start=1):
-        if (m < best - min_delta) if mode == "min" else (m > best + min_delta):
-            best, wait = m, 0
-        else:
-            wait += 1
-            if wait >= patience:
-                return epoch
-    return 0
 
 
 def _column(result: dict, name: str) -> list[float]:
@@ -134,13 +93,15 @@ def test_rates_and_stops_follow_the_torch_and_keras_rules(trained) -> None:
         for result in results:
             lr0 = spec.hyperparameters["learning_rate"]
             # Every recorded epoch stepped the plateau; the run's own test losses give its rates.
-            used, final = torch_plateau_rates(
-                _column(result, "test_loss"), lr0, PLATEAU["factor"], PLATEAU["patience"], PLATEAU["threshold"],
-                plateau["threshold_mode"], plateau["mode"], PLATEAU["cooldown"], PLATEAU["min_lr"])
-            np.testing.assert_allclose(_column(result, "learning_rate"), used, rtol=1e-6)
-            np.testing.assert_allclose(result["final_learning_rate"], final, rtol=1e-6)
+            after = [lrs[0] for lrs in torch_plateau_lrs(
+                _column(result, "test_loss"), [lr0], factor=PLATEAU["factor"], patience=PLATEAU["patience"],
+                threshold=PLATEAU["threshold"], threshold_mode=plateau["threshold_mode"], mode=plateau["mode"],
+                cooldown=PLATEAU["cooldown"], min_lr=PLATEAU["min_lr"])]
+            # An epoch trains with the rate left by the previous epoch's step.
+            np.testing.assert_allclose(_column(result, "learning_rate"), [lr0, *after[:-1]], rtol=1e-6)
+            np.testing.assert_allclose(result["final_learning_rate"], after[-1], rtol=1e-6)
             # Its accuracies give the stop epoch, and the history ends there.
-            stop = keras_stop_epoch(_column(result, "test_accuracy"), STOPPING["patience"], 0.0, "max")
+            stop = stop_epoch(_column(result, "test_accuracy"), STOPPING["patience"], 0.0, "max")
             assert result["stopped_epoch"] == stop
             assert len(result["history"]) == (stop or EPOCHS)
 
