@@ -154,6 +154,16 @@ def test_store_records_and_reports_the_stop_and_the_rates(trained, tmp_path) -> 
 
 
 # ---------------------------------------------------------------------------- protocol and config
+def test_a_combined_rule_with_early_stopping_runs_one_run_per_task(tmp_path) -> None:
+    """Muon on the MLP is combined with AdamW for the biases, and combine refuses members that
+    freeze stack members on their own: such runs are planned one per task (and train as
+    single models), not stacked into a task that would fail on the worker."""
+    cfg = load_config(_raw(tmp_path, optimizers={"muon": {}, "adam": {}}))
+    tasks, refused = plan_stacks(cfg.runs(), cfg.stack_size)
+    assert set(refused) == {"muon"} and "stoppable" in refused["muon"]
+    assert sorted((t[0].optimizer, len(t)) for t in tasks) == [("adam", 2), ("muon", 1), ("muon", 1)]
+
+
 def test_other_settings_are_another_protocol(real_mnist_dir, tmp_path) -> None:
     cfg = load_config(_raw(real_mnist_dir))
     plain = load_config({k: v for k, v in _raw(real_mnist_dir).items() if k not in ("plateau", "early_stopping")})

@@ -578,6 +578,8 @@ def _check_plateau_rules(where: str, plateau: Mapping[str, Any], grid: Mapping[s
 
     import symopt
 
+    from ..mnist_runs import make_optimizer
+
     settings = [(f"optimizers.{name}", name, hyper) for name, hypers in grid.items() for hyper in hypers[:1]]
     if search is not None:
         defaults, _ = _options(search.optimizer)
@@ -585,7 +587,7 @@ def _check_plateau_rules(where: str, plateau: Mapping[str, Any], grid: Mapping[s
     for field_name, name, hyper in settings:
         dummy = pytensor.shared(np.zeros((2, 2), dtype="float32"), name="dummy")
         try:
-            symopt.ReduceLROnPlateau(symopt.get(name)([dummy], **hyper), **plateau_arguments(plateau))
+            symopt.ReduceLROnPlateau(make_optimizer(name, hyper, [dummy]), **plateau_arguments(plateau))
         except (TypeError, ValueError) as exc:
             raise _fail(where, "plateau", f"cannot reduce the learning rate of {field_name} ({exc})") from None
 

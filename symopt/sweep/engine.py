@@ -240,10 +240,14 @@ def _stack_refusal(name: str, hyperparameters: Mapping[str, Any],
 
     from ..mnist_runs import make_optimizer
 
-    dummy = pytensor.shared(np.zeros((2, 2, 2), dtype="float32"), name="dummy[seeds]")
-    dummy.tag.seed_axis = True
+    # A weight matrix and a bias per member, as the MLP has: a rule taking only matrices
+    # (Muon) is then combined with its "others" rule, as in the real stack.
+    dummies = [pytensor.shared(np.zeros(shape, dtype="float32"), name="dummy[seeds]")
+               for shape in ((2, 2, 2), (2, 2))]
+    for dummy in dummies:
+        dummy.tag.seed_axis = True
     try:
-        opt = make_optimizer(name, _stacked_hyperparameters(name, hyperparameters, 2), [dummy],
+        opt = make_optimizer(name, _stacked_hyperparameters(name, hyperparameters, 2), dummies,
                              **_stack_options(protocol or {}))
     except (TypeError, ValueError) as exc:
         return str(exc)
