@@ -121,6 +121,11 @@ def test_bench_on_dask_workers_records_the_same_runs(bench_doc, real_mnist_dir, 
     for key, run in doc["runs"].items():
         assert run["stacked_seeds"] == SEEDS
         _assert_same(run, bench_doc["runs"][key], key)
+    # where the time went, per run (benchmarks/protocol_time.py): the worker's address, its
+    # compile (given to the stack's first member) and the training
+    runs = [doc["runs"][f"schedule_free_adamw/{s}"] for s in range(SEEDS)]
+    assert all(r["worker"].startswith("tcp://") and r["train_seconds"] > 0 for r in runs)
+    assert runs[0]["compile_seconds"] > 0 and all(r["compile_seconds"] == 0 for r in runs[1:])
 
 
 def test_a_complete_results_file_trains_nothing(bench_doc, tmp_path, monkeypatch) -> None:

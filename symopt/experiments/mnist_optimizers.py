@@ -270,6 +270,9 @@ class _ResultsFile:
         if result is None:
             raise RuntimeError(f"{spec.optimizer} seed {spec.seed} failed: {error}")
         extra = {"stacked_seeds": result["stack_size"]} if result.get("stack_size") else {}
+        # where the run's time went (benchmarks/protocol_time.py adds them up): the compile is
+        # 0 when the worker reused its compiled step
+        extra.update({k: result[k] for k in ("compile_seconds", "train_seconds", "worker") if k in result})
         run = run_entry(spec.optimizer, spec.seed, result["history"], finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                         **extra)
         _record(self.path, self.protocol, spec.optimizer, spec.hyperparameters, result["compile_seconds"], [run],
