@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 VARIANTS = {"plain": ({}, False), "dask": ({"MALLOC_TRIM_THRESHOLD_": "65536"}, False),
             "dask+keep": ({"MALLOC_TRIM_THRESHOLD_": "65536"}, True)}
 
+
 def child(keep: bool, stack: int) -> dict[str, float]:
     """Runs in the variant's process: per-step seconds and minor faults of the engine's step."""
     import resource
