@@ -19,6 +19,7 @@ import pytensor
 import pytensor.tensor as pt
 from pytensor.compile.sharedvalue import SharedVariable
 
+from . import _denormals
 from .checkpoint import TALLY_WIDTH, new_tally, run_training, tally_means
 from .function import function
 from .hyperparameter import member_view
@@ -200,6 +201,12 @@ class Trainer:
         optimiser's update (only on steps the optimiser applies); checkpoints hold them.
     """
 
+    #: Flush subnormal floats to zero while the training loop runs (x86-64's FTZ and DAZ
+    #: flags, as XLA's CPU backend does; :mod:`symopt._denormals`): a value below float32's
+    #: 1.2e-38 becomes 0 instead of slowing the step down. Set to ``False`` on an instance
+    #: for IEEE subnormals.
+    flush_denormals: bool = True
+
     def __init__(
         self,
         model: Model,
@@ -348,22 +355,23 @@ class Trainer:
             counter = member_counter
         # The optimiser's own count also holds steps with a finite loss but non-finite gradients.
         skipped_base = counter.get_value() - tally[:, 2] if counter is not None else 0
-        for i in steps:
-            losses = np.asarray(self.train_step(i), dtype=np.float64).reshape(streams)
-            if math.isfinite(losses.sum()):  # the common case, kept cheap: a few microseconds a step
-                tally[:, 0] += losses
-                tally[:, 1] += 1
-            else:
-                finite = np.isfinite(losses)
-                if not skipping and self.on_nonfinite == "raise" and not finite.all():
-                    raise NonFiniteLossError(epoch, i + 1, float(losses[~finite][0]))
-                counted = finite | (not skipping)
-                tally[counted, 0] += losses[counted]
-                tally[counted, 1] += 1
-            if counter is not None:
-                tally[:, 2] = counter.get_value() - skipped_base
-            if after_step is not None:
-                after_step(i + 1, tally)
+        with _denormals.flush_denormals(self.flush_denormals):
+            for i in steps:
+                losses = np.asarray(self.train_step(i), dtype=np.float64).reshape(streams)
+                if math.isfinite(losses.sum()):  # the common case, kept cheap: a few microseconds a step
+                    tally[:, 0] += losses
+                    tally[:, 1] += 1
+                else:
+                    finite = np.isfinite(losses)
+                    if not skipping and self.on_nonfinite == "raise" and not finite.all():
+                        raise NonFiniteLossError(epoch, i + 1, float(losses[~finite][0]))
+                    counted = finite | (not skipping)
+                    tally[counted, 0] += losses[counted]
+                    tally[counted, 1] += 1
+                if counter is not None:
+                    tally[:, 2] = counter.get_value() - skipped_base
+                if after_step is not None:
+                    after_step(i + 1, tally)
         self.last_skipped = int(tally[0, 2])
         return tally
 
