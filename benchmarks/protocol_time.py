@@ -7,9 +7,11 @@ dropout 0.2, batch 128) and sets its wall time against the issue's allowance::
     1.3 x (seed-steps x FLOP bound / cores) + compile + evaluation
 
 * FLOP bound of a seed-step: its matrix products (63.9 MFLOP) at the single-core sgemm peak,
-  measured in this run before and after the protocol (the lower of the two is used: the
-  allowance is then the larger); also with the rate the cores reach together (one BLAS
-  thread per worker, all at once), which can be less than cores x the single-core peak;
+  measured in this run before and after the protocol (the higher of the two: the machine's
+  peak; this virtual machine's rate drifts by up to 1.6x between the two, so the report
+  also gives the allowance at the lower one); also with the rate the cores reach together
+  (two BLAS threads at once, the higher of before and after), which can be less than cores
+  x the single-core peak;
 * compile: the compile seconds the workers recorded (0 when a worker reused its compiled
   step), summed per worker, the busiest worker's sum;
 * evaluation: the test-set evaluation every epoch ends with, timed alone in this process
@@ -51,22 +53,9 @@ from seeds_step import cpu_info, sgemm_peak_gflops, step_flops  # noqa: E402
 ALLOWANCE = 1.3  # issue 14 target 5: within 1.3x of the FLOP bound, plus compile and evaluation
 
 
-def sgemm_all_cores_gflops(threads: int, n: int = 2048, rounds: int = 5) -> float:
-    """Best float32 GEMM rate of NumPy's BLAS on ``threads`` threads at once: what the cores
-    reach together (two busy cores need not each reach the single-core peak)."""
-    import numpy as np
-    from threadpoolctl import threadpool_limits
-
-    rng = np.random.default_rng(0)
-    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
-    best = 0.0
-    with threadpool_limits(threads):
-        a @ b
-        for _ in range(rounds):
-            t = time.perf_counter()
-            a @ b
-            best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
-    return best
+def sgemm_all_cores_gflops(threads: int) -> float:
+    """What the cores reach together (two busy cores need not each reach the single-core peak)."""
+    return sgemm_peak_gflops(threads=threads, sizes=(2048,))
 
 
 def evaluation_seconds(repeats: int = 7) -> float:
@@ -187,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     report.update({"load_after": os.getloadavg(), "load_samples": sampler.samples, "sgemm_peaks_gflops": peaks,
                    "sgemm_all_cores_gflops": together, "evaluation_seconds": eval_s,
                    "compile_seconds_recorded": doc["compile_seconds"]})
-    report["result"] = analyse(doc, wall, min(peaks), eval_s, args.workers, min(together))
+    report["result"] = analyse(doc, wall, max(peaks), eval_s, args.workers, max(together))
+    report["result_at_lower_peaks"] = analyse(doc, wall, min(peaks), eval_s, args.workers, min(together))
     report["runs"] = {k: {f: r.get(f) for f in ("worker", "compile_seconds", "train_seconds", "seconds")}
                       for k, r in doc["runs"].items()}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -200,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({'met' if r['wall_over_allowed'] <= 1 else 'not met'}); "
           f"(wall - compile - evaluation) / bound {r['wall_less_compile_and_evaluation_over_bound']:.2f}; "
           f"training {r['train_ms_per_seed_step']:.3f} ms per seed-step = {r['train_per_seed_step_over_bound']:.2f}x bound")
-    print(f"with the {min(together):.1f} GFLOP/s the {args.workers} cores reach together: bound "
+    print(f"at the lower peak measured ({min(peaks):.1f} GFLOP/s): wall / allowed "
+          f"{report['result_at_lower_peaks']['wall_over_allowed']:.2f}")
+    print(f"with the {max(together):.1f} GFLOP/s the {args.workers} cores reach together: bound "
           f"{r['all_cores_bound_seconds']:.1f} s, wall / allowed {r['all_cores_wall_over_allowed']:.2f}")
     print(f"report: {out}")
     return 0

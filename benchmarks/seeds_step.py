@@ -63,14 +63,14 @@ def cpu_info() -> dict[str, Any]:
     return {"model": model, "cores": os.cpu_count(), "simd_flags": [f for f in SIMD_FLAGS if f in flags]}
 
 
-def sgemm_peak_gflops(rounds: int = 5) -> float:
-    """Best single-thread float32 GEMM rate of NumPy's BLAS over a few square sizes."""
+def sgemm_peak_gflops(rounds: int = 5, threads: int = 1, sizes: tuple[int, ...] = (512, 1024)) -> float:
+    """Best float32 GEMM rate of NumPy's BLAS on ``threads`` threads over a few square sizes."""
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
     best = 0.0
-    with threadpool_limits(1):
-        for n in (512, 1024):
+    with threadpool_limits(threads):
+        for n in sizes:
             a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
             a @ b
             for _ in range(rounds):
