@@ -93,7 +93,8 @@ class LoadSampler(threading.Thread):
 def run_protocol(args: argparse.Namespace, results: Path, figures: Path) -> float:
     command = [sys.executable, "-c", "import sys; from symopt.cli import main; sys.exit(main(sys.argv[1:]))",
                "bench-mnist", "--optimizers", args.optimizers, "--seeds", str(args.seeds),
-               "--epochs", str(args.epochs), "--workers", str(args.workers), "--results", str(results), "--figures-dir", str(figures), "--no-progress"]
+               "--epochs", str(args.epochs), "--workers", str(args.workers), "--results", str(results),
+               "--figures-dir", str(figures), "--no-progress"]
     command += ["--no-vectorize"] if args.stack_size == 1 else ["--vectorize", "--stack-size", str(args.stack_size)]
     print("running:", " ".join(command[3:]), flush=True)
     start = time.perf_counter()
@@ -127,7 +128,8 @@ def analyse(doc: dict[str, Any], wall: float, peak: float, eval_s: float, worker
         together = seed_steps * step_flops() / (all_cores * 1e9)
         extra = {"all_cores_bound_seconds": together,
                  "all_cores_wall_over_allowed": wall / (ALLOWANCE * together + compile_s + evaluation_s)}
-    return {**extra,
+    return {
+        **extra,
         "runs": len(runs), "seed_steps": seed_steps, "steps_per_epoch": steps_per_epoch, "workers": workers,
         "flop_bound_ms_per_seed_step": bound_ms, "bound_seconds": bound_s,
         "compile_seconds_busiest_worker": compile_s, "evaluation_seconds_busiest_worker": evaluation_s,
@@ -185,11 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     r = report["result"]
     print(f"{r['runs']} runs, {r['seed_steps']:,} seed-steps on {r['workers']} workers: wall {r['wall_seconds']:.1f} s")
     print(f"FLOP bound {r['flop_bound_ms_per_seed_step']:.3f} ms per seed-step -> {r['bound_seconds']:.1f} s; "
-          f"compile {r['compile_seconds_busiest_worker']:.1f} s, evaluation {r['evaluation_seconds_busiest_worker']:.1f} s")
+          f"compile {r['compile_seconds_busiest_worker']:.1f} s, "
+          f"evaluation {r['evaluation_seconds_busiest_worker']:.1f} s")
     print(f"allowed {r['allowed_seconds']:.1f} s: wall / allowed {r['wall_over_allowed']:.2f} "
           f"({'met' if r['wall_over_allowed'] <= 1 else 'not met'}); "
           f"(wall - compile - evaluation) / bound {r['wall_less_compile_and_evaluation_over_bound']:.2f}; "
-          f"training {r['train_ms_per_seed_step']:.3f} ms per seed-step = {r['train_per_seed_step_over_bound']:.2f}x bound")
+          f"training {r['train_ms_per_seed_step']:.3f} ms per seed-step "
+          f"= {r['train_per_seed_step_over_bound']:.2f}x bound")
     print(f"at the lower peak measured ({min(peaks):.1f} GFLOP/s): wall / allowed "
           f"{report['result_at_lower_peaks']['wall_over_allowed']:.2f}")
     print(f"with the {max(together):.1f} GFLOP/s the {args.workers} cores reach together: bound "

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     out_path.write_text(json.dumps(report, indent=1) + "\n")
     plain = report["median"]["plain"]["ms_per_step"]
     for name, m in report["median"].items():
-        print(f"{name:10s} {m['ms_per_step'] / args.stack:.3f} ms per seed-step ({m['ms_per_step'] / plain:.2f}x plain), "
+        print(f"{name:10s} {m['ms_per_step'] / args.stack:.3f} ms per seed-step "
+              f"({m['ms_per_step'] / plain:.2f}x plain), "
               f"{m['faults_per_step']:.0f} minor faults and {m['sys_ms_per_step']:.3f} ms system time per step")
     print(f"load {report['load_before'][0]:.2f} -> {report['load_after'][0]:.2f}; report: {out_path}")
     return 0

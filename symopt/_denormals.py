@@ -12,17 +12,17 @@ at 1.4 ms (``benchmarks/README.md``, "Subnormal numbers").
 :func:`flush_denormals`.
 
 The SSE control register MXCSR has two flags: FTZ (bit 15) writes zero instead of a
-subnormal result, DAZ (bit 6) reads subnormal inputs as zero. x86 CPUs compute with
-subnormal operands or results in microcode, tens to a hundred times slower than with
-normal numbers. XLA's CPU backend (JAX, TensorFlow) and torch's ``set_flush_denormal``
-use the same flags. The register is per thread, so :func:`flush_denormals` sets them in
-the calling thread for the duration of a ``with`` block and restores the previous value
-after. NumPy has no call for it; the two LLVM intrinsics ``llvm.x86.sse.stmxcsr`` and
-``ldmxcsr`` are reached through Numba, which symopt's default backend already needs. On
-other CPUs (or without Numba) it does nothing.
+subnormal result, DAZ (bit 6) reads subnormal inputs as zero. XLA's CPU backend (JAX,
+TensorFlow) and torch's ``set_flush_denormal`` use the same flags. The register is per
+thread, so :func:`flush_denormals` sets them in the calling thread for the duration of a
+``with`` block and restores the previous value after. NumPy has no call for it; the two
+LLVM intrinsics ``llvm.x86.sse.stmxcsr`` and ``ldmxcsr`` are reached through Numba, which
+symopt's default backend already needs. On other CPUs (or without Numba) it does nothing.
 
 Numerically a value that would be subnormal becomes zero; runs stay deterministic, and
-differ from runs without flushing only where such values occur.
+differ from runs without flushing only where such values reach a result: in the whole
+protocol (210 runs of 20 epochs) every recorded loss and accuracy was bit-identical with
+and without flushing.
 """
 
 from __future__ import annotations

@@ -429,7 +429,7 @@ def _in_worker() -> bool:
 
 def _prepare_process() -> None:
     """In a Dask worker: keep freed memory for reuse (its nanny's malloc setting makes every
-    step fault its temporaries in again, 1.7x slower; :mod:`symopt._malloc`). The caller's own
+    step fault its temporaries in again, 1.5x slower; :mod:`symopt._malloc`). The caller's own
     process is left as it is."""
     if _in_worker():
         keep_freed_memory()
