@@ -56,7 +56,7 @@ def test_dasks_setting_faults_every_block_in_and_keep_freed_memory_stops_it() ->
 @pytest.mark.skipif(not _glibc(), reason="the thresholds are glibc's")
 def test_engine_tasks_keep_freed_memory_in_dask_workers() -> None:
     """A worker of the sweep's local cluster (Dask's nanny environment): the engine's
-    per-task preparation stops the faults there; in the caller's process it does nothing."""
+    per-task preparation stops the faults there."""
     pytest.importorskip("distributed")
     from symopt.sweep import engine
 
@@ -77,8 +77,13 @@ def test_engine_tasks_keep_freed_memory_in_dask_workers() -> None:
             before, after, env = client.submit(in_worker, pure=False).result()
     assert env == DASK_ENV["MALLOC_TRIM_THRESHOLD_"]
     assert before > 200 and after < 5
-    # in the caller's own process the malloc is left alone
-    from symopt._malloc import keep_freed_memory
 
-    engine._prepare_process()
-    assert not engine._in_worker() and keep_freed_memory.cache_info().currsize == 0
+
+def test_the_callers_own_process_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("distributed")
+    from symopt.sweep import engine
+
+    calls: list[int] = []
+    monkeypatch.setattr(engine, "keep_freed_memory", lambda: calls.append(1))
+    engine._prepare_process()  # a task run in the caller's process (bench-mnist without workers)
+    assert not engine._in_worker() and calls == []
