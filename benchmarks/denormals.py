@@ -32,20 +32,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from grid_step import machine_tag  # noqa: E402
+from protocol_time import protocol_trainer  # noqa: E402
 from seeds_step import cpu_info  # noqa: E402
 
 
 def measure(name: str, epochs: int, pairs: int) -> dict[str, Any]:
     import numpy as np
 
-    from symopt.experiments.mnist_optimizers import sweep_config
-    from symopt.sweep.config import load_config
-    from symopt.sweep.engine import _compiled, load_data
-
-    cfg = load_config(sweep_config([name], 1, 1, 128))
-    task = cfg.runs()[0].as_task()
-    entry, _ = _compiled(task, load_data(task["protocol"]["data"], task.get("data_dir")))
-    trainer, rng = entry.trainer, np.random.default_rng(0)
+    trainer, rng = protocol_trainer(name), np.random.default_rng(0)
 
     def epoch(flush: bool) -> float:
         trainer.flush_denormals = flush

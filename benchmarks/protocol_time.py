@@ -58,21 +58,28 @@ def sgemm_all_cores_gflops(threads: int) -> float:
     return sgemm_peak_gflops(threads=threads, sizes=(2048,))
 
 
+def protocol_trainer(name: str = "adam", stack: int = 1) -> Any:
+    """The protocol's compiled ``Trainer`` for rule ``name`` (``SeedTrainer`` of ``stack`` seeds),
+    built as a sweep worker builds it, on all of MNIST."""
+    from symopt.experiments.mnist_optimizers import sweep_config
+    from symopt.sweep import engine
+    from symopt.sweep.config import load_config
+
+    task = load_config(sweep_config([name], stack, 1, 128)).runs()[0].as_task()
+    data = engine.load_data(task["protocol"]["data"], task.get("data_dir"))
+    entry, _ = engine._compiled(task, data) if stack == 1 else engine._compiled_stack(task, data, stack)
+    return entry.trainer
+
+
 def evaluation_seconds(repeats: int = 7) -> float:
     """Median seconds of one end-of-epoch test evaluation of the protocol's model (compiled as the
     workers compile it)."""
-    from symopt.experiments.mnist_optimizers import sweep_config
-    from symopt.sweep.config import load_config
-    from symopt.sweep.engine import _compiled, load_data
-
-    cfg = load_config(sweep_config(["adam"], 1, 1, 128))
-    task = cfg.runs()[0].as_task()
-    entry, _ = _compiled(task, load_data(task["protocol"]["data"], task.get("data_dir")))
-    entry.trainer.evaluate()
+    trainer = protocol_trainer()
+    trainer.evaluate()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        entry.trainer.evaluate()
+        trainer.evaluate()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 

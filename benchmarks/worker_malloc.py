@@ -44,15 +44,9 @@ def child(keep: bool, stack: int) -> dict[str, float]:
         from symopt._malloc import keep_freed_memory
 
         assert keep_freed_memory()
-    from symopt.experiments.mnist_optimizers import sweep_config
-    from symopt.sweep import engine
-    from symopt.sweep.config import load_config
+    from protocol_time import protocol_trainer
 
-    cfg = load_config(sweep_config(["adam"], stack, 1, 128))
-    tasks = [spec.as_task() for spec in cfg.runs()]
-    data = engine.load_data(tasks[0]["protocol"]["data"], tasks[0].get("data_dir"))
-    entry, _ = engine._compiled(tasks[0], data) if stack == 1 else engine._compiled_stack(tasks[0], data, stack)
-    trainer = entry.trainer
+    trainer = protocol_trainer("adam", stack)
     # one epoch warms up (first calls, the allocator settling), a second is timed
     rng = np.random.default_rng(0) if stack == 1 else [np.random.default_rng(s) for s in range(stack)]
     trainer.epoch_tally(rng)

@@ -407,24 +407,24 @@ def _fit(trainer: Any, opt: Any, protocol: Mapping[str, Any], seeds: list[int],
     return rows, fates
 
 
-def _where() -> str:
+def _worker() -> Any:
+    """The Dask worker this task runs in, or None (the caller's own process)."""
     try:
         from distributed import get_worker
 
-        return get_worker().address
+        return get_worker()
     except (ImportError, ValueError):
-        return f"local:{socket.gethostname()}"
+        return None
+
+
+def _where() -> str:
+    worker = _worker()
+    return worker.address if worker is not None else f"local:{socket.gethostname()}"
 
 
 def _in_worker() -> bool:
     """Whether this task runs in a Dask worker (not in the caller's process)."""
-    try:
-        from distributed import get_worker
-
-        get_worker()
-        return True
-    except (ImportError, ValueError):
-        return False
+    return _worker() is not None
 
 
 def _prepare_process() -> None:
