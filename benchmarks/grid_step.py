@@ -70,7 +70,7 @@ import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # before NumPy loads its BLAS
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 os.environ.setdefault("SYMOPT_QUIET_FIRST_COMPILE", "1")
 
 import argparse  # noqa: E402
@@ -514,4 +514,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from pinning import pin_cores
+
+    pin_cores(1)  # one core: JAX's thread pool follows the affinity, not XLA_FLAGS
     raise SystemExit(main())

@@ -242,4 +242,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    st.pin_cores(st.THREADS)
     sys.exit(main())

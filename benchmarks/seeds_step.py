@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
 import numpy as np  # noqa: E402
 
@@ -60,7 +60,9 @@ def cpu_info() -> dict[str, Any]:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"model": model, "cores": os.cpu_count(), "simd_flags": [f for f in SIMD_FLAGS if f in flags]}
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"model": model, "cores": os.cpu_count(), "process_cpus": allowed,
+            "simd_flags": [f for f in SIMD_FLAGS if f in flags]}
 
 
 def sgemm_peak_gflops(rounds: int = 5, threads: int = 1, sizes: tuple[int, ...] = (512, 1024)) -> float:
@@ -391,4 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from pinning import pin_cores
+
+    pin_cores(1)  # one core: JAX's thread pool follows the affinity, not XLA_FLAGS
     raise SystemExit(main())

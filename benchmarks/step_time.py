@@ -79,7 +79,8 @@ contender runs ``--steps`` steps, the order rotated from round to round so that 
 of a shared machine hits all alike. Every step is timed (``perf_counter``) with the
 garbage collector off; the figure reported is the median over all timed steps.
 Threads: one by default (``OPENBLAS_NUM_THREADS=1``, ``torch.set_num_threads(1)``,
-``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``);
+``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false``, and the process held to one core:
+JAX ignores the rest, see ``pinning.py``);
 ``--threads N`` sets N everywhere, and ``--also-threads 2`` repeats a few optimisers
 (``--also-threads-optimizers``) in a 2-thread subprocess.
 
@@ -119,6 +120,9 @@ from __future__ import annotations
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pinning import pin_cores, thread_env  # noqa: E402
+
 
 def _threads_from_argv(argv: list[str]) -> int:
     """``--threads N`` from the command line, read before NumPy is imported (default 1)."""
@@ -128,17 +132,6 @@ def _threads_from_argv(argv: list[str]) -> int:
         if arg.startswith("--threads="):
             return int(arg.split("=", 1)[1])
     return 1
-
-
-def thread_env(threads: int) -> dict[str, str]:
-    """Environment variables that pin BLAS, OpenMP and XLA to ``threads`` threads."""
-    eigen = "true" if threads > 1 else "false"
-    return {
-        "OPENBLAS_NUM_THREADS": str(threads),
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen={eigen} intra_op_parallelism_threads={threads}",
-    }
 
 
 # BLAS libraries read their thread count once, when loaded: this must precede NumPy.
@@ -1990,4 +1983,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
 
 if __name__ == "__main__":
+    pin_cores(THREADS)
     main()

@@ -286,3 +286,23 @@ def test_jax_vmap_step_returns_per_seed_seconds() -> None:
     """``jax_vmap_step`` times S independent seeds in one vmapped step."""
     seconds = st.jax_vmap_step("sgd", 3, steps=2, rounds=1, warmup=1, sizes=[12, 8, 4], batch=4, n_batches=2)
     assert 0 < seconds < 10
+
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="no CPU affinity on this platform")
+def test_pin_cores_restricts_a_script_process() -> None:
+    """The one-thread scripts hold their process to one core (JAX sizes its pool from the
+    affinity and ignores the XLA flags); the test's own process is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    before = os.sched_getaffinity(0)
+    code = ("import json, os, sys; sys.path.insert(0, %r); from pinning import pin_cores, thread_env; "
+            "cores = pin_cores(1); print(json.dumps([cores, sorted(os.sched_getaffinity(0)), thread_env(1)]))"
+            % str(ROOT / "benchmarks"))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    cores, allowed, env = json.loads(run.stdout)
+    assert cores == allowed == [min(before)]
+    assert env["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false" and env["OPENBLAS_NUM_THREADS"] == "1"
+    assert os.sched_getaffinity(0) == before
